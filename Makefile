@@ -1,0 +1,64 @@
+# Braid: build, test and run the mesh. `make help` lists the targets.
+#
+# The cluster tests run against the local test cluster (e2e/cluster/), unless KUBECONFIG is set:
+# then they run against that cluster, which must already have the images.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+CLUSTER := e2e/cluster/scripts
+export KUBECTL ?= $(CURDIR)/$(CLUSTER)/kubectl.sh
+# Images of the project's binaries, packed without Docker and imported into the test cluster.
+IMAGE_TAG ?= dev
+IMAGES := braid.local/braid-shop:$(IMAGE_TAG)=braid-shop
+
+.PHONY: help
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: fmt-check clippy unit e2e ## Everything CI runs: lint, unit tests, cluster tests.
+
+.PHONY: fmt-check
+fmt-check: ## cargo fmt --check.
+	$(CARGO) fmt --all -- --check
+
+.PHONY: clippy
+clippy: ## cargo clippy on every target, warnings denied.
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: unit
+unit: ## Unit tests (no cluster, no root).
+	$(CARGO) test --workspace --exclude braid-e2e
+
+.PHONY: cluster-deps
+cluster-deps: ## Install the test cluster's Debian packages (containerd, runc, CNI plugins, iptables).
+	@missing=""; for p in containerd runc containernetworking-plugins iptables conntrack iproute2 curl; do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
+.PHONY: cluster-up
+cluster-up: cluster-deps images ## Start the local single-node cluster (idempotent); prints the kubeconfig path.
+	$(CLUSTER)/cluster-up.sh
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and remove everything it made.
+	$(CLUSTER)/cluster-down.sh
+
+.PHONY: images
+images: ## Build release binaries and pack them as OCI image archives under target/images/.
+	$(CARGO) build --release $(foreach image,$(IMAGES),-p $(lastword $(subst =, ,$(image))))
+	@for image in $(IMAGES); do \
+	  $(CLUSTER)/images.sh pack $${image%%=*} target/release/$${image##*=}; done
+	@if [ -S /run/braid-cluster/containerd.sock ]; then $(CLUSTER)/images.sh import; fi
+
+.PHONY: e2e
+e2e: ## Cluster tests: a fresh local cluster (unless KUBECONFIG is set), the tests, then teardown.
+ifdef KUBECONFIG
+	$(CARGO) test -p braid-e2e -- --test-threads=1
+else
+	$(CLUSTER)/cluster-down.sh
+	$(MAKE) cluster-up
+	$(CARGO) test -p braid-e2e -- --test-threads=1
+	$(CARGO) test -p braid-e2e --test teardown
+endif
