@@ -17,7 +17,7 @@ help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: fmt-check clippy unit e2e ## Everything CI runs: lint, unit tests, cluster tests.
+test: fmt-check clippy crd-check unit e2e ## Everything CI runs: lint, CRD drift, unit tests, cluster tests.
 
 .PHONY: fmt-check
 fmt-check: ## cargo fmt --check.
@@ -26,6 +26,15 @@ fmt-check: ## cargo fmt --check.
 .PHONY: clippy
 clippy: ## cargo clippy on every target, warnings denied.
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+.PHONY: crds
+crds: ## Regenerate config/crd/ from the Rust types.
+	$(CARGO) run -q -p braid-operator --bin crdgen -- config/crd
+
+.PHONY: crd-check
+crd-check: ## Fail when config/crd/ differs from what the Rust types generate.
+	@tmp=$$(mktemp -d) && $(CARGO) run -q -p braid-operator --bin crdgen -- $$tmp && \
+	  diff -ru config/crd $$tmp || { echo "config/crd/ is stale: run 'make crds'"; rm -rf $$tmp; exit 1; }; rm -rf $$tmp
 
 .PHONY: unit
 unit: ## Unit tests (no cluster, no root).

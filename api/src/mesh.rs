@@ -1,0 +1,162 @@
+//! `Mesh`: the one cluster-wide object, named `default`, holding the mesh's settings.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::MtlsMode;
+
+/// Cluster-wide settings of the mesh: trust domain, certificate lifetimes, the default mTLS mode,
+/// the proxy's image and resources, and the tracing collector. Exactly one exists, named `default`.
+#[derive(CustomResource, KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[kube(
+    group = "braid.dev",
+    version = "v1alpha1",
+    kind = "Mesh",
+    plural = "meshes",
+    category = "braid",
+    status = "MeshStatus",
+    validation = Rule::new("self.metadata.name == 'default'").message("the Mesh must be named default"),
+    printcolumn(name = "Trust-Domain", type_ = "string", json_path = ".spec.trustDomain"),
+    printcolumn(name = "CA-Expires", type_ = "string", json_path = ".status.caExpires"),
+    printcolumn(name = "Workloads", type_ = "integer", json_path = ".status.workloads"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSpec {
+    /// The SPIFFE trust domain of every workload identity (default `cluster.local`).
+    #[serde(default = "default_trust_domain")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9.-]+$')").message("a trust domain is lower-case letters, digits, '.' and '-'"))]
+    pub trust_domain: String,
+    /// Lifetime of workload certificates; they are renewed at half of it (default `24h`).
+    #[serde(default = "default_certificate_lifetime")]
+    #[schemars(regex(pattern = crate::duration::PATTERN))]
+    pub certificate_lifetime: String,
+    /// Lifetime of a root CA the operator creates (default `8760h`, a year). A root supplied in
+    /// Secret `braid-system/braid-ca` is used as it is.
+    #[serde(default = "default_ca_lifetime")]
+    #[schemars(regex(pattern = crate::duration::PATTERN))]
+    pub ca_lifetime: String,
+    /// mTLS mode of workloads no MeshPolicy sets one for (default `PERMISSIVE`: meshed clients
+    /// always use mTLS, and plaintext from outside the mesh is still accepted).
+    #[serde(default)]
+    pub default_mtls_mode: MtlsMode,
+    /// The sidecar proxy injected into meshed pods.
+    #[serde(default)]
+    pub proxy: ProxySettings,
+    /// Where proxies send traces. Unset: tracing is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingSettings>,
+}
+
+/// The injected proxy's image and resources.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySettings {
+    /// Image of the proxy and of the init container (default `braid.local/braid-proxy:dev`).
+    #[serde(default = "default_proxy_image")]
+    pub image: String,
+    /// Resources of the proxy container.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Log filter of the proxy (default `info`).
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            image: default_proxy_image(),
+            resources: Resources::default(),
+            log_level: default_log_level(),
+        }
+    }
+}
+
+/// Requests and limits of the proxy container, as Kubernetes quantities.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// CPU request (default `10m`).
+    #[serde(default = "default_cpu_request")]
+    pub cpu_request: String,
+    /// Memory request (default `16Mi`).
+    #[serde(default = "default_memory_request")]
+    pub memory_request: String,
+    /// Memory limit (default `64Mi`). There is no CPU limit, by design: throttling a proxy adds
+    /// latency to every request of the pod.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: String,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpu_request: default_cpu_request(),
+            memory_request: default_memory_request(),
+            memory_limit: default_memory_limit(),
+        }
+    }
+}
+
+/// The trace collector.
+#[derive(Clone, Debug, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSettings {
+    /// Collector address, `host:port` (OTLP over HTTP).
+    pub collector: String,
+    /// Percentage of requests traced (0 to 100; default 1).
+    #[schemars(range(max = 100))]
+    #[serde(default = "default_sampling_percent")]
+    pub sampling_percent: u32,
+}
+
+/// What the operator reports about the mesh.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, schemars::JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Accepted` and `Ready`.
+    #[serde(default)]
+    #[schemars(schema_with = "crate::condition::conditions_schema")]
+    pub conditions: Vec<Condition>,
+    /// When the root CA expires (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_expires: Option<String>,
+    /// Meshed workloads in the cluster.
+    #[serde(default)]
+    pub workloads: u32,
+}
+
+fn default_trust_domain() -> String {
+    "cluster.local".into()
+}
+fn default_certificate_lifetime() -> String {
+    "24h".into()
+}
+fn default_ca_lifetime() -> String {
+    "8760h".into()
+}
+fn default_proxy_image() -> String {
+    "braid.local/braid-proxy:dev".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+fn default_cpu_request() -> String {
+    "10m".into()
+}
+fn default_memory_request() -> String {
+    "16Mi".into()
+}
+fn default_memory_limit() -> String {
+    "64Mi".into()
+}
+fn default_sampling_percent() -> u32 {
+    1
+}

@@ -1,0 +1,282 @@
+//! The runtime: kube-runtime reflectors keep a cache of every input; any change wakes one
+//! debounced loop that, on the leader, takes a snapshot, plans, and writes the differences.
+//! A full pass is cheap (the plan is pure and in memory; writes are skipped when nothing
+//! changed), which keeps the operator simple and always convergent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_api::{
+    INJECT_LABEL, MESH_NAME, Mesh, MeshPolicy, MeshRoute, MeshSpec, WORKLOAD_LABEL, duration,
+};
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use tokio::sync::{Notify, watch};
+
+use crate::metrics::Metrics;
+use crate::plan::{Snapshot, object_key, plan};
+use crate::write::{MANAGED_LABEL, MANAGER, load_or_create_ca, sync_configs, sync_identities};
+use crate::{Error, status};
+
+/// How long the loop waits for more changes before a pass.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A pass runs at least this often, to renew certificates.
+const RESYNC: Duration = Duration::from_secs(30);
+
+/// The caches of everything the operator reads.
+#[derive(Clone)]
+pub struct Caches {
+    pods: Store<Pod>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    namespaces: Store<Namespace>,
+    policies: Store<MeshPolicy>,
+    routes: Store<MeshRoute>,
+    meshes: Store<Mesh>,
+    config_maps: Store<ConfigMap>,
+    secrets: Store<Secret>,
+}
+
+fn cache<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    changed: Arc<Notify>,
+) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watcher(api, config.any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .map(move |event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind = %K::kind(&()), "watch error; retrying");
+            }
+            changed.notify_one();
+        });
+    (store, stream)
+}
+
+impl Caches {
+    /// Starts every watch; the returned future drives them and never ends.
+    pub fn start(
+        client: &Client,
+        changed: Arc<Notify>,
+    ) -> (Self, impl std::future::Future<Output = ()> + Send + use<>) {
+        let all = watcher::Config::default;
+        let managed = || watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGER}"));
+        let (pods, s1) = cache(
+            Api::all(client.clone()),
+            all().labels(WORKLOAD_LABEL),
+            changed.clone(),
+        );
+        let (services, s2) = cache(Api::all(client.clone()), all(), changed.clone());
+        let (slices, s3) = cache(Api::all(client.clone()), all(), changed.clone());
+        let (namespaces, s4) = cache(
+            Api::all(client.clone()),
+            all().labels(&format!("{INJECT_LABEL}=enabled")),
+            changed.clone(),
+        );
+        let (policies, s5) = cache(Api::all(client.clone()), all(), changed.clone());
+        let (routes, s6) = cache(Api::all(client.clone()), all(), changed.clone());
+        let (meshes, s7) = cache(Api::all(client.clone()), all(), changed.clone());
+        let (config_maps, s8) = cache(Api::all(client.clone()), managed(), changed.clone());
+        let (secrets, s9) = cache(Api::all(client.clone()), managed(), changed);
+        let streams = futures::stream::select_all([
+            s1.boxed(),
+            s2.boxed(),
+            s3.boxed(),
+            s4.boxed(),
+            s5.boxed(),
+            s6.boxed(),
+            s7.boxed(),
+            s8.boxed(),
+            s9.boxed(),
+        ]);
+        let caches = Self {
+            pods,
+            services,
+            slices,
+            namespaces,
+            policies,
+            routes,
+            meshes,
+            config_maps,
+            secrets,
+        };
+        (caches, streams.for_each(|()| async {}))
+    }
+
+    /// Waits until every cache has its first full list.
+    pub async fn ready(&self) -> Result<(), Error> {
+        let failed = |e: reflector::store::WriterDropped| Error::Cache(e.to_string());
+        self.pods.wait_until_ready().await.map_err(failed)?;
+        self.services.wait_until_ready().await.map_err(failed)?;
+        self.slices.wait_until_ready().await.map_err(failed)?;
+        self.namespaces.wait_until_ready().await.map_err(failed)?;
+        self.policies.wait_until_ready().await.map_err(failed)?;
+        self.routes.wait_until_ready().await.map_err(failed)?;
+        self.meshes.wait_until_ready().await.map_err(failed)?;
+        self.config_maps.wait_until_ready().await.map_err(failed)?;
+        self.secrets.wait_until_ready().await.map_err(failed)?;
+        Ok(())
+    }
+
+    fn mesh(&self) -> Option<Arc<Mesh>> {
+        self.meshes
+            .state()
+            .into_iter()
+            .find(|m| m.metadata.name.as_deref() == Some(MESH_NAME))
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            mesh: self.mesh().map_or_else(
+                || serde_json::from_str::<MeshSpec>("{}").unwrap_or_default(),
+                |m| m.spec.clone(),
+            ),
+            injected_namespaces: self
+                .namespaces
+                .state()
+                .iter()
+                .filter_map(|n| n.metadata.name.clone())
+                .collect(),
+            pods: self.pods.state(),
+            services: self.services.state(),
+            slices: self.slices.state(),
+            policies: self.policies.state(),
+            routes: self.routes.state(),
+        }
+    }
+}
+
+/// The reconcile loop: waits for a change (or the resync period), debounces, and on the leader
+/// runs a pass. Errors are logged and counted, and the pass is retried after a backoff.
+pub async fn reconcile_loop(
+    client: Client,
+    caches: Caches,
+    changed: Arc<Notify>,
+    leading: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
+        tokio::time::sleep(DEBOUNCE).await;
+        if !*leading.borrow() {
+            continue;
+        }
+        let started = Instant::now();
+        match pass(&client, &caches).await {
+            Ok(summary) => {
+                metrics.record_pass(started.elapsed(), None, &summary);
+                backoff = Duration::from_millis(500);
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reconcile pass failed; retrying");
+                metrics.record_pass(started.elapsed(), Some(error.kind()), &Default::default());
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                changed.notify_one();
+            }
+        }
+    }
+}
+
+/// What one pass did.
+#[derive(Debug, Default)]
+pub struct PassSummary {
+    /// Writes.
+    pub written: crate::write::Written,
+    /// Expiry of the root, Unix seconds.
+    pub ca_not_after: i64,
+    /// Meshed workloads.
+    pub workloads: usize,
+}
+
+async fn pass(client: &Client, caches: &Caches) -> Result<PassSummary, Error> {
+    let snapshot = caches.snapshot();
+    let plan = plan(&snapshot);
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let seconds =
+        |text: &str| duration::parse(text).map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let lifetime = seconds(&snapshot.mesh.certificate_lifetime)
+        .map_err(|e| Error::InvalidMesh(e.to_string()))?;
+    let ca_lifetime =
+        seconds(&snapshot.mesh.ca_lifetime).map_err(|e| Error::InvalidMesh(e.to_string()))?;
+
+    let (ca, bundle) = load_or_create_ca(
+        client,
+        &snapshot.mesh.trust_domain,
+        ca_lifetime,
+        now.as_second(),
+    )
+    .await?;
+    let mut written = sync_configs(client, &plan, &snapshot, &caches.config_maps.state()).await?;
+    let identities = sync_identities(
+        client,
+        &plan,
+        &ca,
+        &bundle,
+        lifetime,
+        now.as_second(),
+        &caches.secrets.state(),
+    )
+    .await?;
+    written.certificates += identities.certificates;
+    written.deleted += identities.deleted;
+
+    let time = Time(now);
+    for policy in caches.policies.state() {
+        if let Some(outcome) = plan.policies.get(&object_key(&policy.metadata)) {
+            status::write_policy(
+                client,
+                &policy,
+                status::policy_status(&policy, outcome, &time),
+            )
+            .await?;
+        }
+    }
+    for route in caches.routes.state() {
+        if let Some(outcome) = plan.routes.get(&object_key(&route.metadata)) {
+            status::write_route(client, &route, status::route_status(&route, outcome, &time))
+                .await?;
+        }
+    }
+    if let Some(mesh) = caches.mesh() {
+        let expires = k8s_openapi::jiff::Timestamp::from_second(ca.not_after)
+            .ok()
+            .map(|t| t.to_string());
+        let workloads = u32::try_from(plan.workloads.len()).unwrap_or(u32::MAX);
+        status::write_mesh(
+            client,
+            &mesh,
+            status::mesh_status(&mesh, expires, workloads, &time),
+        )
+        .await?;
+    }
+    if written.configs + written.certificates + written.deleted > 0 {
+        tracing::info!(
+            ?written,
+            workloads = plan.workloads.len(),
+            "pass wrote changes"
+        );
+    }
+    Ok(PassSummary {
+        written,
+        ca_not_after: ca.not_after,
+        workloads: plan.workloads.len(),
+    })
+}

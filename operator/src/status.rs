@@ -1,0 +1,340 @@
+//! Status of MeshPolicies, MeshRoutes and the Mesh: computed from the plan by pure functions,
+//! written only when it differs from what the object already reports.
+
+use braid_api::condition::{ACCEPTED, READY, condition};
+use braid_api::{Mesh, MeshPolicy, MeshPolicyStatus, MeshRoute, MeshRouteStatus, MeshStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use crate::Error;
+use crate::plan::{PolicyOutcome, RouteOutcome};
+use crate::write::MANAGER;
+
+/// The status a MeshPolicy should report.
+pub fn policy_status(policy: &MeshPolicy, outcome: &PolicyOutcome, now: &Time) -> MeshPolicyStatus {
+    let generation = policy.metadata.generation;
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let now = || now.clone();
+    let accepted = match &outcome.accepted {
+        Ok(()) => condition(
+            ACCEPTED,
+            true,
+            "Accepted",
+            "the policy is valid",
+            generation,
+            previous,
+            now(),
+        ),
+        Err(message) => condition(
+            ACCEPTED,
+            false,
+            "InvalidSpec",
+            message.clone(),
+            generation,
+            previous,
+            now(),
+        ),
+    };
+    let (holds, reason, message) = if outcome.accepted.is_err() {
+        (false, "InvalidSpec", "the policy is not valid".to_owned())
+    } else if outcome.in_effect > 0 {
+        (
+            true,
+            "InEffect",
+            format!("in effect on {} workload(s)", outcome.in_effect),
+        )
+    } else if outcome.selected > 0 {
+        let winner = outcome.overridden_by.clone().unwrap_or_default();
+        (
+            false,
+            "Overridden",
+            format!(
+                "every workload it selects is governed by MeshPolicy {winner}, which takes precedence"
+            ),
+        )
+    } else {
+        (
+            false,
+            "NoWorkloads",
+            "the selector matches no meshed pod in this namespace".to_owned(),
+        )
+    };
+    MeshPolicyStatus {
+        observed_generation: generation,
+        conditions: vec![
+            accepted,
+            condition(READY, holds, reason, message, generation, previous, now()),
+        ],
+        workloads: outcome.in_effect,
+        mtls_mode: Some(outcome.mtls_mode),
+    }
+}
+
+/// The status a MeshRoute should report.
+pub fn route_status(route: &MeshRoute, outcome: &RouteOutcome, now: &Time) -> MeshRouteStatus {
+    let generation = route.metadata.generation;
+    let previous = route
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let (holds, reason, message) = match &outcome.accepted {
+        Ok(()) => (true, "Accepted", "every backend Service exists".to_owned()),
+        Err((reason, message)) => (false, reason.as_str(), message.clone()),
+    };
+    let ready = outcome.in_effect;
+    let ready_reason = match (ready, &outcome.accepted) {
+        (true, _) => "InEffect",
+        (false, Ok(())) => "Overridden",
+        (false, Err(_)) => reason,
+    };
+    let ready_message = if ready {
+        "its rules are in effect".to_owned()
+    } else if outcome.accepted.is_ok() {
+        "another MeshRoute for the same Service takes precedence (the first by name)".to_owned()
+    } else {
+        format!("no rule can take effect: {message}")
+    };
+    MeshRouteStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition(
+                ACCEPTED,
+                holds,
+                reason,
+                message.clone(),
+                generation,
+                previous,
+                now.clone(),
+            ),
+            condition(
+                READY,
+                ready,
+                ready_reason,
+                ready_message,
+                generation,
+                previous,
+                now.clone(),
+            ),
+        ],
+        backends: Some(outcome.backends.clone()),
+    }
+}
+
+/// The status the Mesh should report.
+pub fn mesh_status(
+    mesh: &Mesh,
+    ca_expires: Option<String>,
+    workloads: u32,
+    now: &Time,
+) -> MeshStatus {
+    let generation = mesh.metadata.generation;
+    let previous = mesh
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let ready = ca_expires.is_some();
+    MeshStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition(
+                ACCEPTED,
+                true,
+                "Accepted",
+                "the mesh settings are valid",
+                generation,
+                previous,
+                now.clone(),
+            ),
+            condition(
+                READY,
+                ready,
+                if ready { "CaReady" } else { "CaMissing" },
+                if ready {
+                    "the mesh CA is issuing certificates"
+                } else {
+                    "the mesh CA is not loaded"
+                },
+                generation,
+                previous,
+                now.clone(),
+            ),
+        ],
+        ca_expires,
+        workloads,
+    }
+}
+
+/// Whether two condition lists say the same, ignoring transition times.
+fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            (
+                &x.type_,
+                &x.status,
+                &x.reason,
+                &x.message,
+                x.observed_generation,
+            ) == (
+                &y.type_,
+                &y.status,
+                &y.reason,
+                &y.message,
+                y.observed_generation,
+            )
+        })
+}
+
+/// Writes a MeshPolicy's status when it changed. Returns whether it wrote.
+pub async fn write_policy(
+    client: &kube::Client,
+    policy: &MeshPolicy,
+    status: MeshPolicyStatus,
+) -> Result<bool, Error> {
+    if let Some(current) = &policy.status {
+        let unchanged = same_conditions(&current.conditions, &status.conditions)
+            && (
+                current.workloads,
+                current.mtls_mode,
+                current.observed_generation,
+            ) == (
+                status.workloads,
+                status.mtls_mode,
+                status.observed_generation,
+            );
+        if unchanged {
+            return Ok(false);
+        }
+    }
+    let api: Api<MeshPolicy> = Api::namespaced(
+        client.clone(),
+        policy.metadata.namespace.as_deref().unwrap_or_default(),
+    );
+    let patch = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "MeshPolicy", "status": status});
+    api.patch_status(
+        policy.metadata.name.as_deref().unwrap_or_default(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Writes a MeshRoute's status when it changed. Returns whether it wrote.
+pub async fn write_route(
+    client: &kube::Client,
+    route: &MeshRoute,
+    status: MeshRouteStatus,
+) -> Result<bool, Error> {
+    if let Some(current) = &route.status
+        && same_conditions(&current.conditions, &status.conditions)
+        && (&current.backends, current.observed_generation)
+            == (&status.backends, status.observed_generation)
+    {
+        return Ok(false);
+    }
+    let api: Api<MeshRoute> = Api::namespaced(
+        client.clone(),
+        route.metadata.namespace.as_deref().unwrap_or_default(),
+    );
+    let patch = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "MeshRoute", "status": status});
+    api.patch_status(
+        route.metadata.name.as_deref().unwrap_or_default(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Writes the Mesh's status when it changed.
+pub async fn write_mesh(
+    client: &kube::Client,
+    mesh: &Mesh,
+    status: MeshStatus,
+) -> Result<bool, Error> {
+    if let Some(current) = &mesh.status
+        && same_conditions(&current.conditions, &status.conditions)
+        && (
+            &current.ca_expires,
+            current.workloads,
+            current.observed_generation,
+        ) == (
+            &status.ca_expires,
+            status.workloads,
+            status.observed_generation,
+        )
+    {
+        return Ok(false);
+    }
+    let api: Api<Mesh> = Api::all(client.clone());
+    let patch = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "Mesh", "status": status});
+    api.patch_status(
+        mesh.metadata.name.as_deref().unwrap_or_default(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use braid_api::{MeshPolicySpec, MtlsMode};
+
+    fn time(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("time"))
+    }
+
+    fn outcome(selected: u32, in_effect: u32, winner: Option<&str>) -> PolicyOutcome {
+        PolicyOutcome {
+            accepted: Ok(()),
+            selected,
+            in_effect,
+            overridden_by: winner.map(String::from),
+            mtls_mode: MtlsMode::Strict,
+        }
+    }
+
+    fn ready(status: &MeshPolicyStatus) -> (&str, &str) {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .expect("Ready condition");
+        (c.status.as_str(), c.reason.as_str())
+    }
+
+    #[test]
+    fn ready_says_in_effect_overridden_or_no_workloads() {
+        let policy = MeshPolicy::new("p", MeshPolicySpec::default());
+        assert_eq!(
+            ready(&policy_status(&policy, &outcome(2, 2, None), &time(1))),
+            ("True", "InEffect")
+        );
+        let overridden = policy_status(&policy, &outcome(2, 0, Some("strict")), &time(1));
+        assert_eq!(ready(&overridden), ("False", "Overridden"));
+        assert!(overridden.conditions[1].message.contains("strict"));
+        assert_eq!(
+            ready(&policy_status(&policy, &outcome(0, 0, None), &time(1))),
+            ("False", "NoWorkloads")
+        );
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_holds() {
+        let mut policy = MeshPolicy::new("p", MeshPolicySpec::default());
+        policy.status = Some(policy_status(&policy, &outcome(1, 1, None), &time(100)));
+        let again = policy_status(&policy, &outcome(1, 1, None), &time(200));
+        assert_eq!(again.conditions[1].last_transition_time, time(100));
+        let changed = policy_status(&policy, &outcome(0, 0, None), &time(300));
+        assert_eq!(changed.conditions[1].last_transition_time, time(300));
+    }
+}

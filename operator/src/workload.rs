@@ -1,0 +1,78 @@
+//! Meshed workloads: pods labelled `braid.dev/workload`, grouped by namespace and that label.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use braid_api::WORKLOAD_LABEL;
+use k8s_openapi::api::core::v1::Pod;
+
+/// A workload's namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadKey {
+    /// Namespace.
+    pub namespace: String,
+    /// The `braid.dev/workload` label.
+    pub name: String,
+}
+
+impl fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A meshed workload and what the plan needs of its pods.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    /// Its key.
+    pub key: WorkloadKey,
+    /// The service account its pods run as (the first pod's, by name).
+    pub service_account: String,
+    /// The labels of each live pod, for policy selection.
+    pub pod_labels: Vec<BTreeMap<String, String>>,
+}
+
+/// The workload a pod belongs to, if the pod is meshed and alive.
+pub fn workload_of(pod: &Pod) -> Option<WorkloadKey> {
+    if pod.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let name = pod.metadata.labels.as_ref()?.get(WORKLOAD_LABEL)?;
+    Some(WorkloadKey {
+        namespace: pod.metadata.namespace.clone()?,
+        name: name.clone(),
+    })
+}
+
+/// The service account a pod runs as.
+pub fn service_account_of(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
+        .unwrap_or_else(|| "default".into())
+}
+
+/// Groups meshed pods into workloads.
+pub fn workloads<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<WorkloadKey, Workload> {
+    let mut pods: Vec<&Pod> = pods.into_iter().collect();
+    pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let mut workloads = BTreeMap::new();
+    for pod in pods {
+        let Some(key) = workload_of(pod) else {
+            continue;
+        };
+        let workload = workloads.entry(key.clone()).or_insert_with(|| Workload {
+            key,
+            service_account: service_account_of(pod),
+            pod_labels: Vec::new(),
+        });
+        workload
+            .pod_labels
+            .push(pod.metadata.labels.clone().unwrap_or_default());
+    }
+    workloads
+}

@@ -1,0 +1,291 @@
+//! Writing the plan back: ConfigMaps and Secrets per workload (only when their content changed,
+//! judged by a hash annotation), deletion of those whose workload is gone, and the mesh CA.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use braid_api::{CONTROL_PLANE_NAMESPACE, identity_secret_name, proxy_config_map_name};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+use crate::certs::{CertificateAuthority, LeafRecord, renewal_reason};
+use crate::plan::{Plan, Snapshot};
+use crate::workload::WorkloadKey;
+
+/// The field manager of everything the operator writes.
+pub const MANAGER: &str = "braid-operator";
+/// Label on every object the operator owns; its caches watch only these.
+pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Name of the CA Secret in `braid-system`.
+pub const CA_SECRET: &str = "braid-ca";
+const HASH: &str = "braid.dev/config-hash";
+const SUBJECT: &str = "braid.dev/subject";
+const CA_FINGERPRINT: &str = "braid.dev/ca-fingerprint";
+const NOT_BEFORE: &str = "braid.dev/not-before";
+const NOT_AFTER: &str = "braid.dev/not-after";
+
+/// What one pass wrote, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Written {
+    /// ConfigMaps created or updated.
+    pub configs: usize,
+    /// Certificates issued.
+    pub certificates: usize,
+    /// Objects deleted because their workload is gone.
+    pub deleted: usize,
+}
+
+fn metadata(name: String, namespace: &str, annotations: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace.into()),
+        labels: Some([(MANAGED_LABEL.to_owned(), MANAGER.to_owned())].into()),
+        annotations: Some(annotations),
+        ..Default::default()
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes every workload's `proxy.json` that differs from what its ConfigMap holds, and deletes
+/// the ConfigMaps of workloads that are gone.
+pub async fn sync_configs(
+    client: &kube::Client,
+    plan: &Plan,
+    snapshot: &Snapshot,
+    existing: &[Arc<ConfigMap>],
+) -> Result<Written, Error> {
+    let mut written = Written::default();
+    let existing_hashes: BTreeMap<(String, String), String> = existing
+        .iter()
+        .filter_map(|cm| {
+            let hash = cm.metadata.annotations.as_ref()?.get(HASH)?.clone();
+            Some((
+                (cm.metadata.namespace.clone()?, cm.metadata.name.clone()?),
+                hash,
+            ))
+        })
+        .collect();
+    for key in plan.workloads.keys() {
+        let Some(config) = plan.config_for(key, snapshot) else {
+            continue;
+        };
+        let json = config.to_json();
+        let hash = sha256_hex(json.as_bytes());
+        let name = proxy_config_map_name(&key.name);
+        if existing_hashes.get(&(key.namespace.clone(), name.clone())) == Some(&hash) {
+            continue;
+        }
+        let config_map = ConfigMap {
+            metadata: metadata(
+                name.clone(),
+                &key.namespace,
+                [(HASH.to_owned(), hash)].into(),
+            ),
+            data: Some([("proxy.json".to_owned(), json)].into()),
+            ..Default::default()
+        };
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &key.namespace);
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&config_map),
+        )
+        .await?;
+        written.configs += 1;
+    }
+    written.deleted += delete_orphans(client, existing, plan, proxy_config_map_name).await?;
+    Ok(written)
+}
+
+/// Issues or renews every workload's certificate as [`renewal_reason`] says, and deletes the
+/// Secrets of workloads that are gone. `ca.crt` is the CA bundle, so a root change overlaps.
+pub async fn sync_identities(
+    client: &kube::Client,
+    plan: &Plan,
+    ca: &CertificateAuthority,
+    ca_bundle: &str,
+    lifetime_seconds: i64,
+    now: i64,
+    existing: &[Arc<Secret>],
+) -> Result<Written, Error> {
+    let mut written = Written::default();
+    let records: BTreeMap<(String, String), LeafRecord> = existing
+        .iter()
+        .filter_map(|secret| {
+            let a = secret.metadata.annotations.as_ref()?;
+            let record = LeafRecord {
+                subject: a.get(SUBJECT)?.clone(),
+                ca_fingerprint: a.get(CA_FINGERPRINT)?.clone(),
+                not_before: a.get(NOT_BEFORE)?.parse().ok()?,
+                not_after: a.get(NOT_AFTER)?.parse().ok()?,
+            };
+            Some((
+                (
+                    secret.metadata.namespace.clone()?,
+                    secret.metadata.name.clone()?,
+                ),
+                record,
+            ))
+        })
+        .collect();
+    for (key, workload) in &plan.workloads {
+        let name = identity_secret_name(&key.name);
+        let record = records.get(&(key.namespace.clone(), name.clone()));
+        let Some(reason) = renewal_reason(record, &workload.identity, ca, now) else {
+            continue;
+        };
+        tracing::info!(workload = %key, identity = %workload.identity, reason, "issuing certificate");
+        let leaf = ca.issue_workload(&workload.identity, now, lifetime_seconds)?;
+        let annotations = [
+            (SUBJECT.to_owned(), workload.identity.clone()),
+            (CA_FINGERPRINT.to_owned(), ca.fingerprint.clone()),
+            (NOT_BEFORE.to_owned(), leaf.not_before.to_string()),
+            (NOT_AFTER.to_owned(), leaf.not_after.to_string()),
+        ];
+        let secret = Secret {
+            metadata: metadata(name.clone(), &key.namespace, annotations.into()),
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(
+                [
+                    ("tls.crt", leaf.cert_pem),
+                    ("tls.key", leaf.key_pem),
+                    ("ca.crt", ca_bundle.to_owned()),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+                .collect(),
+            ),
+            ..Default::default()
+        };
+        let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
+        api.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await?;
+        written.certificates += 1;
+    }
+    let workload_secrets: Vec<Arc<Secret>> = existing
+        .iter()
+        .filter(|s| s.metadata.name.as_deref() != Some(CA_SECRET))
+        .cloned()
+        .collect();
+    written.deleted +=
+        delete_orphans(client, &workload_secrets, plan, identity_secret_name).await?;
+    Ok(written)
+}
+
+/// Deletes managed objects whose name is no current workload's.
+async fn delete_orphans<K>(
+    client: &kube::Client,
+    existing: &[Arc<K>],
+    plan: &Plan,
+    name_of: impl Fn(&str) -> String,
+) -> Result<usize, Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let wanted: std::collections::BTreeSet<(String, String)> = plan
+        .workloads
+        .keys()
+        .map(|WorkloadKey { namespace, name }| (namespace.clone(), name_of(name)))
+        .collect();
+    let mut deleted = 0;
+    for object in existing {
+        let meta = object.meta();
+        let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
+            continue;
+        };
+        if meta.deletion_timestamp.is_some() || wanted.contains(&(namespace.clone(), name.clone()))
+        {
+            continue;
+        }
+        let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => deleted += 1,
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(deleted)
+}
+
+/// The mesh CA from Secret `braid-system/braid-ca`, created with a new root when missing. A root
+/// the user put there is used as it is. Also returns the trust bundle: the root plus any
+/// previous roots the Secret keeps under `previous.crt`.
+pub async fn load_or_create_ca(
+    client: &kube::Client,
+    trust_domain: &str,
+    ca_lifetime_seconds: i64,
+    now: i64,
+) -> Result<(CertificateAuthority, String), Error> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), CONTROL_PLANE_NAMESPACE);
+    let text = |secret: &Secret, key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+    };
+    if let Some(secret) = api.get_opt(CA_SECRET).await? {
+        let (Some(cert), Some(key)) = (text(&secret, "tls.crt"), text(&secret, "tls.key")) else {
+            return Err(Error::InvalidCa(
+                "Secret braid-system/braid-ca lacks tls.crt or tls.key".into(),
+            ));
+        };
+        let ca = CertificateAuthority::from_pem(&cert, &key)
+            .map_err(|e| Error::InvalidCa(e.to_string()))?;
+        let bundle = format!(
+            "{}{}",
+            ca.cert_pem,
+            text(&secret, "previous.crt").unwrap_or_default()
+        );
+        return Ok((ca, bundle));
+    }
+    tracing::info!("creating the mesh root CA in {CONTROL_PLANE_NAMESPACE}/{CA_SECRET}");
+    let ca = CertificateAuthority::generate(trust_domain, now, ca_lifetime_seconds)?;
+    let secret = Secret {
+        metadata: metadata(CA_SECRET.into(), CONTROL_PLANE_NAMESPACE, BTreeMap::new()),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [
+                ("tls.crt", ca.cert_pem.clone()),
+                ("tls.key", ca.key_pem().to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+            .collect(),
+        ),
+        ..Default::default()
+    };
+    // Create, never overwrite: if another replica won the race, use its root.
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            let bundle = ca.cert_pem.clone();
+            Ok((ca, bundle))
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            Box::pin(load_or_create_ca(
+                client,
+                trust_domain,
+                ca_lifetime_seconds,
+                now,
+            ))
+            .await
+        }
+        Err(error) => Err(error.into()),
+    }
+}

@@ -1,0 +1,42 @@
+//! The `proxy.json` contract: the one document the operator writes (ConfigMap
+//! `braid-proxy-<workload>`, key `proxy.json`) and the proxy reads (`/etc/braid/config/proxy.json`).
+//! It holds the workload's identity, how it accepts traffic, and every destination it may call.
+//!
+//! This crate has no Kubernetes dependency: the proxy links it and never links kube. A document
+//! is accepted only whole: [`ProxyConfig::from_json`] parses *and* validates, and every error names
+//! the field that is wrong (`destinations[1].routes[0].backends[2].weight`).
+
+mod model;
+mod validate;
+
+pub use model::*;
+pub use validate::ConfigError;
+
+/// The version of the document this crate reads and writes.
+pub const VERSION: u32 = 1;
+
+impl ProxyConfig {
+    /// Parses and validates a document; refuses it whole on the first error.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+        let config: Self =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::Parse {
+                field: error.path().to_string(),
+                message: error.inner().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The document as the operator writes it: pretty, with a stable field order, so that equal
+    /// configs are equal bytes and the operator can skip writes that change nothing.
+    pub fn to_json(&self) -> String {
+        // Serializing these plain structs cannot fail: no maps with non-string keys, no floats.
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    }
+
+    /// The JSON Schema of the document.
+    pub fn json_schema() -> String {
+        serde_json::to_string_pretty(&schemars::schema_for!(ProxyConfig)).unwrap_or_default() + "\n"
+    }
+}

@@ -1,0 +1,313 @@
+//! Checks that the types alone cannot express. Every error names the field, as a path from the
+//! document's root, so a refused config says exactly what to fix.
+
+use std::collections::HashSet;
+
+use crate::{Destination, Fault, ProxyConfig, RetryPolicy, Route, VERSION};
+
+/// Why a document was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Not valid JSON, or not of the document's shape.
+    #[error("{field}: {message}")]
+    Parse {
+        /// Path of the offending field (`.` for the root).
+        field: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// Well-formed but inconsistent.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The path of the field at fault.
+    pub fn field(&self) -> &str {
+        match self {
+            Self::Parse { field, .. } | Self::Invalid { field, .. } => field,
+        }
+    }
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+fn check(holds: bool, field: impl FnOnce() -> String, message: &str) -> Result<(), ConfigError> {
+    if holds {
+        Ok(())
+    } else {
+        Err(invalid(field(), message))
+    }
+}
+
+fn check_spiffe(id: &str, field: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    check(
+        id.starts_with("spiffe://") && id.len() > "spiffe://".len(),
+        field,
+        "must be a spiffe:// ID",
+    )
+}
+
+fn check_percent(value: u32, field: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    check(value <= 100, field, "a percentage is 0 to 100")
+}
+
+impl ProxyConfig {
+    /// Validates the whole document; the first error found is returned.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            self.version == VERSION,
+            || "version".into(),
+            "this proxy reads version 1",
+        )?;
+        check_spiffe(&self.workload.identity, || "workload.identity".into())?;
+        if let Some(limit) = &self.inbound.rate_limit {
+            check(
+                limit.requests_per_second >= 1,
+                || "inbound.rateLimit.requestsPerSecond".into(),
+                "must be at least 1",
+            )?;
+        }
+        for (r, rule) in self.inbound.authorization.iter().flatten().enumerate() {
+            for (i, id) in rule.identities.iter().enumerate() {
+                check_spiffe(id.trim_end_matches('*'), || {
+                    format!("inbound.authorization[{r}].identities[{i}]")
+                })?;
+            }
+            check(
+                !rule.ports.contains(&0),
+                || format!("inbound.authorization[{r}].ports"),
+                "port 0 is not a port",
+            )?;
+        }
+        let mut names = HashSet::new();
+        for (d, destination) in self.destinations.iter().enumerate() {
+            check(
+                names.insert(destination.name.as_str()),
+                || format!("destinations[{d}].name"),
+                "is not unique",
+            )?;
+        }
+        for (d, destination) in self.destinations.iter().enumerate() {
+            validate_destination(destination, &format!("destinations[{d}]"), &names)?;
+        }
+        if let Some(tracing) = &self.tracing {
+            check_percent(tracing.sampling_percent, || {
+                "tracing.samplingPercent".into()
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn validate_destination(
+    destination: &Destination,
+    at: &str,
+    names: &HashSet<&str>,
+) -> Result<(), ConfigError> {
+    check(
+        !destination.ports.is_empty(),
+        || format!("{at}.ports"),
+        "a destination needs a port",
+    )?;
+    for (p, port) in destination.ports.iter().enumerate() {
+        check(
+            port.port != 0,
+            || format!("{at}.ports[{p}].port"),
+            "port 0 is not a port",
+        )?;
+        for (e, endpoint) in port.endpoints.iter().enumerate() {
+            let field = || format!("{at}.ports[{p}].endpoints[{e}]");
+            check(
+                endpoint.port != 0,
+                || field() + ".port",
+                "port 0 is not a port",
+            )?;
+            if let Some(identity) = &endpoint.identity {
+                check_spiffe(identity, || field() + ".identity")?;
+            }
+        }
+    }
+    let policy = &destination.policy;
+    check(
+        policy.connect_timeout_ms > 0,
+        || format!("{at}.policy.connectTimeoutMs"),
+        "must be above 0",
+    )?;
+    if let Some(retries) = &policy.retries {
+        validate_retries(retries, &format!("{at}.policy.retries"))?;
+    }
+    if let Some(outlier) = &policy.outlier_detection {
+        check(
+            outlier.consecutive_errors >= 1,
+            || format!("{at}.policy.outlierDetection.consecutiveErrors"),
+            "must be at least 1",
+        )?;
+        check_percent(outlier.max_ejection_percent, || {
+            format!("{at}.policy.outlierDetection.maxEjectionPercent")
+        })?;
+    }
+    if let Some(fault) = &policy.fault {
+        validate_fault(fault, &format!("{at}.policy.fault"))?;
+    }
+    for (r, route) in destination.routes.iter().enumerate() {
+        validate_route(route, &format!("{at}.routes[{r}]"), names)?;
+    }
+    Ok(())
+}
+
+fn validate_route(route: &Route, at: &str, names: &HashSet<&str>) -> Result<(), ConfigError> {
+    check(
+        !route.backends.is_empty(),
+        || format!("{at}.backends"),
+        "a route needs a backend",
+    )?;
+    let total: u64 = route.backends.iter().map(|b| u64::from(b.weight)).sum();
+    check(
+        total > 0,
+        || format!("{at}.backends"),
+        "weights add up to 0",
+    )?;
+    for (b, backend) in route.backends.iter().enumerate() {
+        check(
+            names.contains(backend.destination.as_str()),
+            || format!("{at}.backends[{b}].destination"),
+            "names no destination of this document",
+        )?;
+        check(
+            backend.port != Some(0),
+            || format!("{at}.backends[{b}].port"),
+            "port 0 is not a port",
+        )?;
+    }
+    if let Some(retries) = &route.retries {
+        validate_retries(retries, &format!("{at}.retries"))?;
+    }
+    if let Some(fault) = &route.fault {
+        validate_fault(fault, &format!("{at}.fault"))?;
+    }
+    Ok(())
+}
+
+fn validate_retries(retries: &RetryPolicy, at: &str) -> Result<(), ConfigError> {
+    check(
+        retries.attempts <= 10,
+        || format!("{at}.attempts"),
+        "at most 10",
+    )?;
+    check_percent(retries.budget_percent, || format!("{at}.budgetPercent"))
+}
+
+fn validate_fault(fault: &Fault, at: &str) -> Result<(), ConfigError> {
+    if let Some(delay) = &fault.delay {
+        check_percent(delay.percent, || format!("{at}.delay.percent"))?;
+    }
+    if let Some(abort) = &fault.abort {
+        check_percent(abort.percent, || format!("{at}.abort.percent"))?;
+        check(
+            (200..=599).contains(&abort.status),
+            || format!("{at}.abort.status"),
+            "an HTTP status is 200 to 599",
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{ConfigError, ProxyConfig};
+
+    const GOOD: &str = r#"{
+      "version": 1,
+      "workload": {"namespace": "shop", "name": "order", "identity": "spiffe://cluster.local/ns/shop/sa/order"},
+      "inbound": {"mtlsMode": "STRICT"},
+      "destinations": [
+        {"name": "payment.shop", "clusterIps": ["10.96.0.20"],
+         "ports": [{"port": 80, "protocol": "http",
+                    "endpoints": [{"ip": "10.244.0.7", "port": 8080,
+                                   "identity": "spiffe://cluster.local/ns/shop/sa/payment"}]}],
+         "routes": [{"backends": [{"destination": "payment.shop", "weight": 100}]}]}
+      ]
+    }"#;
+
+    fn refused(edit: impl FnOnce(&mut serde_json::Value)) -> ConfigError {
+        let mut document: serde_json::Value = serde_json::from_str(GOOD).expect("fixture is JSON");
+        edit(&mut document);
+        ProxyConfig::from_json(document.to_string().as_bytes())
+            .expect_err("the edited config was accepted")
+    }
+
+    #[test]
+    fn a_good_document_round_trips() {
+        let config = ProxyConfig::from_json(GOOD.as_bytes()).expect("fixture is valid");
+        assert_eq!(config.destinations[0].ports[0].endpoints.len(), 1);
+        assert_eq!(
+            ProxyConfig::from_json(config.to_json().as_bytes()),
+            Ok(config)
+        );
+    }
+
+    #[test]
+    fn parse_errors_name_the_field() {
+        let error = refused(|d| {
+            d["destinations"][0]["ports"][0]["endpoints"][0]["ip"] = "10.0.0.300".into()
+        });
+        assert_eq!(error.field(), "destinations[0].ports[0].endpoints[0].ip");
+        let error = refused(|d| d["inbound"]["mtlsMode"] = "SOMETIMES".into());
+        assert_eq!(error.field(), "inbound.mtlsMode");
+        let error = refused(|d| d["workload"]["colour"] = "blue".into());
+        assert!(error.to_string().contains("colour"), "{error}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let error = refused(|d| d["version"] = 2.into());
+        assert_eq!(error.field(), "version");
+        let error =
+            refused(|d| d["destinations"][0]["routes"][0]["backends"][0]["weight"] = 0.into());
+        assert_eq!(error.field(), "destinations[0].routes[0].backends");
+        let error = refused(|d| {
+            d["destinations"][0]["routes"][0]["backends"][0]["destination"] = "nope".into()
+        });
+        assert_eq!(
+            error.field(),
+            "destinations[0].routes[0].backends[0].destination"
+        );
+        let error = refused(|d| d["workload"]["identity"] = "order".into());
+        assert_eq!(error.field(), "workload.identity");
+        let error = refused(|d| {
+            let copy = d["destinations"][0].clone();
+            d["destinations"].as_array_mut().expect("array").push(copy);
+        });
+        assert_eq!(error.field(), "destinations[1].name");
+    }
+
+    #[test]
+    fn the_schema_describes_every_top_level_field() {
+        let schema: serde_json::Value =
+            serde_json::from_str(&ProxyConfig::json_schema()).expect("schema is JSON");
+        for field in [
+            "version",
+            "workload",
+            "inbound",
+            "destinations",
+            "opaquePorts",
+            "tracing",
+        ] {
+            assert!(
+                schema["properties"][field].is_object(),
+                "schema lacks {field}"
+            );
+        }
+    }
+}
