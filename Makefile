@@ -10,7 +10,7 @@ CLUSTER := e2e/cluster/scripts
 export KUBECTL ?= $(CURDIR)/$(CLUSTER)/kubectl.sh
 # Images of the project's binaries, packed without Docker and imported into the test cluster.
 IMAGE_TAG ?= dev
-IMAGES := braid.local/braid-shop:$(IMAGE_TAG)=braid-shop
+IMAGES := braid.local/braid-shop:$(IMAGE_TAG)=braid-shop braid.local/braid-operator:$(IMAGE_TAG)=braid-operator
 
 .PHONY: help
 help: ## List the targets.
@@ -61,6 +61,20 @@ images: ## Build release binaries and pack them as OCI image archives under targ
 	  $(CLUSTER)/images.sh pack $${image%%=*} target/release/$${image##*=}; done
 	@if [ -S /run/braid-cluster/containerd.sock ]; then $(CLUSTER)/images.sh import; fi
 
+.PHONY: install
+install: ## Install Braid on the cluster of KUBECONFIG (default: the local test cluster).
+	$(KUBECTL) apply -k config
+	$(KUBECTL) wait --for=condition=Established crd/meshes.braid.dev crd/meshpolicies.braid.dev crd/meshroutes.braid.dev --timeout=60s
+	$(KUBECTL) apply -f config/operator/mesh.yaml
+	$(KUBECTL) rollout status deployment/braid-operator -n braid-system --timeout=180s
+
+.PHONY: uninstall
+uninstall: ## Remove Braid and everything it made (mesh objects, proxy ConfigMaps, identity Secrets).
+	-$(KUBECTL) delete meshroutes,meshpolicies --all -A --ignore-not-found --wait=true
+	-$(KUBECTL) delete -f config/operator/mesh.yaml --ignore-not-found
+	$(KUBECTL) delete -k config --ignore-not-found --wait=true
+	$(KUBECTL) delete configmaps,secrets -A -l app.kubernetes.io/managed-by=braid-operator --ignore-not-found
+
 .PHONY: e2e
 e2e: ## Cluster tests: a fresh local cluster (unless KUBECONFIG is set), the tests, then teardown.
 ifdef KUBECONFIG
@@ -68,6 +82,7 @@ ifdef KUBECONFIG
 else
 	$(CLUSTER)/cluster-down.sh
 	$(MAKE) cluster-up
+	$(MAKE) install
 	$(CARGO) test -p braid-e2e -- --test-threads=1
 	$(CARGO) test -p braid-e2e --test teardown
 endif

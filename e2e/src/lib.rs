@@ -97,8 +97,9 @@ impl Cluster {
     }
 }
 
-/// A namespace made for one test. Dropping it deletes the namespace without waiting; tests that
-/// check deletion call [`Namespace::delete_and_wait`].
+/// A namespace made for one test. Dropping it deletes the namespace and waits (up to 2 min) until it
+/// is gone, so that one test's teardown never overlaps the next test; tests that measure deletion
+/// call [`Namespace::delete_and_wait`].
 #[derive(Debug)]
 pub struct Namespace {
     cluster: Cluster,
@@ -130,9 +131,13 @@ impl Namespace {
 impl Drop for Namespace {
     fn drop(&mut self) {
         if !self.deleted {
-            let _ = self
-                .cluster
-                .kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+            let _ = self.cluster.kubectl(&[
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=true",
+                "--timeout=120s",
+            ]);
         }
     }
 }
