@@ -65,6 +65,10 @@ fn pods_services_configmap_updates_and_namespace_deletion_work() -> anyhow::Resu
         .as_str()
         .context("service has no clusterIP")?;
     let url = format!("http://{cluster_ip}/");
+    // kube-proxy programs a new Service asynchronously: wait until it answers at all.
+    eventually(Duration::from_secs(30), || {
+        cluster.exec(ns, "client", &["braid-shop", "get", &url])
+    })?;
     let mut answered_by = BTreeSet::new();
     for _ in 0..40 {
         let answer: Value =
