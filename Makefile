@@ -10,7 +10,8 @@ CLUSTER := e2e/cluster/scripts
 export KUBECTL ?= $(CURDIR)/$(CLUSTER)/kubectl.sh
 # Images of the project's binaries, packed without Docker and imported into the test cluster.
 IMAGE_TAG ?= dev
-IMAGES := braid.local/braid-shop:$(IMAGE_TAG)=braid-shop braid.local/braid-operator:$(IMAGE_TAG)=braid-operator
+IMAGES := braid.local/braid-shop:$(IMAGE_TAG)=braid-shop braid.local/braid-operator:$(IMAGE_TAG)=braid-operator \
+  braid.local/braid-webhook:$(IMAGE_TAG)=braid-webhook
 
 .PHONY: help
 help: ## List the targets.
@@ -40,6 +41,10 @@ crd-check: ## Fail when config/crd/ differs from what the Rust types generate.
 unit: ## Unit tests (no cluster, no root).
 	$(CARGO) test --workspace --exclude braid-e2e
 
+.PHONY: fuzz
+fuzz: ## Fuzz the webhook's AdmissionReview parser for FUZZ_SECONDS (default 60; needs nightly and cargo-fuzz).
+	cd webhook/fuzz && cargo +nightly fuzz run review corpus/review -- -max_total_time=$${FUZZ_SECONDS:-60}
+
 .PHONY: cluster-deps
 cluster-deps: ## Install the test cluster's Debian packages (containerd, runc, CNI plugins, iptables).
 	@missing=""; for p in containerd runc containernetworking-plugins iptables conntrack iproute2 curl; do \
@@ -67,6 +72,7 @@ install: ## Install Braid on the cluster of KUBECONFIG (default: the local test 
 	$(KUBECTL) wait --for=condition=Established crd/meshes.braid.dev crd/meshpolicies.braid.dev crd/meshroutes.braid.dev --timeout=60s
 	$(KUBECTL) apply -f config/operator/mesh.yaml
 	$(KUBECTL) rollout status deployment/braid-operator -n braid-system --timeout=180s
+	$(KUBECTL) rollout status deployment/braid-webhook -n braid-system --timeout=180s
 
 .PHONY: uninstall
 uninstall: ## Remove Braid and everything it made (mesh objects, proxy ConfigMaps, identity Secrets).

@@ -1,8 +1,9 @@
 //! The operator on a real cluster (installed by `make install`): it writes exactly the expected
 //! ConfigMaps and Secrets, rewrites only what a change affects, follows scaling and deletion,
 //! reports bad references in status, issues certificates that verify against the mesh CA, and
-//! hands over writing when its leader dies. Until the injection webhook exists, the test labels
-//! its pods `braid.dev/workload` itself, as the webhook will.
+//! hands over writing when its leader dies. The test labels its pods `braid.dev/workload` itself,
+//! as the webhook does, and leaves its namespaces unlabelled for injection: these tests are about
+//! the operator, and pods stay runnable without the proxy image.
 
 use std::time::Duration;
 
@@ -104,7 +105,6 @@ fn operator_writes_configs_and_certificates_and_follows_changes() -> anyhow::Res
     let namespace = cluster.namespace("braid-e2e-operator")?;
     let ns = namespace.name.clone();
     let ns = ns.as_str();
-    cluster.kubectl(&["label", "namespace", ns, "braid.dev/inject=enabled"])?;
     workload(&cluster, ns, "order", "order", "order", 1)?;
     workload(&cluster, ns, "payment-v1", "payment", "payment", 1)?;
     workload(&cluster, ns, "payment-v2", "payment", "payment", 1)?;

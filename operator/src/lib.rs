@@ -14,6 +14,7 @@ pub mod plan;
 pub mod run;
 pub mod select;
 pub mod status;
+pub mod webhook_cert;
 pub mod workload;
 pub mod write;
 

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, watch};
 use crate::metrics::Metrics;
 use crate::plan::{Snapshot, object_key, plan};
 use crate::write::{MANAGED_LABEL, MANAGER, load_or_create_ca, sync_configs, sync_identities};
-use crate::{Error, status};
+use crate::{Error, status, webhook_cert};
 
 /// How long the loop waits for more changes before a pass.
 const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -236,6 +236,10 @@ async fn pass(client: &Client, caches: &Caches) -> Result<PassSummary, Error> {
     )
     .await?;
     written.certificates += identities.certificates;
+    let now_seconds = now.as_second();
+    written.certificates += usize::from(
+        webhook_cert::sync(client, &ca, &bundle, now_seconds, &caches.secrets.state()).await?,
+    );
     written.deleted += identities.deleted;
 
     let time = Time(now);

@@ -38,7 +38,12 @@ pub struct Written {
     pub deleted: usize,
 }
 
-fn metadata(name: String, namespace: &str, annotations: BTreeMap<String, String>) -> ObjectMeta {
+/// Metadata of an object the operator owns.
+pub fn managed_metadata(
+    name: String,
+    namespace: &str,
+    annotations: BTreeMap<String, String>,
+) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
         namespace: Some(namespace.into()),
@@ -85,7 +90,7 @@ pub async fn sync_configs(
             continue;
         }
         let config_map = ConfigMap {
-            metadata: metadata(
+            metadata: managed_metadata(
                 name.clone(),
                 &key.namespace,
                 [(HASH.to_owned(), hash)].into(),
@@ -102,7 +107,18 @@ pub async fn sync_configs(
         .await?;
         written.configs += 1;
     }
-    written.deleted += delete_orphans(client, existing, plan, proxy_config_map_name).await?;
+    let workload_configs: Vec<Arc<ConfigMap>> = existing
+        .iter()
+        .filter(|c| {
+            c.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("braid-proxy-"))
+        })
+        .cloned()
+        .collect();
+    written.deleted +=
+        delete_orphans(client, &workload_configs, plan, proxy_config_map_name).await?;
     Ok(written)
 }
 
@@ -121,20 +137,11 @@ pub async fn sync_identities(
     let records: BTreeMap<(String, String), LeafRecord> = existing
         .iter()
         .filter_map(|secret| {
-            let a = secret.metadata.annotations.as_ref()?;
-            let record = LeafRecord {
-                subject: a.get(SUBJECT)?.clone(),
-                ca_fingerprint: a.get(CA_FINGERPRINT)?.clone(),
-                not_before: a.get(NOT_BEFORE)?.parse().ok()?,
-                not_after: a.get(NOT_AFTER)?.parse().ok()?,
-            };
-            Some((
-                (
-                    secret.metadata.namespace.clone()?,
-                    secret.metadata.name.clone()?,
-                ),
-                record,
-            ))
+            let key = (
+                secret.metadata.namespace.clone()?,
+                secret.metadata.name.clone()?,
+            );
+            Some((key, leaf_record(secret)?))
         })
         .collect();
     for (key, workload) in &plan.workloads {
@@ -145,14 +152,10 @@ pub async fn sync_identities(
         };
         tracing::info!(workload = %key, identity = %workload.identity, reason, "issuing certificate");
         let leaf = ca.issue_workload(&workload.identity, now, lifetime_seconds)?;
-        let annotations = [
-            (SUBJECT.to_owned(), workload.identity.clone()),
-            (CA_FINGERPRINT.to_owned(), ca.fingerprint.clone()),
-            (NOT_BEFORE.to_owned(), leaf.not_before.to_string()),
-            (NOT_AFTER.to_owned(), leaf.not_after.to_string()),
-        ];
+        let annotations =
+            record_annotations(&workload.identity, ca, leaf.not_before, leaf.not_after);
         let secret = Secret {
-            metadata: metadata(name.clone(), &key.namespace, annotations.into()),
+            metadata: managed_metadata(name.clone(), &key.namespace, annotations),
             type_: Some("kubernetes.io/tls".into()),
             data: Some(
                 [
@@ -177,12 +180,44 @@ pub async fn sync_identities(
     }
     let workload_secrets: Vec<Arc<Secret>> = existing
         .iter()
-        .filter(|s| s.metadata.name.as_deref() != Some(CA_SECRET))
+        .filter(|s| {
+            s.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("braid-identity-"))
+        })
         .cloned()
         .collect();
     written.deleted +=
         delete_orphans(client, &workload_secrets, plan, identity_secret_name).await?;
     Ok(written)
+}
+
+/// The record of a certificate the operator issued, from the annotations on its Secret.
+pub fn leaf_record(secret: &Secret) -> Option<LeafRecord> {
+    let a = secret.metadata.annotations.as_ref()?;
+    Some(LeafRecord {
+        subject: a.get(SUBJECT)?.clone(),
+        ca_fingerprint: a.get(CA_FINGERPRINT)?.clone(),
+        not_before: a.get(NOT_BEFORE)?.parse().ok()?,
+        not_after: a.get(NOT_AFTER)?.parse().ok()?,
+    })
+}
+
+/// The annotations recording a certificate the operator issued.
+pub fn record_annotations(
+    subject: &str,
+    ca: &CertificateAuthority,
+    not_before: i64,
+    not_after: i64,
+) -> BTreeMap<String, String> {
+    [
+        (SUBJECT.to_owned(), subject.to_owned()),
+        (CA_FINGERPRINT.to_owned(), ca.fingerprint.clone()),
+        (NOT_BEFORE.to_owned(), not_before.to_string()),
+        (NOT_AFTER.to_owned(), not_after.to_string()),
+    ]
+    .into()
 }
 
 /// Deletes managed objects whose name is no current workload's.
@@ -258,7 +293,7 @@ pub async fn load_or_create_ca(
     tracing::info!("creating the mesh root CA in {CONTROL_PLANE_NAMESPACE}/{CA_SECRET}");
     let ca = CertificateAuthority::generate(trust_domain, now, ca_lifetime_seconds)?;
     let secret = Secret {
-        metadata: metadata(CA_SECRET.into(), CONTROL_PLANE_NAMESPACE, BTreeMap::new()),
+        metadata: managed_metadata(CA_SECRET.into(), CONTROL_PLANE_NAMESPACE, BTreeMap::new()),
         type_: Some("kubernetes.io/tls".into()),
         data: Some(
             [
