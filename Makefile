@@ -41,6 +41,13 @@ crd-check: ## Fail when config/crd/ differs from what the Rust types generate.
 unit: ## Unit tests (no cluster, no root).
 	$(CARGO) test --workspace --exclude braid-e2e
 
+.PHONY: bench
+bench: ## Benchmarks on the local test cluster (or KUBECONFIG's); results under bench/results/.
+ifndef KUBECONFIG
+	$(MAKE) cluster-up install
+endif
+	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-operator
+
 .PHONY: fuzz
 fuzz: ## Fuzz the webhook's AdmissionReview parser for FUZZ_SECONDS (default 60; needs nightly and cargo-fuzz).
 	cd webhook/fuzz && cargo +nightly fuzz run review corpus/review -- -max_total_time=$${FUZZ_SECONDS:-60}

@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("cannot build a Kubernetes client")?;
 
+    let pod_name = settings.pod_name.clone();
     let changed = Arc::new(Notify::new());
     let (caches, watches) = run::Caches::start(&client, changed.clone());
     let metrics = Arc::new(Metrics::default());
@@ -92,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
             client.clone(),
             settings.namespace,
             "braid-operator".into(),
-            settings.pod_name,
+            pod_name.clone(),
             leading_tx,
         ));
     }
@@ -101,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!("caches synced");
     changed.notify_one();
     tokio::select! {
-        () = run::reconcile_loop(client, caches, changed, leading, metrics) => {}
+        () = run::reconcile_loop(client, caches, changed, leading, metrics, pod_name) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         () = terminate() => tracing::info!("terminated"),
     }

@@ -13,6 +13,8 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::PartialObjectMeta;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
@@ -38,10 +40,29 @@ pub struct Caches {
     policies: Store<MeshPolicy>,
     routes: Store<MeshRoute>,
     meshes: Store<Mesh>,
-    config_maps: Store<ConfigMap>,
-    secrets: Store<Secret>,
+    config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    secrets: Store<PartialObjectMeta<Secret>>,
 }
 
+fn reflect_into<K, S>(
+    watch: S,
+    changed: Arc<Notify>,
+) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = watch.default_backoff().reflect(writer).map(move |event| {
+        if let Err(error) = event {
+            tracing::warn!(%error, kind = %K::kind(&()), "watch error; retrying");
+        }
+        changed.notify_one();
+    });
+    (store, stream)
+}
+
+/// A cache of whole objects.
 fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -56,17 +77,7 @@ where
         + Sync
         + 'static,
 {
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, config.any_semantic())
-        .default_backoff()
-        .reflect(writer)
-        .map(move |event| {
-            if let Err(error) = event {
-                tracing::warn!(%error, kind = %K::kind(&()), "watch error; retrying");
-            }
-            changed.notify_one();
-        });
-    (store, stream)
+    reflect_into(watcher(api, config.any_semantic()), changed)
 }
 
 impl Caches {
@@ -92,8 +103,18 @@ impl Caches {
         let (policies, s5) = cache(Api::all(client.clone()), all(), changed.clone());
         let (routes, s6) = cache(Api::all(client.clone()), all(), changed.clone());
         let (meshes, s7) = cache(Api::all(client.clone()), all(), changed.clone());
-        let (config_maps, s8) = cache(Api::all(client.clone()), managed(), changed.clone());
-        let (secrets, s9) = cache(Api::all(client.clone()), managed(), changed);
+        // Metadata only: the operator needs just its hash and certificate annotations back, and
+        // 1,000 proxy configs would otherwise sit in memory.
+        let (config_maps, s8) = cache(
+            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
+            managed(),
+            changed.clone(),
+        );
+        let (secrets, s9) = cache(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            managed(),
+            changed,
+        );
         let streams = futures::stream::select_all([
             s1.boxed(),
             s2.boxed(),
@@ -170,7 +191,13 @@ pub async fn reconcile_loop(
     changed: Arc<Notify>,
     leading: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    instance: String,
 ) {
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(instance),
+    };
+    let recorder = Recorder::new(client.clone(), reporter);
     let mut backoff = Duration::from_millis(500);
     loop {
         let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
@@ -179,7 +206,7 @@ pub async fn reconcile_loop(
             continue;
         }
         let started = Instant::now();
-        match pass(&client, &caches).await {
+        match pass(&client, &caches, &recorder).await {
             Ok(summary) => {
                 metrics.record_pass(started.elapsed(), None, &summary);
                 backoff = Duration::from_millis(500);
@@ -206,7 +233,7 @@ pub struct PassSummary {
     pub workloads: usize,
 }
 
-async fn pass(client: &Client, caches: &Caches) -> Result<PassSummary, Error> {
+async fn pass(client: &Client, caches: &Caches, recorder: &Recorder) -> Result<PassSummary, Error> {
     let snapshot = caches.snapshot();
     let plan = plan(&snapshot);
     let now = k8s_openapi::jiff::Timestamp::now();
@@ -245,18 +272,28 @@ async fn pass(client: &Client, caches: &Caches) -> Result<PassSummary, Error> {
     let time = Time(now);
     for policy in caches.policies.state() {
         if let Some(outcome) = plan.policies.get(&object_key(&policy.metadata)) {
-            status::write_policy(
-                client,
-                &policy,
-                status::policy_status(&policy, outcome, &time),
-            )
-            .await?;
+            let next = status::policy_status(&policy, outcome, &time);
+            let previous = policy
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            if status::write_policy(client, &policy, next.clone()).await? {
+                status::announce(recorder, policy.as_ref(), &previous, &next.conditions).await;
+            }
         }
     }
     for route in caches.routes.state() {
         if let Some(outcome) = plan.routes.get(&object_key(&route.metadata)) {
-            status::write_route(client, &route, status::route_status(&route, outcome, &time))
-                .await?;
+            let next = status::route_status(&route, outcome, &time);
+            let previous = route
+                .status
+                .as_ref()
+                .map(|s| s.conditions.clone())
+                .unwrap_or_default();
+            if status::write_route(client, &route, next.clone()).await? {
+                status::announce(recorder, route.as_ref(), &previous, &next.conditions).await;
+            }
         }
     }
     if let Some(mesh) = caches.mesh() {

@@ -338,3 +338,95 @@ mod tests {
         assert_eq!(changed.conditions[1].last_transition_time, time(300));
     }
 }
+
+/// The Ready transition from `previous` to `next` conditions, if any: (now ready, reason,
+/// message). Events are published only for these, never for every pass.
+pub fn ready_transition<'a>(
+    previous: &[Condition],
+    next: &'a [Condition],
+) -> Option<(bool, &'a str, &'a str)> {
+    let find = |conditions: &[Condition]| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| (c.status.clone(), c.reason.clone()))
+    };
+    let after = next.iter().find(|c| c.type_ == READY)?;
+    if find(previous) == Some((after.status.clone(), after.reason.clone())) {
+        return None;
+    }
+    Some((
+        after.status == "True",
+        after.reason.as_str(),
+        after.message.as_str(),
+    ))
+}
+
+/// Publishes an Event for a Ready transition of `object`.
+pub async fn announce<K>(
+    recorder: &kube::runtime::events::Recorder,
+    object: &K,
+    previous: &[Condition],
+    next: &[Condition],
+) where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let Some((ready, reason, message)) = ready_transition(previous, next) else {
+        return;
+    };
+    let event = kube::runtime::events::Event {
+        type_: if ready {
+            kube::runtime::events::EventType::Normal
+        } else {
+            kube::runtime::events::EventType::Warning
+        },
+        reason: reason.into(),
+        note: Some(message.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(%error, "cannot publish an event");
+    }
+}
+
+#[cfg(test)]
+mod transition_tests {
+    use super::*;
+
+    fn ready(status: &str, reason: &str) -> Vec<Condition> {
+        let now = Time(k8s_openapi::jiff::Timestamp::from_second(1).expect("time"));
+        vec![condition(
+            READY,
+            status == "True",
+            reason,
+            "m",
+            None,
+            &[],
+            now,
+        )]
+    }
+
+    #[test]
+    fn only_changes_of_status_or_reason_are_transitions() {
+        assert_eq!(
+            ready_transition(&[], &ready("True", "InEffect")),
+            Some((true, "InEffect", "m"))
+        );
+        assert_eq!(
+            ready_transition(&ready("True", "InEffect"), &ready("True", "InEffect")),
+            None
+        );
+        assert_eq!(
+            ready_transition(&ready("True", "InEffect"), &ready("False", "NoWorkloads")),
+            Some((false, "NoWorkloads", "m"))
+        );
+        assert_eq!(
+            ready_transition(
+                &ready("False", "NoWorkloads"),
+                &ready("False", "Overridden")
+            ),
+            Some((false, "Overridden", "m"))
+        );
+    }
+}

@@ -11,6 +11,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 
 use crate::Error;
 use crate::certs::{CertificateAuthority, renewal_reason};
@@ -36,14 +37,14 @@ pub async fn sync(
     ca: &CertificateAuthority,
     bundle: &str,
     now: i64,
-    secrets: &[Arc<Secret>],
+    secrets: &[Arc<PartialObjectMeta<Secret>>],
 ) -> Result<bool, Error> {
     let existing = secrets.iter().find(|s| {
         s.metadata.namespace.as_deref() == Some(CONTROL_PLANE_NAMESPACE)
             && s.metadata.name.as_deref() == Some(WEBHOOK_SECRET)
     });
     let subject = dns_names().join(",");
-    let record = existing.and_then(|s| leaf_record(s));
+    let record = existing.and_then(|s| leaf_record(&s.metadata));
     let mut issued = false;
     if let Some(reason) = renewal_reason(record.as_ref(), &subject, ca, now) {
         tracing::info!(reason, "issuing the webhook's serving certificate");

@@ -8,6 +8,7 @@ use braid_api::{CONTROL_PLANE_NAMESPACE, identity_secret_name, proxy_config_map_
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use sha2::{Digest, Sha256};
 
 use crate::Error;
@@ -66,7 +67,7 @@ pub async fn sync_configs(
     client: &kube::Client,
     plan: &Plan,
     snapshot: &Snapshot,
-    existing: &[Arc<ConfigMap>],
+    existing: &[Arc<PartialObjectMeta<ConfigMap>>],
 ) -> Result<Written, Error> {
     let mut written = Written::default();
     let existing_hashes: BTreeMap<(String, String), String> = existing
@@ -83,7 +84,7 @@ pub async fn sync_configs(
         let Some(config) = plan.config_for(key, snapshot) else {
             continue;
         };
-        let json = config.to_json();
+        let json = config.to_compact_json();
         let hash = sha256_hex(json.as_bytes());
         let name = proxy_config_map_name(&key.name);
         if existing_hashes.get(&(key.namespace.clone(), name.clone())) == Some(&hash) {
@@ -107,7 +108,7 @@ pub async fn sync_configs(
         .await?;
         written.configs += 1;
     }
-    let workload_configs: Vec<Arc<ConfigMap>> = existing
+    let workload_configs: Vec<Arc<PartialObjectMeta<ConfigMap>>> = existing
         .iter()
         .filter(|c| {
             c.metadata
@@ -131,7 +132,7 @@ pub async fn sync_identities(
     ca_bundle: &str,
     lifetime_seconds: i64,
     now: i64,
-    existing: &[Arc<Secret>],
+    existing: &[Arc<PartialObjectMeta<Secret>>],
 ) -> Result<Written, Error> {
     let mut written = Written::default();
     let records: BTreeMap<(String, String), LeafRecord> = existing
@@ -141,7 +142,7 @@ pub async fn sync_identities(
                 secret.metadata.namespace.clone()?,
                 secret.metadata.name.clone()?,
             );
-            Some((key, leaf_record(secret)?))
+            Some((key, leaf_record(&secret.metadata)?))
         })
         .collect();
     for (key, workload) in &plan.workloads {
@@ -178,7 +179,7 @@ pub async fn sync_identities(
         .await?;
         written.certificates += 1;
     }
-    let workload_secrets: Vec<Arc<Secret>> = existing
+    let workload_secrets: Vec<Arc<PartialObjectMeta<Secret>>> = existing
         .iter()
         .filter(|s| {
             s.metadata
@@ -194,8 +195,8 @@ pub async fn sync_identities(
 }
 
 /// The record of a certificate the operator issued, from the annotations on its Secret.
-pub fn leaf_record(secret: &Secret) -> Option<LeafRecord> {
-    let a = secret.metadata.annotations.as_ref()?;
+pub fn leaf_record(metadata: &ObjectMeta) -> Option<LeafRecord> {
+    let a = metadata.annotations.as_ref()?;
     Some(LeafRecord {
         subject: a.get(SUBJECT)?.clone(),
         ca_fingerprint: a.get(CA_FINGERPRINT)?.clone(),
@@ -223,7 +224,7 @@ pub fn record_annotations(
 /// Deletes managed objects whose name is no current workload's.
 async fn delete_orphans<K>(
     client: &kube::Client,
-    existing: &[Arc<K>],
+    existing: &[Arc<PartialObjectMeta<K>>],
     plan: &Plan,
     name_of: impl Fn(&str) -> String,
 ) -> Result<usize, Error>
@@ -240,7 +241,7 @@ where
         .collect();
     let mut deleted = 0;
     for object in existing {
-        let meta = object.meta();
+        let meta = &object.metadata;
         let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
             continue;
         };

@@ -112,12 +112,16 @@ pub struct Destination {
     pub cluster_ips: Vec<IpAddr>,
     /// The Service's ports and, for each, the endpoints behind it.
     pub ports: Vec<DestinationPort>,
-    /// How clients call this destination.
-    #[serde(default)]
+    /// How clients call this destination; omitted when it is Braid's defaults.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub policy: ClientPolicy,
     /// MeshRoute rules for this destination, tried in order; no match: the destination itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// One port of a destination.
