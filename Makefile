@@ -46,6 +46,7 @@ bench: ## Benchmarks on the local test cluster (or KUBECONFIG's); results under 
 ifndef KUBECONFIG
 	$(MAKE) cluster-up install
 endif
+	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-webhook
 	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-operator
 
 .PHONY: fuzz
@@ -93,7 +94,7 @@ e2e: ## Cluster tests: a fresh local cluster (unless KUBECONFIG is set), the tes
 ifdef KUBECONFIG
 	$(CARGO) test -p braid-e2e -- --test-threads=1
 else
-	$(CLUSTER)/cluster-down.sh
+	$(CLUSTER)/cluster-down.sh --purge
 	$(MAKE) cluster-up
 	$(MAKE) install
 	$(CARGO) test -p braid-e2e -- --test-threads=1

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use braid_api::{CONTROL_PLANE_NAMESPACE, identity_secret_name, proxy_config_map_name};
+use futures::StreamExt as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -27,6 +28,10 @@ const SUBJECT: &str = "braid.dev/subject";
 const CA_FINGERPRINT: &str = "braid.dev/ca-fingerprint";
 const NOT_BEFORE: &str = "braid.dev/not-before";
 const NOT_AFTER: &str = "braid.dev/not-after";
+
+/// How many ConfigMap writes are in flight at once: enough to hide the API server's round trip,
+/// few enough not to swamp it.
+const WRITE_CONCURRENCY: usize = 16;
 
 /// What one pass wrote, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -80,32 +85,36 @@ pub async fn sync_configs(
             ))
         })
         .collect();
-    for key in plan.workloads.keys() {
-        let Some(config) = plan.config_for(key, snapshot) else {
-            continue;
-        };
-        let json = config.to_compact_json();
+    // Rendered lazily, so at most WRITE_CONCURRENCY documents are in memory at once.
+    let changed = plan.workloads.keys().filter_map(|key| {
+        let json = plan.config_for(key, snapshot)?.to_compact_json();
         let hash = sha256_hex(json.as_bytes());
         let name = proxy_config_map_name(&key.name);
-        if existing_hashes.get(&(key.namespace.clone(), name.clone())) == Some(&hash) {
-            continue;
-        }
-        let config_map = ConfigMap {
-            metadata: managed_metadata(
-                name.clone(),
-                &key.namespace,
-                [(HASH.to_owned(), hash)].into(),
-            ),
-            data: Some([("proxy.json".to_owned(), json)].into()),
-            ..Default::default()
-        };
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), &key.namespace);
-        api.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&config_map),
-        )
-        .await?;
+        let unchanged = existing_hashes.get(&(key.namespace.clone(), name.clone())) == Some(&hash);
+        (!unchanged).then(|| (key.namespace.clone(), name, json, hash))
+    });
+    let mut writes = futures::stream::iter(changed)
+        .map(|(namespace, name, json, hash)| async move {
+            let config_map = ConfigMap {
+                metadata: managed_metadata(
+                    name.clone(),
+                    &namespace,
+                    [(HASH.to_owned(), hash)].into(),
+                ),
+                data: Some([("proxy.json".to_owned(), json)].into()),
+                ..Default::default()
+            };
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+            api.patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&config_map),
+            )
+            .await
+        })
+        .buffer_unordered(WRITE_CONCURRENCY);
+    while let Some(result) = writes.next().await {
+        result?;
         written.configs += 1;
     }
     let workload_configs: Vec<Arc<PartialObjectMeta<ConfigMap>>> = existing

@@ -96,7 +96,8 @@ wait_for containerd 30 ctr --address "$CONTAINERD_SOCKET" version
 start etcd "$BIN/etcd" --name=braid --data-dir="$STATE_DIR/etcd" \
   --listen-client-urls=http://127.0.0.1:2379 --advertise-client-urls=http://127.0.0.1:2379 \
   --listen-peer-urls=http://127.0.0.1:2380 --initial-advertise-peer-urls=http://127.0.0.1:2380 \
-  --initial-cluster=braid=http://127.0.0.1:2380 --unsafe-no-fsync=true --log-level=warn
+  --initial-cluster=braid=http://127.0.0.1:2380 --unsafe-no-fsync=true --log-level=warn \
+  --quota-backend-bytes=8589934592 --auto-compaction-mode=periodic --auto-compaction-retention=1m
 wait_for etcd 30 in_cluster curl -fsS http://127.0.0.1:2379/health
 
 pki=$STATE_DIR/pki

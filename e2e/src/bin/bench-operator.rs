@@ -30,48 +30,84 @@ const HASH: &str = "braid.dev/config-hash";
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = kube::Client::try_default().await.context("no cluster: run make cluster-up install")?;
-    let iterations: usize = std::env::var("BENCH_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let client = kube::Client::try_default()
+        .await
+        .context("no cluster: run make cluster-up install")?;
+    let iterations: usize = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     recreate_namespace(&client, NS).await?;
     recreate_namespace(&client, BASELINE_NS).await?;
 
     let started = Instant::now();
     create_fixture(&client).await?;
     let configs: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), NS);
-    let all: BTreeSet<String> = (0..WORKLOADS).map(|i| format!("braid-proxy-w-{i}")).collect();
+    let all: BTreeSet<String> = (0..WORKLOADS)
+        .map(|i| format!("braid-proxy-w-{i}"))
+        .collect();
     let initial = wait_until_stable(&configs, &all, Duration::from_secs(600)).await?;
     let converged = started.elapsed();
     eprintln!("initial: {WORKLOADS} workloads converged in {converged:.1?}");
 
-    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), NS, &policy_resource());
+    let policies: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &policy_resource());
     let mut hashes = initial;
     let (mut server_side, mut client_side) = (Vec::new(), Vec::new());
-    let group0: BTreeSet<String> = (0..WORKLOADS).filter(|i| i % 10 == 0).map(|i| format!("braid-proxy-w-{i}")).collect();
+    let group0: BTreeSet<String> = (0..WORKLOADS)
+        .filter(|i| i % 10 == 0)
+        .map(|i| format!("braid-proxy-w-{i}"))
+        .collect();
     for round in 0..iterations {
-        let mode = if round % 2 == 0 { "STRICT" } else { "PERMISSIVE" };
+        let mode = if round % 2 == 0 {
+            "STRICT"
+        } else {
+            "PERMISSIVE"
+        };
         let patch = json!({"spec": {"mtls": {"mode": mode}}});
-        let (took, now) = timed_change(&configs, &policies, "group-0", patch, &group0, &hashes).await?;
+        let (took, now) =
+            timed_change(&configs, &policies, "group-0", patch, &group0, &hashes).await?;
         hashes = now;
         server_side.push(took);
-        let balancer = if round % 2 == 0 { "LEAST_CONN" } else { "ROUND_ROBIN" };
+        let balancer = if round % 2 == 0 {
+            "LEAST_CONN"
+        } else {
+            "ROUND_ROBIN"
+        };
         let patch = json!({"spec": {"loadBalancer": balancer}});
-        let (took, now) = timed_change(&configs, &policies, "svc-1-backends", patch, &all, &hashes).await?;
+        let (took, now) =
+            timed_change(&configs, &policies, "svc-1-backends", patch, &all, &hashes).await?;
         hashes = now;
         client_side.push(took);
-        eprintln!("round {round}: server-side {:.2?}, client-side {:.2?}", server_side[round], client_side[round]);
+        eprintln!(
+            "round {round}: server-side {:.2?}, client-side {:.2?}",
+            server_side[round], client_side[round]
+        );
     }
 
     let size = config_size(&client).await?;
     let baseline_100 = baseline(&client, 100, size).await?;
     let baseline_1000 = baseline(&client, WORKLOADS, size).await?;
     let peak = operator_peak_rss_mib()?;
-    let report = report(converged, &server_side, &client_side, baseline_100, baseline_1000, size, peak);
+    let report = report(
+        converged,
+        &server_side,
+        &client_side,
+        baseline_100,
+        baseline_1000,
+        size,
+        peak,
+    );
     std::fs::create_dir_all("bench/results")?;
     std::fs::write("bench/results/operator-scale.md", &report)?;
     print!("{report}");
     recreate_namespace(&client, BASELINE_NS).await?;
-    Api::<Namespace>::all(client.clone()).delete(NS, &DeleteParams::default()).await?;
-    Api::<Namespace>::all(client).delete(BASELINE_NS, &DeleteParams::default()).await?;
+    Api::<Namespace>::all(client.clone())
+        .delete(NS, &DeleteParams::default())
+        .await?;
+    Api::<Namespace>::all(client)
+        .delete(BASELINE_NS, &DeleteParams::default())
+        .await?;
     Ok(())
 }
 
@@ -97,7 +133,11 @@ async fn recreate_namespace(client: &kube::Client, name: &str) -> anyhow::Result
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
-    api.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": name}}))?).await?;
+    api.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
+    )
+    .await?;
     Ok(())
 }
 
@@ -105,7 +145,8 @@ async fn create_fixture(client: &kube::Client) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
-    let policies: Api<kube::api::DynamicObject> = Api::namespaced_with(client.clone(), NS, &policy_resource());
+    let policies: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), NS, &policy_resource());
     let create = PostParams::default();
     for i in 0..WORKLOADS {
         let pod = json!({
@@ -116,7 +157,9 @@ async fn create_fixture(client: &kube::Client) -> anyhow::Result<()> {
     }
     for j in 0..SERVICES {
         let service = json!({"metadata": {"name": format!("svc-{j}")}, "spec": {"ports": [{"name": "http", "port": 80}]}});
-        services.create(&create, &serde_json::from_value(service)?).await?;
+        services
+            .create(&create, &serde_json::from_value(service)?)
+            .await?;
         let endpoints: Vec<_> = (0..2)
             .map(|k| {
                 let i = 2 * j + k;
@@ -128,18 +171,27 @@ async fn create_fixture(client: &kube::Client) -> anyhow::Result<()> {
             "metadata": {"name": format!("svc-{j}-bench"), "labels": {"kubernetes.io/service-name": format!("svc-{j}")}},
             "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "http", "port": 8080}]
         });
-        slices.create(&create, &serde_json::from_value(slice)?).await?;
+        slices
+            .create(&create, &serde_json::from_value(slice)?)
+            .await?;
     }
-    for (name, selector) in [("group-0", json!({"group": "g-0"})), ("svc-1-backends", json!({"service": "svc-1"}))] {
+    for (name, selector) in [
+        ("group-0", json!({"group": "g-0"})),
+        ("svc-1-backends", json!({"service": "svc-1"})),
+    ] {
         let policy = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "MeshPolicy", "metadata": {"name": name},
                             "spec": {"selector": {"matchLabels": selector}}});
-        policies.create(&create, &serde_json::from_value(policy)?).await?;
+        policies
+            .create(&create, &serde_json::from_value(policy)?)
+            .await?;
     }
     Ok(())
 }
 
 /// The hash annotation of every managed ConfigMap in the namespace.
-async fn hashes(configs: &Api<PartialObjectMeta<ConfigMap>>) -> anyhow::Result<BTreeMap<String, String>> {
+async fn hashes(
+    configs: &Api<PartialObjectMeta<ConfigMap>>,
+) -> anyhow::Result<BTreeMap<String, String>> {
     let list = configs.list_metadata(&Default::default()).await?;
     Ok(list
         .items
@@ -162,11 +214,17 @@ async fn wait_until_stable(
         if now != last {
             stable_since = Instant::now();
             last = now;
-        } else if names.iter().all(|n| last.contains_key(n)) && stable_since.elapsed() > Duration::from_secs(5) {
+        } else if names.iter().all(|n| last.contains_key(n))
+            && stable_since.elapsed() > Duration::from_secs(5)
+        {
             return Ok(last);
         }
         if Instant::now() > deadline {
-            bail!("{} of {} ConfigMaps after {timeout:?}", last.len(), names.len());
+            bail!(
+                "{} of {} ConfigMaps after {timeout:?}",
+                last.len(),
+                names.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -189,7 +247,9 @@ async fn timed_change(
         }
     }
     let started = Instant::now();
-    policies.patch(policy, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    policies
+        .patch(policy, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
     let mut pending = affected.clone();
     let mut now = before.clone();
     while !pending.is_empty() {
@@ -198,7 +258,12 @@ async fn timed_change(
             .with_context(|| format!("{} ConfigMaps still unchanged after 120 s", pending.len()))?
             .context("watch ended")??;
         if let watcher::Event::Apply(meta) = event {
-            let (Some(name), Some(hash)) = (meta.metadata.name, meta.metadata.annotations.and_then(|a| a.get(HASH).cloned())) else { continue };
+            let (Some(name), Some(hash)) = (
+                meta.metadata.name,
+                meta.metadata.annotations.and_then(|a| a.get(HASH).cloned()),
+            ) else {
+                continue;
+            };
             if before.get(&name) != Some(&hash) {
                 pending.remove(&name);
             }
@@ -211,7 +276,10 @@ async fn timed_change(
 async fn config_size(client: &kube::Client) -> anyhow::Result<usize> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
     let config = api.get("braid-proxy-w-0").await?;
-    Ok(config.data.and_then(|d| d.get("proxy.json").map(String::len)).unwrap_or(0))
+    Ok(config
+        .data
+        .and_then(|d| d.get("proxy.json").map(String::len))
+        .unwrap_or(0))
 }
 
 /// The API server storing `count` ConfigMaps of `size` bytes, written one after another from here.
@@ -222,7 +290,12 @@ async fn baseline(client: &kube::Client, count: usize, size: usize) -> anyhow::R
     for i in 0..count {
         let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("baseline-{i}")},
                             "data": {"proxy.json": payload, "round": format!("{count}")}});
-        api.patch(&format!("baseline-{i}"), &PatchParams::apply("braid-bench").force(), &Patch::Apply(config)).await?;
+        api.patch(
+            &format!("baseline-{i}"),
+            &PatchParams::apply("braid-bench").force(),
+            &Patch::Apply(config),
+        )
+        .await?;
     }
     Ok(started.elapsed())
 }
@@ -232,13 +305,18 @@ fn operator_peak_rss_mib() -> anyhow::Result<f64> {
     let mut peak_kib = 0u64;
     for entry in std::fs::read_dir("/proc")? {
         let path = entry?.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
         let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
         if !program.ends_with(b"braid-operator") {
             continue;
         }
         let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-        let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok());
+        let hwm = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok());
         peak_kib = peak_kib.max(hwm.unwrap_or(0));
     }
     if peak_kib == 0 {
@@ -265,7 +343,12 @@ fn report(
 ) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())))
+        .and_then(|c| {
+            c.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
         .unwrap_or_default();
     let row = |name: &str, samples: &[Duration], base: Duration| {
         let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
@@ -288,9 +371,19 @@ fn report(
          | measure | value | target |\n|---|---|---|\n\
          | initial convergence ({WORKLOADS} configs and certificates) | {:.1} s | — |\n\
          | operator peak RSS (VmHWM) | {peak_mib:.1} MiB | < 256 MiB |\n",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        row("server side (mTLS mode; 100 workloads affected)", server, baseline_100),
-        row("client side (load balancer; all 1,000 affected)", client, baseline_1000),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        row(
+            "server side (mTLS mode; 100 workloads affected)",
+            server,
+            baseline_100
+        ),
+        row(
+            "client side (load balancer; all 1,000 affected)",
+            client,
+            baseline_1000
+        ),
         server.len(),
         converged.as_secs_f64(),
     )
