@@ -27,6 +27,15 @@ fn pods(cluster: &Cluster, ns: &str, app: &str) -> anyhow::Result<Vec<Value>> {
     Ok(list["items"].as_array().cloned().unwrap_or_default())
 }
 
+/// Waits for the Deployment `app`'s two pods to exist.
+fn two_pods(cluster: &Cluster, ns: &str, app: &str) -> anyhow::Result<Vec<Value>> {
+    eventually(Duration::from_secs(60), || {
+        let pods = pods(cluster, ns, app)?;
+        ensure!(pods.len() == 2, "{} pods", pods.len());
+        Ok(pods)
+    })
+}
+
 fn names(containers: &Value) -> Vec<String> {
     containers
         .as_array()
@@ -88,11 +97,7 @@ fn pods_in_labelled_namespaces_are_injected_by_the_api_server_and_others_are_not
 
     cluster.apply(&deployment(&meshed.name, "payment"))?;
     cluster.apply(&deployment(&plain.name, "payment"))?;
-    let injected = eventually(Duration::from_secs(60), || {
-        let pods = pods(&cluster, &meshed.name, "payment")?;
-        ensure!(pods.len() == 2, "{} pods", pods.len());
-        Ok(pods)
-    })?;
+    let injected = two_pods(&cluster, &meshed.name, "payment")?;
     for pod in &injected {
         ensure!(
             names(&pod["spec"]["initContainers"]) == ["braid-init", "braid-proxy"],
@@ -108,11 +113,7 @@ fn pods_in_labelled_namespaces_are_injected_by_the_api_server_and_others_are_not
             "injected annotation missing"
         );
     }
-    let untouched = eventually(Duration::from_secs(60), || {
-        let pods = pods(&cluster, &plain.name, "payment")?;
-        ensure!(pods.len() == 2, "{} pods", pods.len());
-        Ok(pods)
-    })?;
+    let untouched = two_pods(&cluster, &plain.name, "payment")?;
     for pod in &untouched {
         ensure!(
             pod["spec"]["initContainers"].is_null(),

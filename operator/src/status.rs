@@ -191,14 +191,44 @@ fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
         })
 }
 
+/// Server-side-applies `status` to an object's status subresource.
+async fn apply_status<K>(
+    api: Api<K>,
+    object: &K,
+    status: impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({"apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status});
+    let name = object.meta().name.as_deref().unwrap_or_default();
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+    Ok(())
+}
+
+fn namespaced<K>(client: &kube::Client, object: &K) -> Api<K>
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+{
+    Api::namespaced(
+        client.clone(),
+        object.meta().namespace.as_deref().unwrap_or_default(),
+    )
+}
+
 /// Writes a MeshPolicy's status when it changed. Returns whether it wrote.
 pub async fn write_policy(
     client: &kube::Client,
     policy: &MeshPolicy,
     status: MeshPolicyStatus,
 ) -> Result<bool, Error> {
-    if let Some(current) = &policy.status {
-        let unchanged = same_conditions(&current.conditions, &status.conditions)
+    let unchanged = policy.status.as_ref().is_some_and(|current| {
+        same_conditions(&current.conditions, &status.conditions)
             && (
                 current.workloads,
                 current.mtls_mode,
@@ -207,23 +237,12 @@ pub async fn write_policy(
                 status.workloads,
                 status.mtls_mode,
                 status.observed_generation,
-            );
-        if unchanged {
-            return Ok(false);
-        }
+            )
+    });
+    if !unchanged {
+        apply_status(namespaced(client, policy), policy, status).await?;
     }
-    let api: Api<MeshPolicy> = Api::namespaced(
-        client.clone(),
-        policy.metadata.namespace.as_deref().unwrap_or_default(),
-    );
-    let patch = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "MeshPolicy", "status": status});
-    api.patch_status(
-        policy.metadata.name.as_deref().unwrap_or_default(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-    Ok(true)
+    Ok(!unchanged)
 }
 
 /// Writes a MeshRoute's status when it changed. Returns whether it wrote.
@@ -232,56 +251,39 @@ pub async fn write_route(
     route: &MeshRoute,
     status: MeshRouteStatus,
 ) -> Result<bool, Error> {
-    if let Some(current) = &route.status
-        && same_conditions(&current.conditions, &status.conditions)
-        && (&current.backends, current.observed_generation)
-            == (&status.backends, status.observed_generation)
-    {
-        return Ok(false);
+    let unchanged = route.status.as_ref().is_some_and(|current| {
+        same_conditions(&current.conditions, &status.conditions)
+            && (&current.backends, current.observed_generation)
+                == (&status.backends, status.observed_generation)
+    });
+    if !unchanged {
+        apply_status(namespaced(client, route), route, status).await?;
     }
-    let api: Api<MeshRoute> = Api::namespaced(
-        client.clone(),
-        route.metadata.namespace.as_deref().unwrap_or_default(),
-    );
-    let patch = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "MeshRoute", "status": status});
-    api.patch_status(
-        route.metadata.name.as_deref().unwrap_or_default(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-    Ok(true)
+    Ok(!unchanged)
 }
 
-/// Writes the Mesh's status when it changed.
+/// Writes the Mesh's status when it changed. Returns whether it wrote.
 pub async fn write_mesh(
     client: &kube::Client,
     mesh: &Mesh,
     status: MeshStatus,
 ) -> Result<bool, Error> {
-    if let Some(current) = &mesh.status
-        && same_conditions(&current.conditions, &status.conditions)
-        && (
-            &current.ca_expires,
-            current.workloads,
-            current.observed_generation,
-        ) == (
-            &status.ca_expires,
-            status.workloads,
-            status.observed_generation,
-        )
-    {
-        return Ok(false);
+    let unchanged = mesh.status.as_ref().is_some_and(|current| {
+        same_conditions(&current.conditions, &status.conditions)
+            && (
+                &current.ca_expires,
+                current.workloads,
+                current.observed_generation,
+            ) == (
+                &status.ca_expires,
+                status.workloads,
+                status.observed_generation,
+            )
+    });
+    if !unchanged {
+        apply_status(Api::all(client.clone()), mesh, status).await?;
     }
-    let api: Api<Mesh> = Api::all(client.clone());
-    let patch = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "Mesh", "status": status});
-    api.patch_status(
-        mesh.metadata.name.as_deref().unwrap_or_default(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-    Ok(true)
+    Ok(!unchanged)
 }
 
 #[cfg(test)]

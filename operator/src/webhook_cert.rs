@@ -3,7 +3,6 @@
 //! webhook reloads it without a restart) and keeps the `caBundle` of MutatingWebhookConfiguration
 //! `braid-webhook` equal to the CA bundle, so the API server trusts it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use braid_api::CONTROL_PLANE_NAMESPACE;
@@ -15,7 +14,7 @@ use kube::core::PartialObjectMeta;
 
 use crate::Error;
 use crate::certs::{CertificateAuthority, renewal_reason};
-use crate::write::{MANAGER, leaf_record, managed_metadata, record_annotations};
+use crate::write::{MANAGER, leaf_record, record_annotations, tls_secret};
 
 /// The webhook's Secret.
 pub const WEBHOOK_SECRET: &str = "braid-webhook-tls";
@@ -49,23 +48,17 @@ pub async fn sync(
     if let Some(reason) = renewal_reason(record.as_ref(), &subject, ca, now) {
         tracing::info!(reason, "issuing the webhook's serving certificate");
         let leaf = ca.issue_server(&dns_names(), now, LIFETIME_SECONDS)?;
-        let annotations: BTreeMap<String, String> =
-            record_annotations(&subject, ca, leaf.not_before, leaf.not_after);
-        let secret = Secret {
-            metadata: managed_metadata(WEBHOOK_SECRET.into(), CONTROL_PLANE_NAMESPACE, annotations),
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(
-                [
-                    ("tls.crt", leaf.cert_pem),
-                    ("tls.key", leaf.key_pem),
-                    ("ca.crt", bundle.to_owned()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-                .collect(),
-            ),
-            ..Default::default()
-        };
+        let annotations = record_annotations(&subject, ca, leaf.not_before, leaf.not_after);
+        let secret = tls_secret(
+            WEBHOOK_SECRET,
+            CONTROL_PLANE_NAMESPACE,
+            annotations,
+            [
+                ("tls.crt", leaf.cert_pem),
+                ("tls.key", leaf.key_pem),
+                ("ca.crt", bundle.to_owned()),
+            ],
+        );
         let api: Api<Secret> = Api::namespaced(client.clone(), CONTROL_PLANE_NAMESPACE);
         api.patch(
             WEBHOOK_SECRET,

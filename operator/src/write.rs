@@ -164,21 +164,16 @@ pub async fn sync_identities(
         let leaf = ca.issue_workload(&workload.identity, now, lifetime_seconds)?;
         let annotations =
             record_annotations(&workload.identity, ca, leaf.not_before, leaf.not_after);
-        let secret = Secret {
-            metadata: managed_metadata(name.clone(), &key.namespace, annotations),
-            type_: Some("kubernetes.io/tls".into()),
-            data: Some(
-                [
-                    ("tls.crt", leaf.cert_pem),
-                    ("tls.key", leaf.key_pem),
-                    ("ca.crt", ca_bundle.to_owned()),
-                ]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-                .collect(),
-            ),
-            ..Default::default()
-        };
+        let secret = tls_secret(
+            &name,
+            &key.namespace,
+            annotations,
+            [
+                ("tls.crt", leaf.cert_pem),
+                ("tls.key", leaf.key_pem),
+                ("ca.crt", ca_bundle.to_owned()),
+            ],
+        );
         let api: Api<Secret> = Api::namespaced(client.clone(), &key.namespace);
         api.patch(
             &name,
@@ -201,6 +196,26 @@ pub async fn sync_identities(
     written.deleted +=
         delete_orphans(client, &workload_secrets, plan, identity_secret_name).await?;
     Ok(written)
+}
+
+/// A `kubernetes.io/tls` Secret the operator owns, with the given keys.
+pub fn tls_secret<const N: usize>(
+    name: &str,
+    namespace: &str,
+    annotations: BTreeMap<String, String>,
+    entries: [(&str, String); N],
+) -> Secret {
+    Secret {
+        metadata: managed_metadata(name.to_owned(), namespace, annotations),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    }
 }
 
 /// The record of a certificate the operator issued, from the annotations on its Secret.
@@ -302,20 +317,15 @@ pub async fn load_or_create_ca(
     }
     tracing::info!("creating the mesh root CA in {CONTROL_PLANE_NAMESPACE}/{CA_SECRET}");
     let ca = CertificateAuthority::generate(trust_domain, now, ca_lifetime_seconds)?;
-    let secret = Secret {
-        metadata: managed_metadata(CA_SECRET.into(), CONTROL_PLANE_NAMESPACE, BTreeMap::new()),
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            [
-                ("tls.crt", ca.cert_pem.clone()),
-                ("tls.key", ca.key_pem().to_owned()),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
-            .collect(),
-        ),
-        ..Default::default()
-    };
+    let secret = tls_secret(
+        CA_SECRET,
+        CONTROL_PLANE_NAMESPACE,
+        BTreeMap::new(),
+        [
+            ("tls.crt", ca.cert_pem.clone()),
+            ("tls.key", ca.key_pem().to_owned()),
+        ],
+    );
     // Create, never overwrite: if another replica won the race, use its root.
     match api.create(&PostParams::default(), &secret).await {
         Ok(_) => {
