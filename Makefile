@@ -18,7 +18,7 @@ help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: fmt-check clippy crd-check unit e2e ## Everything CI runs: lint, CRD drift, unit tests, cluster tests.
+test: fmt-check clippy crd-check unit netns-test e2e ## Everything CI runs: lint, CRD drift, unit, network-namespace and cluster tests.
 
 .PHONY: fmt-check
 fmt-check: ## cargo fmt --check.
@@ -52,6 +52,10 @@ endif
 .PHONY: fuzz
 fuzz: ## Fuzz the webhook's AdmissionReview parser for FUZZ_SECONDS (default 60; needs nightly and cargo-fuzz).
 	cd webhook/fuzz && cargo +nightly fuzz run review corpus/review -- -max_total_time=$${FUZZ_SECONDS:-60}
+
+.PHONY: netns-test
+netns-test: ## Network-namespace tests (root): real iptables and sockets in namespaces the tests create.
+	$(CARGO) test -p braid-proxy --test netns
 
 .PHONY: cluster-deps
 cluster-deps: ## Install the test cluster's Debian packages (containerd, runc, CNI plugins, iptables).
