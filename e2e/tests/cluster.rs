@@ -1,6 +1,7 @@
 //! The test cluster does what Braid relies on: the scheduler and kubelet run pods from locally
-//! built images, kube-proxy routes a Service's ClusterIP to every replica, the kubelet swaps an
-//! updated ConfigMap into a running pod, and namespace deletion completes.
+//! built images, kube-proxy routes a Service's ClusterIP to every replica, CoreDNS resolves its
+//! name, the kubelet swaps an updated ConfigMap into a running pod, and namespace deletion
+//! completes.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -83,6 +84,10 @@ fn pods_services_configmap_updates_and_namespace_deletion_work() -> anyhow::Resu
         answered_by == expected,
         "ClusterIP {cluster_ip} reached {answered_by:?}, not {expected:?}"
     );
+
+    // Cluster DNS: the Service's name resolves (CoreDNS on the node IP) and answers.
+    let by_name = format!("http://echo.{ns}.svc.cluster.local/");
+    eventually(Duration::from_secs(30), || cluster.exec(ns, "client", &["braid-shop", "get", &by_name]))?;
 
     // An updated ConfigMap shows up inside the running pods (the kubelet swaps the volume).
     for (pod, _) in &replicas {

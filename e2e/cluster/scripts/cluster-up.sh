@@ -15,7 +15,8 @@ done
 
 started=$(date +%s)
 BIN=$("$here/build-binaries.sh")
-log "binaries: $BIN"
+COREDNS=$("$here/build-coredns.sh")
+log "binaries: $BIN, $COREDNS"
 mkdir -p "$STATE_DIR"/{pids,logs,etcd,kubelet,cni/net.d,cni/ipam} "$RUN_DIR"
 
 # Network: the cluster's namespace, the veth to the host, the pod bridge, and routes that make any
@@ -131,9 +132,8 @@ start kubelet "$BIN/kube" kubelet --config="$STATE_DIR/kubelet.yaml" \
   --kubeconfig="$STATE_DIR/kubelet.kubeconfig" --hostname-override="$NODE_NAME" \
   --node-ip="$NODE_IP" --root-dir="$STATE_DIR/kubelet" --v=1
 start proxy "$BIN/kube" proxy --config="$STATE_DIR/kube-proxy.yaml" --v=1
-if [ -x "$BIN/coredns" ]; then
-  start coredns "$BIN/coredns" -conf "$STATE_DIR/Corefile"
-fi
+kubectl_admin apply -f "$here/../manifests/coredns-rbac.yaml" >/dev/null
+start coredns "$COREDNS" -conf "$STATE_DIR/Corefile"
 
 wait_for "node $NODE_NAME Ready" 120 kubectl_admin wait --for=condition=Ready "node/$NODE_NAME" --timeout=1s
 # The default ServiceAccount is what every test pod runs as; wait for the controller to make it.
