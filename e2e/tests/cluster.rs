@@ -87,7 +87,9 @@ fn pods_services_configmap_updates_and_namespace_deletion_work() -> anyhow::Resu
 
     // Cluster DNS: the Service's name resolves (CoreDNS on the node IP) and answers.
     let by_name = format!("http://echo.{ns}.svc.cluster.local/");
-    eventually(Duration::from_secs(30), || cluster.exec(ns, "client", &["braid-shop", "get", &by_name]))?;
+    eventually(Duration::from_secs(30), || {
+        cluster.exec(ns, "client", &["braid-shop", "get", &by_name])
+    })?;
 
     // An updated ConfigMap shows up inside the running pods (the kubelet swaps the volume).
     for (pod, _) in &replicas {
