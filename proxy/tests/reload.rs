@@ -1,0 +1,143 @@
+//! Hot reload as the kubelet drives it: a ConfigMap volume is `..<timestamp>/proxy.json`, a
+//! `..data` symlink to the current timestamp directory, and `proxy.json -> ..data/proxy.json`;
+//! an update writes a new timestamp directory and swaps `..data` atomically. The test does the
+//! same, and reads the outcome through the admin server over real TCP.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use braid_proxy::{admin, reload};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+fn config(mode: &str) -> String {
+    format!(
+        r#"{{"version": 1,
+            "workload": {{"namespace": "shop", "name": "order", "identity": "spiffe://cluster.local/ns/shop/sa/order"}},
+            "inbound": {{"mtlsMode": "{mode}"}}}}"#
+    )
+}
+
+/// Writes `content` as the kubelet would: a new timestamp directory, then an atomic `..data` swap.
+fn publish(dir: &Path, version: u32, content: &str) {
+    let timestamped = dir.join(format!("..2026_11_26_00_00_0{version}"));
+    std::fs::create_dir(&timestamped).expect("timestamp dir");
+    std::fs::write(timestamped.join("proxy.json"), content).expect("write");
+    let staging = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(timestamped.file_name().expect("name"), &staging).expect("symlink");
+    std::fs::rename(&staging, dir.join("..data")).expect("swap ..data");
+    if !dir.join("proxy.json").exists() {
+        std::os::unix::fs::symlink("..data/proxy.json", dir.join("proxy.json")).expect("file link");
+    }
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to admin");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned(),
+    )
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
+    let dir = std::env::temp_dir().join(format!("braid-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let state = Arc::new(reload::ConfigState::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(admin::serve(listener, state.clone()));
+    tokio::spawn(reload::watch_file(dir.join("proxy.json"), state.clone()));
+
+    assert_eq!(
+        get(addr, "/ready").await.0,
+        503,
+        "not ready before any config"
+    );
+    assert_eq!(get(addr, "/live").await.0, 200);
+
+    publish(&dir, 1, &config("STRICT"));
+    until("the first config", async || {
+        get(addr, "/ready").await.0 == 200
+    })
+    .await;
+    let (_, summary) = get(addr, "/config").await;
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
+    assert_eq!(
+        (summary["generation"].as_u64(), summary["mtlsMode"].as_str()),
+        (Some(1), Some("STRICT"))
+    );
+
+    publish(&dir, 2, &config("PERMISSIVE"));
+    until("the second config", async || {
+        state.current().is_some_and(|c| c.generation == 2)
+    })
+    .await;
+    let (_, summary) = get(addr, "/config").await;
+    assert!(summary.contains("PERMISSIVE"), "{summary}");
+
+    publish(&dir, 3, &config("SOMETIMES"));
+    until("the refusal", async || {
+        state
+            .reload_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 1
+    })
+    .await;
+    let (_, summary) = get(addr, "/config").await;
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
+    assert_eq!(
+        summary["generation"], 2,
+        "the refused file replaced nothing"
+    );
+    assert_eq!(summary["mtlsMode"], "PERMISSIVE");
+    assert!(
+        summary["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("inbound.mtlsMode")),
+        "{summary}"
+    );
+    let (_, metrics) = get(addr, "/metrics").await;
+    assert!(
+        metrics.contains("braid_proxy_config_reload_errors_total 1")
+            && metrics.contains("braid_proxy_config_generation 2"),
+        "{metrics}"
+    );
+    assert_eq!(
+        get(addr, "/ready").await.0,
+        200,
+        "still ready on the last good config"
+    );
+
+    let _ = std::fs::remove_dir_all(&dir);
+}
