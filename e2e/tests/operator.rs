@@ -467,5 +467,25 @@ fn deleting_the_leader_hands_writing_to_the_other_replica() -> anyhow::Result<()
     eventually(Duration::from_secs(90), || {
         proxy_config(&cluster, &ns, "after-failover").map(drop)
     })?;
+
+    // The new leader's metrics, read through the API server's pod proxy, carry both expiries.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs_f64();
+    eventually(Duration::from_secs(60), || {
+        let path = format!("/api/v1/namespaces/braid-system/pods/{successor}:9090/proxy/metrics");
+        let metrics = cluster.kubectl(&["get", "--raw", &path])?;
+        for gauge in [
+            "braid_operator_ca_expiry_timestamp_seconds",
+            "braid_operator_leaf_earliest_expiry_timestamp_seconds",
+        ] {
+            let value: f64 = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(gauge).and_then(|v| v.trim().parse().ok()))
+                .with_context(|| format!("{gauge} missing"))?;
+            ensure!(value > now, "{gauge} is {value}, not in the future");
+        }
+        Ok(())
+    })?;
     Ok(())
 }

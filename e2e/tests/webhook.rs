@@ -27,6 +27,18 @@ fn pods(cluster: &Cluster, ns: &str, app: &str) -> anyhow::Result<Vec<Value>> {
     Ok(list["items"].as_array().cloned().unwrap_or_default())
 }
 
+/// A test namespace labelled for injection.
+fn injected_namespace(cluster: &Cluster, prefix: &str) -> anyhow::Result<braid_e2e::Namespace> {
+    let namespace = cluster.namespace(prefix)?;
+    cluster.kubectl(&[
+        "label",
+        "namespace",
+        &namespace.name,
+        "braid.dev/inject=enabled",
+    ])?;
+    Ok(namespace)
+}
+
 /// Waits for the Deployment `app`'s two pods to exist.
 fn two_pods(cluster: &Cluster, ns: &str, app: &str) -> anyhow::Result<Vec<Value>> {
     eventually(Duration::from_secs(60), || {
@@ -77,13 +89,7 @@ fn pods_in_labelled_namespaces_are_injected_by_the_api_server_and_others_are_not
 -> anyhow::Result<()> {
     let cluster = Cluster::from_env();
     webhook_ready(&cluster)?;
-    let meshed = cluster.namespace("braid-e2e-injected")?;
-    cluster.kubectl(&[
-        "label",
-        "namespace",
-        &meshed.name,
-        "braid.dev/inject=enabled",
-    ])?;
+    let meshed = injected_namespace(&cluster, "braid-e2e-injected")?;
     let plain = cluster.namespace("braid-e2e-plain")?;
     // The webhook configuration reaches the API server's informer asynchronously.
     eventually(Duration::from_secs(30), || {
@@ -128,13 +134,7 @@ fn pods_in_labelled_namespaces_are_injected_by_the_api_server_and_others_are_not
 fn rotating_the_webhook_certificate_fails_no_admission() -> anyhow::Result<()> {
     let cluster = Cluster::from_env();
     webhook_ready(&cluster)?;
-    let meshed = cluster.namespace("braid-e2e-rotation")?;
-    cluster.kubectl(&[
-        "label",
-        "namespace",
-        &meshed.name,
-        "braid.dev/inject=enabled",
-    ])?;
+    let meshed = injected_namespace(&cluster, "braid-e2e-rotation")?;
     eventually(Duration::from_secs(30), || {
         dry_run_pod(&cluster, &meshed.name, "warmup").map(drop)
     })?;

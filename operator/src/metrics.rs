@@ -30,6 +30,7 @@ pub struct Metrics {
     certificates_issued: Counter,
     deletions: Counter,
     ca_expiry: Gauge,
+    leaf_expiry: Gauge,
     workloads: Gauge,
 }
 
@@ -43,6 +44,7 @@ impl Default for Metrics {
         let certificates_issued = Counter::default();
         let deletions = Counter::default();
         let ca_expiry = Gauge::default();
+        let leaf_expiry = Gauge::default();
         let workloads = Gauge::default();
         registry.register("reconcile_passes", "Reconcile passes run", passes.clone());
         registry.register(
@@ -75,6 +77,11 @@ impl Default for Metrics {
             "When the mesh root CA expires",
             ca_expiry.clone(),
         );
+        registry.register(
+            "leaf_earliest_expiry_timestamp_seconds",
+            "When the first workload certificate in force expires (renewal is due at half its life)",
+            leaf_expiry.clone(),
+        );
         registry.register("workloads", "Meshed workloads", workloads.clone());
         Self {
             registry,
@@ -85,6 +92,7 @@ impl Default for Metrics {
             certificates_issued,
             deletions,
             ca_expiry,
+            leaf_expiry,
             workloads,
         }
     }
@@ -106,6 +114,9 @@ impl Metrics {
             .inc_by(summary.written.certificates as u64);
         self.deletions.inc_by(summary.written.deleted as u64);
         self.ca_expiry.set(summary.ca_not_after);
+        if let Some(expiry) = summary.written.earliest_leaf_expiry {
+            self.leaf_expiry.set(expiry);
+        }
         self.workloads
             .set(i64::try_from(summary.workloads).unwrap_or(i64::MAX));
     }

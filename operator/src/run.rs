@@ -263,6 +263,7 @@ async fn pass(client: &Client, caches: &Caches, recorder: &Recorder) -> Result<P
     )
     .await?;
     written.certificates += identities.certificates;
+    written.earliest_leaf_expiry = identities.earliest_leaf_expiry;
     let now_seconds = now.as_second();
     written.certificates += usize::from(
         webhook_cert::sync(client, &ca, &bundle, now_seconds, &caches.secrets.state()).await?,

@@ -42,6 +42,8 @@ pub struct Written {
     pub certificates: usize,
     /// Objects deleted because their workload is gone.
     pub deleted: usize,
+    /// The earliest expiry (Unix seconds) among the workload certificates in force.
+    pub earliest_leaf_expiry: Option<i64>,
 }
 
 /// Metadata of an object the operator owns.
@@ -158,10 +160,13 @@ pub async fn sync_identities(
         let name = identity_secret_name(&key.name);
         let record = records.get(&(key.namespace.clone(), name.clone()));
         let Some(reason) = renewal_reason(record, &workload.identity, ca, now) else {
+            written.earliest_leaf_expiry =
+                earliest(written.earliest_leaf_expiry, record.map(|r| r.not_after));
             continue;
         };
         tracing::info!(workload = %key, identity = %workload.identity, reason, "issuing certificate");
         let leaf = ca.issue_workload(&workload.identity, now, lifetime_seconds)?;
+        let leaf_not_after = leaf.not_after;
         let annotations =
             record_annotations(&workload.identity, ca, leaf.not_before, leaf.not_after);
         let secret = tls_secret(
@@ -181,6 +186,7 @@ pub async fn sync_identities(
             &Patch::Apply(&secret),
         )
         .await?;
+        written.earliest_leaf_expiry = earliest(written.earliest_leaf_expiry, Some(leaf_not_after));
         written.certificates += 1;
     }
     let workload_secrets: Vec<Arc<PartialObjectMeta<Secret>>> = existing
@@ -196,6 +202,14 @@ pub async fn sync_identities(
     written.deleted +=
         delete_orphans(client, &workload_secrets, plan, identity_secret_name).await?;
     Ok(written)
+}
+
+/// The earlier of two optional times; `None` means unknown, not earliest.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// A `kubernetes.io/tls` Secret the operator owns, with the given keys.
@@ -342,5 +356,18 @@ pub async fn load_or_create_ca(
             .await
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::earliest;
+
+    #[test]
+    fn earliest_ignores_unknown_times() {
+        assert_eq!(earliest(Some(5), Some(3)), Some(3));
+        assert_eq!(earliest(Some(5), None), Some(5));
+        assert_eq!(earliest(None, Some(7)), Some(7));
+        assert_eq!(earliest(None, None), None);
     }
 }
