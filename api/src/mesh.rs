@@ -8,7 +8,7 @@ use crate::policy::MtlsMode;
 
 /// Cluster-wide settings of the mesh: trust domain, certificate lifetimes, the default mTLS mode,
 /// the proxy's image and resources, and the tracing collector. Exactly one exists, named `default`.
-#[derive(CustomResource, KubeSchema, Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(CustomResource, KubeSchema, Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[kube(
     group = "braid.dev",
     version = "v1alpha1",
@@ -49,6 +49,20 @@ pub struct MeshSpec {
     /// Where proxies send traces. Unset: tracing is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSettings>,
+}
+
+/// The defaults a Mesh object written as `spec: {}` gets: the same values serde fills in.
+impl Default for MeshSpec {
+    fn default() -> Self {
+        Self {
+            trust_domain: default_trust_domain(),
+            certificate_lifetime: default_certificate_lifetime(),
+            ca_lifetime: default_ca_lifetime(),
+            default_mtls_mode: MtlsMode::default(),
+            proxy: ProxySettings::default(),
+            tracing: None,
+        }
+    }
 }
 
 /// The injected proxy's image and resources.
@@ -159,4 +173,16 @@ fn default_memory_limit() -> String {
 }
 fn default_sampling_percent() -> u32 {
     1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_what_an_empty_spec_deserializes_to() {
+        let empty: MeshSpec = serde_json::from_str("{}").expect("an empty spec is valid");
+        assert_eq!(MeshSpec::default(), empty);
+        assert_eq!(empty.trust_domain, "cluster.local");
+    }
 }

@@ -164,10 +164,9 @@ impl Caches {
 
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            mesh: self.mesh().map_or_else(
-                || serde_json::from_str::<MeshSpec>("{}").unwrap_or_default(),
-                |m| m.spec.clone(),
-            ),
+            mesh: self
+                .mesh()
+                .map_or_else(MeshSpec::default, |m| m.spec.clone()),
             injected_namespaces: self
                 .namespaces
                 .state()

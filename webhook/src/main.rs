@@ -20,10 +20,6 @@ use braid_webhook::{cli, server, tls};
 use futures_util::StreamExt as _;
 use kube::runtime::{WatchStreamExt, watcher};
 
-fn default_mesh() -> MeshSpec {
-    serde_json::from_str("{}").unwrap_or_default()
-}
-
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
@@ -41,7 +37,7 @@ fn main() -> anyhow::Result<()> {
                 input =
                     std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?;
             }
-            let settings = InjectSettings::from_mesh(&default_mesh(), true);
+            let settings = InjectSettings::from_mesh(&MeshSpec::default(), true);
             print!("{}", cli::inject_manifests(&input, &settings)?);
             Ok(())
         }
@@ -100,7 +96,10 @@ async fn serve() -> anyhow::Result<()> {
         .with_context(|| format!("no usable certificate in {}", cert_dir.display()))?;
     tokio::spawn(cert.clone().watch(files));
 
-    let state = server::AppState::new(InjectSettings::from_mesh(&default_mesh(), native_sidecar));
+    let state = server::AppState::new(InjectSettings::from_mesh(
+        &MeshSpec::default(),
+        native_sidecar,
+    ));
     // The Mesh's proxy settings apply to pods admitted after it changes.
     let meshes: kube::Api<Mesh> = kube::Api::all(client);
     let watched = state.clone();

@@ -10,7 +10,7 @@ use braid_webhook::review::{Outcome, review};
 use serde_json::{Value, json};
 
 fn settings() -> InjectSettings {
-    InjectSettings::from_mesh(&serde_json::from_str("{}").expect("mesh defaults"), true)
+    InjectSettings::from_mesh(&braid_api::MeshSpec::default(), true)
 }
 
 fn dir() -> PathBuf {

@@ -16,7 +16,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::select::{precedence, selects};
 use crate::workload::{self, Workload, WorkloadKey};
-use destinations::{PodIdentities, SERVICE_NAME_LABEL, destination_name};
+use destinations::{PodIdentities, SERVICE_NAME_LABEL};
 pub use routes::RouteOutcome;
 
 /// What the planner reads: the cluster as the operator's caches hold it.
@@ -307,11 +307,6 @@ pub fn object_key(
         metadata.namespace.clone().unwrap_or_default(),
         metadata.name.clone().unwrap_or_default(),
     )
-}
-
-/// Used by tests and the destination name of a route backend.
-pub fn service_destination(namespace: &str, service: &str) -> String {
-    destination_name(namespace, service)
 }
 
 #[cfg(test)]

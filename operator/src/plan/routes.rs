@@ -8,7 +8,8 @@ use braid_api::{MatchType, MeshRoute};
 use braid_proxy_config::{self as config, Destination};
 
 use super::convert;
-use super::{ObjectKey, object_key, service_destination};
+use super::destinations::destination_name;
+use super::{ObjectKey, object_key};
 
 /// What became of a MeshRoute.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,7 +41,7 @@ pub fn apply_routes(
                 .collect::<Vec<_>>()
                 .join(",")
         });
-        let target = service_destination(namespace, &route.spec.service);
+        let target = destination_name(namespace, &route.spec.service);
         let mut in_effect = false;
         let outcome = match convert_rules(route, namespace, &names) {
             Err(error) => Err(("InvalidSpec".to_owned(), error)),
@@ -96,7 +97,7 @@ fn convert_rules(
         let at = format!("rules[{index}]");
         let mut backends = Vec::new();
         for backend in &rule.backends {
-            let destination = service_destination(namespace, &backend.service);
+            let destination = destination_name(namespace, &backend.service);
             if names.contains(&destination) {
                 backends.push(config::WeightedBackend {
                     destination,

@@ -138,7 +138,7 @@ fn route(name: &str, service: &str, backends: &[(&str, u32)]) -> Arc<MeshRoute> 
 /// order (2 pods) calls payment (v1 and v2, one pod each); one unmeshed pod backs payment too.
 fn shop() -> Snapshot {
     Snapshot {
-        mesh: serde_json::from_str("{}").expect("mesh defaults"),
+        mesh: braid_api::MeshSpec::default(),
         injected_namespaces: ["shop".to_owned()].into(),
         pods: vec![
             pod("order-1", "order", "order", "order"),
