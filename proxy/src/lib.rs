@@ -1,9 +1,23 @@
-//! `braid-proxy`: Braid's sidecar. It will carry every meshed connection (issue 5). What exists
-//! now: its init step, `braid-proxy init`, which the injected `braid-init` container runs to send
-//! the pod's TCP traffic through the proxy's ports ([`iptables`]); and, of `braid-proxy run`, the
-//! hot reload of `proxy.json` ([`reload`]) and the admin server ([`admin`]). The data path
-//! (listeners on 15001 and 15006, mTLS, routing, load balancing) is not written yet.
+//! `braid-proxy`: Braid's sidecar. `braid-proxy init` (the injected `braid-init` container)
+//! sends the pod's TCP traffic through the proxy's ports ([`iptables`]); `braid-proxy run` carries
+//! it: the outbound listener ([`outbound`]) finds the meshed destination behind each connection
+//! ([`routing`]), detects its protocol ([`detect`]), routes and balances HTTP requests
+//! ([`http`], [`balance`]) and connects to the peer's proxy over mTLS ([`upstream`],
+//! [`identity`]); the inbound listener ([`inbound`]) terminates mTLS and hands the bytes to the
+//! application over loopback. Config and identity are hot-reloaded ([`reload`]); the admin server
+//! ([`admin`]) answers probes and serves [`metrics`].
 
 pub mod admin;
+pub mod balance;
+pub mod context;
+pub mod detect;
+pub mod http;
+pub mod identity;
+pub mod inbound;
 pub mod iptables;
+pub mod metrics;
+pub mod outbound;
+pub mod prefixed;
 pub mod reload;
+pub mod routing;
+pub mod upstream;

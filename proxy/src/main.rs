@@ -11,9 +11,15 @@
 //! `iptables-restore` payload instead). Every bad flag is reported before anything runs; the
 //! exit code is then 64.
 //!
-//! `run` loads and hot-reloads `$BRAID_CONFIG_DIR/proxy.json` (default `/etc/braid/config`) and
-//! serves the admin endpoints on `$BRAID_ADMIN_ADDR` (default `0.0.0.0:15020`). It does not yet
-//! carry traffic: the data path is issue 5's remaining work.
+//! `run` carries the pod's traffic: outbound on `$BRAID_OUTBOUND_ADDR` (default
+//! `127.0.0.1:15001`), inbound on `$BRAID_INBOUND_ADDR` (`0.0.0.0:15006`), admin on
+//! `$BRAID_ADMIN_ADDR` (`0.0.0.0:15020`). It hot-reloads `$BRAID_CONFIG_DIR/proxy.json`
+//! (`/etc/braid/config`) and `$BRAID_IDENTITY_DIR/{tls.crt,tls.key,ca.crt}`
+//! (`/etc/braid/identity`). `BRAID_DETECT_TIMEOUT_MS` (250) bounds protocol detection,
+//! `BRAID_DRAIN_MS` (5000) the drain on SIGTERM, `BRAID_APP_PROBES` carries the application's HTTP
+//! probes (JSON, written by the webhook). Every bad variable is reported; the exit code is then 64.
+//!
+//! `wait-ready` waits until the admin `/ready` answers 200.
 
 use std::io::Write as _;
 use std::process::{Command, ExitCode, Stdio};
@@ -23,7 +29,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use braid_proxy::iptables::{self, Backend, Redirect};
-use braid_proxy::{admin, reload};
+use std::time::Duration;
+
+use braid_proxy::context::Context;
+use braid_proxy::{admin, inbound, outbound, reload};
 
 struct Init {
     redirect: Redirect,
@@ -150,40 +159,97 @@ fn init(init: Init) -> Result<(), String> {
 /// Settings of `run`, all read from the environment before anything starts.
 struct RunSettings {
     config_file: PathBuf,
+    identity_dir: PathBuf,
     admin_addr: SocketAddr,
+    inbound_addr: SocketAddr,
+    outbound_addr: SocketAddr,
+    detect_timeout: Duration,
+    drain: Duration,
+    app_probes: admin::AppProbes,
 }
 
 fn run_settings(var: impl Fn(&str) -> Option<String>) -> Result<RunSettings, Vec<String>> {
     let mut errors = Vec::new();
-    let config_dir =
-        PathBuf::from(var("BRAID_CONFIG_DIR").unwrap_or_else(|| "/etc/braid/config".into()));
-    let admin = var("BRAID_ADMIN_ADDR").unwrap_or_else(|| "0.0.0.0:15020".into());
-    let admin_addr = admin.parse().unwrap_or_else(|_| {
-        errors.push(format!("BRAID_ADMIN_ADDR={admin:?} is not host:port"));
-        SocketAddr::from(([0, 0, 0, 0], 15020))
-    });
+    let mut addr = |name: &str, default: &str| {
+        let value = var(name).unwrap_or_else(|| default.into());
+        value.parse().unwrap_or_else(|_| {
+            errors.push(format!("{name}={value:?} is not host:port"));
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        })
+    };
+    let admin_addr = addr("BRAID_ADMIN_ADDR", "0.0.0.0:15020");
+    let inbound_addr = addr("BRAID_INBOUND_ADDR", "0.0.0.0:15006");
+    let outbound_addr = addr("BRAID_OUTBOUND_ADDR", "127.0.0.1:15001");
+    let mut millis = |name: &str, default: u64| match var(name) {
+        None => Duration::from_millis(default),
+        Some(value) => value
+            .parse()
+            .map(Duration::from_millis)
+            .unwrap_or_else(|_| {
+                errors.push(format!("{name}={value:?} is not a number of milliseconds"));
+                Duration::ZERO
+            }),
+    };
+    let detect_timeout = millis("BRAID_DETECT_TIMEOUT_MS", 250);
+    let drain = millis("BRAID_DRAIN_MS", 5_000);
+    let app_probes = match var("BRAID_APP_PROBES") {
+        None => admin::AppProbes::new(),
+        Some(json) => admin::parse_app_probes(&json).unwrap_or_else(|error| {
+            errors.push(error);
+            admin::AppProbes::new()
+        }),
+    };
+    let dir =
+        |name: &str, default: &str| PathBuf::from(var(name).unwrap_or_else(|| default.into()));
     if errors.is_empty() {
         Ok(RunSettings {
-            config_file: config_dir.join("proxy.json"),
+            config_file: dir("BRAID_CONFIG_DIR", "/etc/braid/config").join("proxy.json"),
+            identity_dir: dir("BRAID_IDENTITY_DIR", "/etc/braid/identity"),
             admin_addr,
+            inbound_addr,
+            outbound_addr,
+            detect_timeout,
+            drain,
+            app_probes,
         })
     } else {
         Err(errors)
     }
 }
 
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Runs the proxy on one thread (a sidecar should take one core at most) until SIGTERM, then
+/// stops accepting and lets open connections finish for up to the drain time.
 fn run(settings: RunSettings) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let state = Arc::new(reload::ConfigState::default());
-        let listener = tokio::net::TcpListener::bind(settings.admin_addr)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", settings.admin_addr))?;
-        tokio::spawn(admin::serve(listener, state.clone()));
-        tokio::spawn(reload::watch_file(settings.config_file, state));
+        let context = Context::new(settings.detect_timeout);
+        let admin_listener = bind(settings.admin_addr).await?;
+        let inbound_listener = bind(settings.inbound_addr).await?;
+        let outbound_listener = bind(settings.outbound_addr).await?;
+        tokio::spawn(admin::serve(
+            admin_listener,
+            context.clone(),
+            Arc::new(settings.app_probes),
+        ));
+        tokio::spawn(reload::watch_file(
+            settings.config_file,
+            context.config.clone(),
+        ));
+        tokio::spawn(reload::watch_identity(
+            settings.identity_dir,
+            context.identity.clone(),
+        ));
+        let inbound = tokio::spawn(inbound::serve(inbound_listener, context.clone()));
+        let outbound = tokio::spawn(outbound::serve(outbound_listener, context.clone()));
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .map_err(|e| e.to_string())?;
@@ -191,8 +257,45 @@ fn run(settings: RunSettings) -> Result<(), String> {
             _ = terminate.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
+        inbound.abort();
+        outbound.abort();
+        let deadline = tokio::time::Instant::now() + settings.drain;
+        while context.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eprintln!(
+            "braid-proxy: stopped, {} connections still open",
+            context.metrics.open_connections()
+        );
         Ok(())
     })
+}
+
+/// `wait-ready`: polls the admin `/ready` until it answers 200 (for the postStart hook of
+/// clusters without native sidecars, so that the application starts after the proxy).
+fn wait_ready() -> Result<(), String> {
+    use std::io::Read as _;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let answer = std::net::TcpStream::connect(("127.0.0.1", iptables::ADMIN_PORT)).and_then(
+            |mut stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+                stream.write_all(
+                    b"GET /ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response)?;
+                Ok(response)
+            },
+        );
+        if answer.is_ok_and(|r| r.starts_with("HTTP/1.1 200")) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("the proxy was not ready within 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn main() -> ExitCode {
@@ -213,6 +316,13 @@ fn main() -> ExitCode {
                 }
             },
         },
+        Some("wait-ready") => match wait_ready() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("braid-proxy wait-ready: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Some("init") => match parse_init(&args[1..]) {
             Err(errors) => {
                 for error in errors {
@@ -229,9 +339,7 @@ fn main() -> ExitCode {
             },
         },
         _ => {
-            eprintln!(
-                "usage: braid-proxy init [flags]   (the proxy itself, `run`, is not written yet)"
-            );
+            eprintln!("usage: braid-proxy init [flags] | braid-proxy run | braid-proxy wait-ready");
             ExitCode::from(64)
         }
     }
@@ -251,10 +359,27 @@ mod tests {
             PathBuf::from("/etc/braid/config/proxy.json")
         );
         assert_eq!(settings.admin_addr, SocketAddr::from(([0, 0, 0, 0], 15020)));
-        let errors = run_settings(|name| (name == "BRAID_ADMIN_ADDR").then(|| "everywhere".into()))
-            .err()
-            .expect("refused");
-        assert_eq!(errors, ["BRAID_ADMIN_ADDR=\"everywhere\" is not host:port"]);
+        assert_eq!(
+            settings.outbound_addr,
+            SocketAddr::from(([127, 0, 0, 1], 15001))
+        );
+        assert_eq!(settings.detect_timeout, Duration::from_millis(250));
+        let errors = run_settings(|name| match name {
+            "BRAID_ADMIN_ADDR" => Some("everywhere".into()),
+            "BRAID_DRAIN_MS" => Some("5s".into()),
+            "BRAID_APP_PROBES" => Some("[".into()),
+            _ => None,
+        })
+        .err()
+        .expect("refused");
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(
+            errors[0],
+            "BRAID_ADMIN_ADDR=\"everywhere\" is not host:port"
+        );
+        assert!(
+            errors[1].starts_with("BRAID_DRAIN_MS") && errors[2].starts_with("BRAID_APP_PROBES")
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Hot reload of `proxy.json`. The kubelet updates a mounted ConfigMap by writing a new
+//! Hot reload of `proxy.json` and of the identity files. The kubelet updates a mounted ConfigMap by writing a new
 //! `..<timestamp>` directory and swapping the `..data` symlink, so the file's own name never
 //! changes and may briefly point at a half-written state. The watcher therefore compares the
 //! file's *content* every [`POLL`] (cheap: one small read), waits until a change has held still for
@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use braid_proxy_config::ProxyConfig;
+
+use crate::identity::{self, Identity};
+use crate::routing::Table;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
@@ -25,6 +28,8 @@ pub const SETTLE: Duration = Duration::from_millis(200);
 pub struct Loaded {
     /// The document.
     pub config: ProxyConfig,
+    /// The config compiled for the data path.
+    pub table: Table,
     /// SHA-256 of the file, hex.
     pub hash: String,
     /// 1 for the first config loaded, then one more per reload.
@@ -64,8 +69,11 @@ impl ConfigState {
 
     /// Parses `bytes` and, when valid, puts it in force. Returns the error otherwise.
     pub fn offer(&self, bytes: &[u8]) -> Result<u64, String> {
-        match ProxyConfig::from_json(bytes) {
-            Ok(config) => {
+        let compiled = ProxyConfig::from_json(bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|config| Table::compile(&config).map(|table| (config, table)));
+        match compiled {
+            Ok((config, table)) => {
                 let generation = self.current().map_or(1, |c| c.generation + 1);
                 let hash = Sha256::digest(bytes)
                     .iter()
@@ -73,6 +81,7 @@ impl ConfigState {
                     .collect();
                 self.current.send_replace(Some(Arc::new(Loaded {
                     config,
+                    table,
                     hash,
                     generation,
                 })));
@@ -89,23 +98,92 @@ impl ConfigState {
     }
 }
 
+/// The identity in force and its reload counters.
+#[derive(Debug, Default)]
+pub struct IdentityState {
+    current: std::sync::RwLock<Option<Arc<Identity>>>,
+    /// Identity file sets refused since start.
+    pub reload_errors: AtomicU64,
+}
+
+impl IdentityState {
+    /// The identity in force, if one was ever loaded.
+    pub fn current(&self) -> Option<Arc<Identity>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Loads `tls.crt`, `tls.key` and `ca.crt` (in that order) and, when valid, puts them in
+    /// force for new handshakes; open connections keep the one they started with.
+    pub fn offer(&self, files: &[Vec<u8>]) -> Result<String, String> {
+        let [cert, key, ca] = files else {
+            return Err("expected tls.crt, tls.key and ca.crt".into());
+        };
+        match identity::load(cert, key, ca) {
+            Ok(identity) => {
+                let message = format!(
+                    "identity {} in force (expires at {})",
+                    identity.spiffe_id, identity.not_after
+                );
+                *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(identity));
+                Ok(message)
+            }
+            Err(error) => {
+                self.reload_errors.fetch_add(1, Ordering::Relaxed);
+                Err(format!(
+                    "identity refused, keeping the last good one: {error}"
+                ))
+            }
+        }
+    }
+}
+
 /// Watches `path` forever, offering every settled change to `state`.
 pub async fn watch_file(path: PathBuf, state: Arc<ConfigState>) {
-    let mut seen: Option<Vec<u8>> = None;
+    watch(vec![path], move |files| {
+        state
+            .offer(&files[0])
+            .map(|generation| format!("config generation {generation} in force"))
+    })
+    .await
+}
+
+/// Watches `tls.crt`, `tls.key` and `ca.crt` in `dir` forever, offering every settled change to
+/// `state`.
+pub async fn watch_identity(dir: PathBuf, state: Arc<IdentityState>) {
+    let files = ["tls.crt", "tls.key", "ca.crt"]
+        .map(|f| dir.join(f))
+        .to_vec();
+    watch(files, move |contents| state.offer(contents)).await
+}
+
+/// Reads `paths` every [`POLL`]; when their contents changed and then held still for [`SETTLE`],
+/// calls `offer` with them (in order) and logs its answer. Missing files are waited for.
+pub async fn watch(
+    paths: Vec<PathBuf>,
+    mut offer: impl FnMut(&[Vec<u8>]) -> Result<String, String>,
+) {
+    let read_all = || async {
+        let mut contents = Vec::with_capacity(paths.len());
+        for path in &paths {
+            contents.push(tokio::fs::read(path).await.ok()?);
+        }
+        Some(contents)
+    };
+    let mut seen: Option<Vec<Vec<u8>>> = None;
     loop {
-        if let Ok(bytes) = tokio::fs::read(&path).await
-            && seen.as_ref() != Some(&bytes)
+        if let Some(contents) = read_all().await
+            && seen.as_ref() != Some(&contents)
         {
             tokio::time::sleep(SETTLE).await;
-            let settled = tokio::fs::read(&path).await.ok();
-            if settled.as_ref() == Some(&bytes) {
-                match state.offer(&bytes) {
-                    Ok(generation) => {
-                        eprintln!("braid-proxy: config generation {generation} in force")
-                    }
+            if read_all().await.as_ref() == Some(&contents) {
+                match offer(&contents) {
+                    Ok(message) => eprintln!("braid-proxy: {message}"),
                     Err(message) => eprintln!("braid-proxy: {message}"),
                 }
-                seen = Some(bytes);
+                seen = Some(contents);
             }
             continue;
         }

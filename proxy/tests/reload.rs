@@ -4,7 +4,6 @@
 //! same, and reads the outcome through the admin server over real TCP.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use braid_proxy::{admin, reload};
@@ -58,6 +57,22 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     )
 }
 
+/// A mesh CA and a workload certificate, PEM: tls.crt, tls.key, ca.crt.
+fn issue() -> [String; 3] {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca = CertificateParams::new(Vec::new()).expect("params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().expect("key");
+    let mut leaf = CertificateParams::new(Vec::new()).expect("params");
+    let id = "spiffe://cluster.local/ns/shop/sa/order";
+    leaf.subject_alt_names = vec![SanType::URI(id.try_into().expect("uri"))];
+    let cert = leaf.signed_by(&key, &issuer).expect("leaf");
+    [cert.pem(), key.serialize_pem(), ca_cert.pem()]
+}
+
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !check().await {
@@ -71,12 +86,13 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
     let dir = std::env::temp_dir().join(format!("braid-reload-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let state = Arc::new(reload::ConfigState::default());
+    let context = braid_proxy::context::Context::new(Duration::from_millis(100));
+    let state = context.config.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(admin::serve(listener, state.clone()));
+    tokio::spawn(admin::serve(listener, context.clone(), Default::default()));
     tokio::spawn(reload::watch_file(dir.join("proxy.json"), state.clone()));
 
     assert_eq!(
@@ -88,6 +104,19 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
 
     publish(&dir, 1, &config("STRICT"));
     until("the first config", async || {
+        get(addr, "/ready").await.1.contains("no identity")
+    })
+    .await;
+    let identity_dir = dir.join("identity");
+    std::fs::create_dir_all(&identity_dir).expect("dir");
+    for (file, content) in ["tls.crt", "tls.key", "ca.crt"].iter().zip(issue()) {
+        std::fs::write(identity_dir.join(file), content).expect("write");
+    }
+    tokio::spawn(reload::watch_identity(
+        identity_dir,
+        context.identity.clone(),
+    ));
+    until("ready with config and identity", async || {
         get(addr, "/ready").await.0 == 200
     })
     .await;

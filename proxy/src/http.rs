@@ -1,0 +1,265 @@
+//! Outbound HTTP: serves the application's connection (HTTP/1.1 or HTTP/2, as detected) and
+//! forwards each request on its own: the route of the config in force at that moment (so a
+//! weight change applies to open keep-alive connections too), a weighted backend, an endpoint
+//! chosen by the destination's balancer, fault injection and the request timeout. Upgrades
+//! (websockets) are forwarded on a dedicated connection and then spliced.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::balance;
+use crate::context::Context;
+use crate::detect::Detected;
+use crate::routing::{RequestFacts, Target};
+use crate::upstream::UpstreamError;
+
+/// A response body: the peer's, or one the proxy wrote.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Failure {
+    #[error("no proxy config loaded yet")]
+    NotReady,
+    #[error("{0} is no longer a meshed destination")]
+    Gone(SocketAddr),
+    #[error("route of {0} has no backend with weight")]
+    NoBackend(String),
+    #[error("{name} has no endpoint on port {port}")]
+    NoEndpoints { name: String, port: u16 },
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    #[error("no response within {0} ms")]
+    Timeout(u64),
+    #[error("fault injected")]
+    Abort(u16),
+}
+
+impl Failure {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::NotReady | Self::NoBackend(_) | Self::NoEndpoints { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Gone(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Abort(status) => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    pub(crate) fn response(&self) -> Response<ProxyBody> {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!(
+            "braid-proxy: {self}\n"
+        )))));
+        *response.status_mut() = self.status();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        response
+    }
+}
+
+/// Serves one application connection to `original` as HTTP of the detected version.
+pub async fn serve<S>(context: Arc<Context>, stream: S, original: SocketAddr, version: Detected)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let context = context.clone();
+        async move { Ok::<_, Infallible>(handle(&context, original, request).await) }
+    });
+    let io = TokioIo::new(stream);
+    let _ = match version {
+        Detected::Http2 => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+        }
+        _ => {
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades()
+                .await
+        }
+    };
+}
+
+async fn handle(
+    context: &Arc<Context>,
+    original: SocketAddr,
+    request: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    context.metrics.request();
+    let response = forward(context, original, request)
+        .await
+        .unwrap_or_else(|failure| failure.response());
+    context
+        .metrics
+        .response(response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 5] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+];
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE)
+        && headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.to_ascii_lowercase().contains("upgrade"))
+        })
+}
+
+async fn forward(
+    context: &Arc<Context>,
+    original: SocketAddr,
+    mut request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Failure> {
+    let loaded = context.config.current().ok_or(Failure::NotReady)?;
+    let table = &loaded.table;
+    let target = table.lookup(original).ok_or(Failure::Gone(original))?;
+    let policy = &table.destinations[target.destination].policy;
+
+    let (backend, timeout_ms, fault) = {
+        let headers = request.headers();
+        let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let facts = RequestFacts {
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            header: &header_value,
+        };
+        match table.route(target, &facts) {
+            Some(route) => {
+                let total = route.total_weight();
+                let backend = (total > 0)
+                    .then(|| route.backend(fastrand::u32(0..total), target.port))
+                    .flatten()
+                    .ok_or_else(|| {
+                        Failure::NoBackend(table.destinations[target.destination].name.clone())
+                    })?;
+                (
+                    backend,
+                    route.timeout_ms.or(policy.request_timeout_ms),
+                    route.fault.as_ref(),
+                )
+            }
+            None => (target, policy.request_timeout_ms, policy.fault.as_ref()),
+        }
+    };
+    if let Some(fault) = fault {
+        if let Some(abort) = &fault.abort
+            && fastrand::u32(0..100) < abort.percent
+        {
+            return Err(Failure::Abort(abort.status));
+        }
+        if let Some(delay) = &fault.delay
+            && fastrand::u32(0..100) < delay.percent
+        {
+            tokio::time::sleep(Duration::from_millis(delay.duration_ms)).await;
+        }
+    }
+
+    let (endpoint, connect_timeout) = choose_endpoint(context, table, backend)?;
+    let addr = SocketAddr::new(endpoint.ip, endpoint.port);
+    let identity = endpoint.identity.clone();
+    let stats = context.upstreams.stats(addr);
+    let in_flight = stats.start();
+
+    let upgrade = request.version() != Version::HTTP_2 && is_upgrade(request.headers());
+    if !upgrade {
+        for name in HOP_BY_HOP {
+            request.headers_mut().remove(name);
+        }
+    }
+    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let upstreams = context.upstreams.clone();
+    let send = async {
+        if request.version() == Version::HTTP_2 {
+            upstreams
+                .send_http2(addr, identity.as_deref(), connect_timeout, request)
+                .await
+        } else {
+            upstreams
+                .send_http1(addr, identity.as_deref(), connect_timeout, request, upgrade)
+                .await
+        }
+    };
+    let mut response = match timeout_ms {
+        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), send)
+            .await
+            .map_err(|_| Failure::Timeout(ms))??,
+        None => send.await?,
+    };
+    drop(in_flight);
+    if let Some(downstream) = downstream_upgrade
+        && response.status() == StatusCode::SWITCHING_PROTOCOLS
+    {
+        let upstream = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(down), Ok(up)) = (downstream.await, upstream.await) {
+                let _ =
+                    tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up))
+                        .await;
+            }
+        });
+    }
+    Ok(response.map(Either::Left))
+}
+
+/// Picks an endpoint of `backend` with its destination's balancer.
+pub(crate) fn choose_endpoint<'t>(
+    context: &Context,
+    table: &'t crate::routing::Table,
+    backend: Target,
+) -> Result<(&'t braid_proxy_config::Endpoint, Duration), Failure> {
+    let destination = &table.destinations[backend.destination];
+    let endpoints = table.endpoints(backend);
+    if endpoints.is_empty() {
+        return Err(Failure::NoEndpoints {
+            name: destination.name.clone(),
+            port: backend.port,
+        });
+    }
+    let balancer = destination.policy.load_balancer;
+    let cursor = destination.cursor.fetch_add(1, Ordering::Relaxed);
+    let load = |i: usize| {
+        let endpoint = &endpoints[i];
+        context
+            .upstreams
+            .stats(SocketAddr::new(endpoint.ip, endpoint.port))
+            .load()
+    };
+    let n = endpoints.len();
+    let chosen = balance::pick(
+        balancer,
+        n,
+        load,
+        cursor,
+        fastrand::usize(..),
+        fastrand::usize(..),
+    );
+    Ok((
+        &endpoints[chosen],
+        Duration::from_millis(destination.policy.connect_timeout_ms),
+    ))
+}

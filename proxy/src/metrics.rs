@@ -1,0 +1,241 @@
+//! The data path's counters: plain atomics bumped on the hot path (no locks, no allocation),
+//! rendered to Prometheus text only when `/metrics` is scraped.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the request latency histogram, in milliseconds.
+pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+
+/// Which listener a TCP counter belongs to.
+#[derive(Clone, Copy, Debug)]
+pub enum Direction {
+    /// Port 15006.
+    Inbound = 0,
+    /// Port 15001.
+    Outbound = 1,
+}
+
+const DIRECTIONS: [&str; 2] = ["inbound", "outbound"];
+
+/// Every counter of the data path.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: AtomicU64,
+    responses: [AtomicU64; 600],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    latency_sum_us: AtomicU64,
+    connections_opened: [AtomicU64; 2],
+    connections_closed: [AtomicU64; 2],
+    bytes_received: [AtomicU64; 2],
+    bytes_sent: [AtomicU64; 2],
+    inbound_tls: AtomicU64,
+    inbound_plaintext: AtomicU64,
+    inbound_refused: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            requests: AtomicU64::new(0),
+            responses: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_sum_us: AtomicU64::new(0),
+            connections_opened: Default::default(),
+            connections_closed: Default::default(),
+            bytes_received: Default::default(),
+            bytes_sent: Default::default(),
+            inbound_tls: AtomicU64::new(0),
+            inbound_plaintext: AtomicU64::new(0),
+            inbound_refused: AtomicU64::new(0),
+        }
+    }
+}
+
+fn bump(counter: &AtomicU64, by: u64) {
+    counter.fetch_add(by, Ordering::Relaxed);
+}
+
+/// How an inbound connection was accepted.
+#[derive(Clone, Copy, Debug)]
+pub enum InboundKind {
+    /// mTLS from a mesh peer.
+    Tls,
+    /// Plaintext, allowed by the mode.
+    Plaintext,
+    /// Refused (plaintext under STRICT, or a failed handshake).
+    Refused,
+}
+
+impl Metrics {
+    /// An outbound HTTP request was received.
+    pub fn request(&self) {
+        bump(&self.requests, 1);
+    }
+
+    /// An outbound HTTP request was answered with `status` after `elapsed`.
+    pub fn response(&self, status: u16, elapsed: Duration) {
+        if let Some(counter) = self.responses.get(usize::from(status)) {
+            bump(counter, 1);
+        }
+        let ms = elapsed.as_millis() as u64;
+        if let Some(bucket) = LATENCY_BUCKETS_MS.iter().position(|&le| ms < le) {
+            bump(&self.latency_buckets[bucket], 1);
+        }
+        bump(&self.latency_sum_us, elapsed.as_micros() as u64);
+    }
+
+    /// A connection was accepted.
+    pub fn opened(&self, direction: Direction) {
+        bump(&self.connections_opened[direction as usize], 1);
+    }
+
+    /// A connection ended after carrying these bytes (received from the client, sent to it).
+    pub fn closed(&self, direction: Direction, received: u64, sent: u64) {
+        let d = direction as usize;
+        bump(&self.connections_closed[d], 1);
+        bump(&self.bytes_received[d], received);
+        bump(&self.bytes_sent[d], sent);
+    }
+
+    /// Connections open now on both listeners.
+    pub fn open_connections(&self) -> u64 {
+        (0..2)
+            .map(|d| {
+                self.connections_opened[d]
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(self.connections_closed[d].load(Ordering::Relaxed))
+            })
+            .sum()
+    }
+
+    /// How an inbound connection was accepted.
+    pub fn inbound(&self, kind: InboundKind) {
+        bump(
+            match kind {
+                InboundKind::Tls => &self.inbound_tls,
+                InboundKind::Plaintext => &self.inbound_plaintext,
+                InboundKind::Refused => &self.inbound_refused,
+            },
+            1,
+        );
+    }
+
+    /// Appends the Prometheus text of every counter to `out`.
+    pub fn render(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP braid_proxy_requests_total Outbound HTTP requests received from the application.\n\
+             # TYPE braid_proxy_requests_total counter\nbraid_proxy_requests_total {}",
+            get(&self.requests)
+        );
+        out.push_str(
+            "# HELP braid_proxy_responses_total Outbound HTTP responses by status.\n\
+             # TYPE braid_proxy_responses_total counter\n",
+        );
+        for (status, counter) in self.responses.iter().enumerate() {
+            let n = get(counter);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "braid_proxy_responses_total{{status=\"{status}\"}} {n}"
+                );
+            }
+        }
+        out.push_str(
+            "# HELP braid_proxy_request_duration_seconds Outbound HTTP request latency.\n\
+             # TYPE braid_proxy_request_duration_seconds histogram\n",
+        );
+        let mut cumulative = 0;
+        for (le, counter) in LATENCY_BUCKETS_MS.iter().zip(&self.latency_buckets) {
+            cumulative += get(counter);
+            let _ = writeln!(
+                out,
+                "braid_proxy_request_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
+                *le as f64 / 1000.0
+            );
+        }
+        let count: u64 = self.responses.iter().map(get).sum();
+        let _ = writeln!(
+            out,
+            "braid_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
+             braid_proxy_request_duration_seconds_sum {}\n\
+             braid_proxy_request_duration_seconds_count {count}",
+            get(&self.latency_sum_us) as f64 / 1e6
+        );
+        for (name, help, counters) in [
+            (
+                "braid_proxy_tcp_connections_opened_total",
+                "TCP connections accepted.",
+                &self.connections_opened,
+            ),
+            (
+                "braid_proxy_tcp_connections_closed_total",
+                "TCP connections ended.",
+                &self.connections_closed,
+            ),
+            (
+                "braid_proxy_tcp_received_bytes_total",
+                "Bytes received from clients.",
+                &self.bytes_received,
+            ),
+            (
+                "braid_proxy_tcp_sent_bytes_total",
+                "Bytes sent to clients.",
+                &self.bytes_sent,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (d, direction) in DIRECTIONS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{direction=\"{direction}\"}} {}",
+                    get(&counters[d])
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP braid_proxy_inbound_connections_total Inbound connections by how they were accepted.\n\
+             # TYPE braid_proxy_inbound_connections_total counter\n\
+             braid_proxy_inbound_connections_total{{accepted=\"mtls\"}} {}\n\
+             braid_proxy_inbound_connections_total{{accepted=\"plaintext\"}} {}\n\
+             braid_proxy_inbound_connections_total{{accepted=\"refused\"}} {}",
+            get(&self.inbound_tls),
+            get(&self.inbound_plaintext),
+            get(&self.inbound_refused)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_and_latency_render_as_prometheus_text() {
+        let metrics = Metrics::default();
+        metrics.request();
+        metrics.response(200, Duration::from_millis(3));
+        metrics.response(503, Duration::from_millis(700));
+        metrics.opened(Direction::Outbound);
+        metrics.closed(Direction::Outbound, 10, 20);
+        metrics.opened(Direction::Inbound);
+        assert_eq!(metrics.open_connections(), 1);
+        let mut text = String::new();
+        metrics.render(&mut text);
+        for line in [
+            "braid_proxy_requests_total 1",
+            "braid_proxy_responses_total{status=\"200\"} 1",
+            "braid_proxy_responses_total{status=\"503\"} 1",
+            "braid_proxy_request_duration_seconds_bucket{le=\"0.005\"} 1",
+            "braid_proxy_request_duration_seconds_bucket{le=\"1\"} 2",
+            "braid_proxy_request_duration_seconds_count 2",
+            "braid_proxy_tcp_sent_bytes_total{direction=\"outbound\"} 20",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+}

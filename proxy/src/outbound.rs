@@ -1,0 +1,141 @@
+//! The outbound listener (15001): every TCP connection the application opens arrives here through
+//! the iptables redirect. The original destination decides what happens: an address the config
+//! does not know passes through untouched; a meshed one is detected (HTTP/1.1, HTTP/2, else
+//! opaque) and sent to a peer's proxy over mTLS, per request for HTTP ([`crate::http`]) or per
+//! connection for opaque TCP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::context::Context;
+use crate::detect::{Detected, detect};
+use crate::http::{self, choose_endpoint};
+use crate::metrics::Direction;
+use crate::prefixed::Prefixed;
+
+/// The most bytes read to detect a protocol (the HTTP/2 preface is 24).
+const DETECT_BYTES: usize = 64;
+
+/// The address a redirected connection was meant for (SO_ORIGINAL_DST).
+pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+    let socket = socket2::SockRef::from(stream);
+    let addr = match stream.local_addr()? {
+        SocketAddr::V4(_) => socket.original_dst_v4()?,
+        SocketAddr::V6(_) => socket.original_dst_v6()?,
+    };
+    addr.as_socket()
+        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
+}
+
+/// Accepts outbound connections until `listener` fails.
+pub async fn serve(listener: TcpListener, context: Arc<Context>) {
+    let own = listener.local_addr().ok();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let context = context.clone();
+        tokio::spawn(async move {
+            let Ok(original) = original_destination(&stream) else {
+                return;
+            };
+            // A connection made to the listener itself, not redirected: refuse, or it would loop.
+            if Some(original) == own || original.port() == own.map_or(0, |a| a.port()) {
+                return;
+            }
+            let _ = stream.set_nodelay(true);
+            context.metrics.opened(Direction::Outbound);
+            let (received, sent) = handle(&context, stream, original).await;
+            context.metrics.closed(Direction::Outbound, received, sent);
+        });
+    }
+}
+
+async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketAddr) -> (u64, u64) {
+    let target = context.config.current().and_then(|loaded| {
+        loaded
+            .table
+            .lookup(original)
+            .map(|t| (t, loaded.table.is_opaque(t)))
+    });
+    let Some((target, opaque)) = target else {
+        return passthrough(stream, original).await;
+    };
+    let mut prefix = Vec::new();
+    let mut protocol = Detected::Opaque;
+    if !opaque {
+        let deadline = tokio::time::Instant::now() + context.detect_timeout;
+        let mut buf = [0u8; DETECT_BYTES];
+        protocol = loop {
+            let read = tokio::time::timeout_at(
+                deadline,
+                stream.read(&mut buf[..DETECT_BYTES - prefix.len()]),
+            )
+            .await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return (prefix.len() as u64, 0),
+                Ok(Ok(n)) => prefix.extend_from_slice(&buf[..n]),
+                Err(_) => break Detected::Opaque,
+            }
+            match detect(&prefix) {
+                Detected::NeedMore if prefix.len() < DETECT_BYTES => continue,
+                Detected::NeedMore => break Detected::Opaque,
+                found => break found,
+            }
+        };
+    }
+    let mut stream = Prefixed::new(prefix, stream);
+    match protocol {
+        Detected::Http1 | Detected::Http2 => {
+            // Count through the wrapper: hyper owns the stream, so read the totals from a shared
+            // cell would cost a lock per read; the HTTP path counts requests instead of bytes.
+            http::serve(context.clone(), stream, original, protocol).await;
+            (0, 0)
+        }
+        _ => {
+            opaque_to_mesh(context, &mut stream, target).await;
+            (stream.received, stream.sent)
+        }
+    }
+}
+
+/// Connects to `original` directly (it is not meshed) and copies both ways.
+async fn passthrough(mut stream: TcpStream, original: SocketAddr) -> (u64, u64) {
+    match TcpStream::connect(original).await {
+        Ok(mut upstream) => tokio::io::copy_bidirectional(&mut stream, &mut upstream)
+            .await
+            .unwrap_or((0, 0)),
+        Err(_) => (0, 0),
+    }
+}
+
+/// Opaque TCP to a meshed destination: one endpoint per connection, over mTLS.
+async fn opaque_to_mesh(
+    context: &Arc<Context>,
+    stream: &mut Prefixed<TcpStream>,
+    target: crate::routing::Target,
+) {
+    let Some(loaded) = context.config.current() else {
+        return;
+    };
+    let Ok((endpoint, timeout)) = choose_endpoint(context, &loaded.table, target) else {
+        return;
+    };
+    let addr = SocketAddr::new(endpoint.ip, endpoint.port);
+    let stats = context.upstreams.stats(addr);
+    let _in_flight = stats.start();
+    match context
+        .upstreams
+        .connect(addr, endpoint.identity.as_deref(), timeout)
+        .await
+    {
+        Ok(mut upstream) => {
+            let _ = tokio::io::copy_bidirectional(stream, &mut upstream).await;
+            let _ = upstream.shutdown().await;
+        }
+        Err(error) => eprintln!("braid-proxy: outbound to {addr}: {error}"),
+    }
+}

@@ -1,0 +1,445 @@
+//! The routing table compiled from a [`ProxyConfig`] when it is loaded (regexes compiled once, an
+//! index by address), and the pure decisions made per connection and per request: which
+//! destination an original address belongs to, which route a request matches, which weighted
+//! backend it goes to.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
+
+use braid_proxy_config::{
+    ClientPolicy, Endpoint, Fault, Protocol, ProxyConfig, RouteMatch, StringMatch,
+};
+use regex::Regex;
+
+/// A Service port of a destination, found from the address the application dialled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Index into [`Table::destinations`].
+    pub destination: usize,
+    /// The Service port.
+    pub port: u16,
+}
+
+/// A destination ready for requests.
+#[derive(Debug)]
+pub struct CompiledDestination {
+    /// `<service>.<namespace>`.
+    pub name: String,
+    /// How clients call it.
+    pub policy: ClientPolicy,
+    /// Per Service port: protocol and endpoints.
+    pub ports: HashMap<u16, (Protocol, Vec<Endpoint>)>,
+    /// Its routes, in order.
+    pub routes: Vec<CompiledRoute>,
+    /// The round-robin counter of its balancer.
+    pub cursor: AtomicUsize,
+}
+
+/// A route with compiled matches.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    matches: Vec<CompiledMatch>,
+    /// `(destination index, port override, weight)`.
+    pub backends: Vec<(usize, Option<u16>, u32)>,
+    /// Per-request timeout.
+    pub timeout_ms: Option<u64>,
+    /// Fault injection.
+    pub fault: Option<Fault>,
+}
+
+#[derive(Debug)]
+struct CompiledMatch {
+    path: Option<Matcher>,
+    method: Option<String>,
+    headers: Vec<(String, Matcher)>,
+}
+
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+impl Matcher {
+    fn compile(rule: &StringMatch, field: &str) -> Result<Self, String> {
+        Ok(match rule {
+            StringMatch::Exact(value) => Self::Exact(value.clone()),
+            StringMatch::Prefix(value) => Self::Prefix(value.clone()),
+            // Anchored: a regex matches the whole value, as in the Gateway API.
+            StringMatch::Regex(pattern) => Self::Regex(
+                Regex::new(&format!("^(?:{pattern})$"))
+                    .map_err(|e| format!("{field}: invalid regex {pattern:?}: {e}"))?,
+            ),
+        })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Self::Exact(expected) => value == expected,
+            // A path prefix matches whole segments: `/api` matches `/api/x`, not `/apix`.
+            Self::Prefix(prefix) => {
+                value.starts_with(prefix.as_str())
+                    && (prefix.ends_with('/')
+                        || value.len() == prefix.len()
+                        || value.as_bytes()[prefix.len()] == b'/')
+            }
+            Self::Regex(regex) => regex.is_match(value),
+        }
+    }
+}
+
+/// The request facts that routes match on.
+pub struct RequestFacts<'a> {
+    /// The method, e.g. `GET`.
+    pub method: &'a str,
+    /// The path without the query.
+    pub path: &'a str,
+    /// Header value by lower-case name.
+    pub header: &'a dyn Fn(&str) -> Option<&'a str>,
+}
+
+impl CompiledMatch {
+    fn compile(rule: &RouteMatch, at: &str) -> Result<Self, String> {
+        Ok(Self {
+            path: rule
+                .path
+                .as_ref()
+                .map(|p| Matcher::compile(p, &format!("{at}.path")))
+                .transpose()?,
+            method: rule.method.clone(),
+            headers: rule
+                .headers
+                .iter()
+                .enumerate()
+                .map(|(h, header)| {
+                    Matcher::compile(&header.value, &format!("{at}.headers[{h}].value"))
+                        .map(|m| (header.name.to_ascii_lowercase(), m))
+                })
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn matches(&self, request: &RequestFacts<'_>) -> bool {
+        self.path.as_ref().is_none_or(|p| p.matches(request.path))
+            && self
+                .method
+                .as_ref()
+                .is_none_or(|m| m.eq_ignore_ascii_case(request.method))
+            && self
+                .headers
+                .iter()
+                .all(|(name, m)| (request.header)(name).is_some_and(|v| m.matches(v)))
+    }
+}
+
+/// The compiled config.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// Every destination, in config order.
+    pub destinations: Vec<CompiledDestination>,
+    by_addr: HashMap<SocketAddr, Target>,
+    opaque_ports: HashSet<u16>,
+}
+
+impl Table {
+    /// Compiles `config`; a regex that does not compile refuses the config, naming its field.
+    pub fn compile(config: &ProxyConfig) -> Result<Self, String> {
+        let index: HashMap<&str, usize> = config
+            .destinations
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.name.as_str(), i))
+            .collect();
+        let mut table = Self {
+            opaque_ports: config.opaque_ports.iter().copied().collect(),
+            ..Self::default()
+        };
+        for (d, destination) in config.destinations.iter().enumerate() {
+            let mut ports = HashMap::new();
+            for port in &destination.ports {
+                let target = Target {
+                    destination: d,
+                    port: port.port,
+                };
+                for ip in &destination.cluster_ips {
+                    table
+                        .by_addr
+                        .insert(SocketAddr::new(*ip, port.port), target);
+                }
+                // Calls straight to a pod IP are meshed too.
+                for endpoint in &port.endpoints {
+                    table
+                        .by_addr
+                        .entry(SocketAddr::new(endpoint.ip, endpoint.port))
+                        .or_insert(target);
+                }
+                ports.insert(port.port, (port.protocol, port.endpoints.clone()));
+            }
+            let mut routes = Vec::new();
+            for (r, route) in destination.routes.iter().enumerate() {
+                let at = format!("destinations[{d}].routes[{r}]");
+                routes.push(CompiledRoute {
+                    matches: route
+                        .matches
+                        .iter()
+                        .enumerate()
+                        .map(|(m, rule)| {
+                            CompiledMatch::compile(rule, &format!("{at}.matches[{m}]"))
+                        })
+                        .collect::<Result<_, _>>()?,
+                    backends: route
+                        .backends
+                        .iter()
+                        .filter_map(|b| {
+                            index
+                                .get(b.destination.as_str())
+                                .map(|&i| (i, b.port, b.weight))
+                        })
+                        .collect(),
+                    timeout_ms: route.timeout_ms,
+                    fault: route
+                        .fault
+                        .clone()
+                        .or_else(|| destination.policy.fault.clone()),
+                });
+            }
+            table.destinations.push(CompiledDestination {
+                name: destination.name.clone(),
+                policy: destination.policy.clone(),
+                ports,
+                routes,
+                cursor: AtomicUsize::new(0),
+            });
+        }
+        Ok(table)
+    }
+
+    /// The meshed destination behind an address the application dialled, if any.
+    pub fn lookup(&self, addr: SocketAddr) -> Option<Target> {
+        self.by_addr.get(&addr).copied()
+    }
+
+    /// Whether connections to `target` skip protocol detection.
+    pub fn is_opaque(&self, target: Target) -> bool {
+        self.opaque_ports.contains(&target.port)
+            || self.destinations[target.destination]
+                .ports
+                .get(&target.port)
+                .is_some_and(|(protocol, _)| *protocol == Protocol::Tcp)
+    }
+
+    /// The first route of the target's destination that matches, if any.
+    pub fn route(&self, target: Target, request: &RequestFacts<'_>) -> Option<&CompiledRoute> {
+        self.destinations[target.destination]
+            .routes
+            .iter()
+            .find(|route| {
+                route.matches.is_empty() || route.matches.iter().any(|m| m.matches(request))
+            })
+    }
+
+    /// The endpoints of a destination's port.
+    pub fn endpoints(&self, target: Target) -> &[Endpoint] {
+        self.destinations[target.destination]
+            .ports
+            .get(&target.port)
+            .map_or(&[], |(_, endpoints)| endpoints.as_slice())
+    }
+}
+
+impl CompiledRoute {
+    /// The backend for a roll in `0..total weight` (the caller draws it), as a target whose port
+    /// is the backend's own or else the port the application dialled.
+    pub fn backend(&self, roll: u32, dialled_port: u16) -> Option<Target> {
+        let mut left = roll;
+        for &(destination, port, weight) in &self.backends {
+            if left < weight {
+                return Some(Target {
+                    destination,
+                    port: port.unwrap_or(dialled_port),
+                });
+            }
+            left -= weight;
+        }
+        None
+    }
+
+    /// The sum of the backends' weights.
+    pub fn total_weight(&self) -> u32 {
+        self.backends.iter().map(|b| b.2).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(routes: serde_json::Value) -> ProxyConfig {
+        let document = serde_json::json!({
+            "version": 1,
+            "workload": {"namespace": "shop", "name": "order",
+                         "identity": "spiffe://cluster.local/ns/shop/sa/order"},
+            "inbound": {"mtlsMode": "STRICT"},
+            "opaquePorts": [5432],
+            "destinations": [
+                {"name": "payment.shop", "clusterIps": ["10.96.0.10"],
+                 "ports": [{"port": 80, "endpoints": [{"ip": "10.244.0.5", "port": 8080}]}],
+                 "routes": routes},
+                {"name": "payment-v1.shop", "clusterIps": ["10.96.0.11"],
+                 "ports": [{"port": 80, "endpoints": [{"ip": "10.244.0.6", "port": 8080}]}]},
+                {"name": "payment-v2.shop", "clusterIps": ["10.96.0.12"],
+                 "ports": [{"port": 80, "protocol": "tcp",
+                            "endpoints": [{"ip": "10.244.0.7", "port": 8080}]}]}
+            ]
+        });
+        ProxyConfig::from_json(document.to_string().as_bytes()).expect("valid")
+    }
+
+    /// The backend destination and timeout a request to `payment.shop:80` is routed to.
+    fn routed(
+        table: &Table,
+        method: &str,
+        path: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> Option<(usize, Option<u64>)> {
+        let header = |name: &str| headers.iter().find(|h| h.0 == name).map(|h| h.1);
+        let facts = RequestFacts {
+            method,
+            path,
+            header: &header,
+        };
+        let route = table.route(
+            Target {
+                destination: 0,
+                port: 80,
+            },
+            &facts,
+        )?;
+        Some((route.backend(0, 80)?.destination, route.timeout_ms))
+    }
+
+    fn no_headers(_: &str) -> Option<&'static str> {
+        None
+    }
+
+    #[test]
+    fn addresses_map_to_destinations_by_cluster_ip_and_by_endpoint() {
+        let table = Table::compile(&config(serde_json::json!([]))).expect("compiles");
+        let target = |a: &str| table.lookup(a.parse().expect("addr"));
+        assert_eq!(
+            target("10.96.0.10:80"),
+            Some(Target {
+                destination: 0,
+                port: 80
+            })
+        );
+        assert_eq!(
+            target("10.244.0.6:8080"),
+            Some(Target {
+                destination: 1,
+                port: 80
+            })
+        );
+        assert_eq!(target("10.96.0.10:81"), None);
+        assert_eq!(target("192.0.2.1:80"), None);
+        assert!(!table.is_opaque(Target {
+            destination: 0,
+            port: 80
+        }));
+        assert!(table.is_opaque(Target {
+            destination: 2,
+            port: 80
+        }));
+        assert_eq!(
+            table
+                .endpoints(Target {
+                    destination: 1,
+                    port: 80
+                })
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn routes_match_by_path_method_and_header_in_order() {
+        let table = Table::compile(&config(serde_json::json!([
+            {"matches": [{"path": {"type": "prefix", "value": "/api"}, "method": "POST"}],
+             "backends": [{"destination": "payment-v2.shop", "weight": 1}]},
+            {"matches": [{"headers": [{"name": "X-Canary",
+                                       "value": {"type": "regex", "value": "yes|true"}}]}],
+             "backends": [{"destination": "payment-v2.shop", "weight": 1}], "timeoutMs": 5},
+            {"backends": [{"destination": "payment-v1.shop", "weight": 1}]}
+        ])))
+        .expect("compiles");
+        assert_eq!(routed(&table, "POST", "/api/pay", &[]), Some((2, None)));
+        assert_eq!(routed(&table, "GET", "/api/pay", &[]), Some((1, None)));
+        assert_eq!(
+            routed(&table, "POST", "/apix", &[]),
+            Some((1, None)),
+            "prefix is by segment"
+        );
+        let canary = [("x-canary", "true")];
+        assert_eq!(routed(&table, "GET", "/", &canary), Some((2, Some(5))));
+        let not_canary = [("x-canary", "truely")];
+        assert_eq!(
+            routed(&table, "GET", "/", &not_canary),
+            Some((1, None)),
+            "regex is anchored"
+        );
+    }
+
+    #[test]
+    fn weighted_backends_split_by_the_roll() {
+        let table = Table::compile(&config(serde_json::json!([
+            {"backends": [{"destination": "payment-v1.shop", "weight": 80},
+                          {"destination": "payment-v2.shop", "port": 9090, "weight": 20}]}
+        ])))
+        .expect("compiles");
+        let route = table
+            .route(
+                Target {
+                    destination: 0,
+                    port: 80,
+                },
+                &RequestFacts {
+                    method: "GET",
+                    path: "/",
+                    header: &no_headers,
+                },
+            )
+            .expect("route");
+        assert_eq!(route.total_weight(), 100);
+        let mut counts = [0; 3];
+        for roll in 0..100 {
+            counts[route.backend(roll, 80).expect("backend").destination] += 1;
+        }
+        assert_eq!(counts, [0, 80, 20]);
+        assert_eq!(
+            route.backend(0, 80).map(|t| t.port),
+            Some(80),
+            "the dialled port"
+        );
+        assert_eq!(
+            route.backend(99, 80).map(|t| t.port),
+            Some(9090),
+            "the backend's port"
+        );
+        assert_eq!(route.backend(100, 80), None);
+    }
+
+    #[test]
+    fn a_bad_regex_refuses_the_config_naming_the_field() {
+        let error = Table::compile(&config(serde_json::json!([
+            {"matches": [{"path": {"type": "regex", "value": "/(unclosed"}}],
+             "backends": [{"destination": "payment-v1.shop", "weight": 1}]}
+        ])))
+        .expect_err("refused");
+        assert!(
+            error.starts_with("destinations[0].routes[0].matches[0].path: invalid regex"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,258 @@
+//! Connections to peers. A meshed endpoint (one with an identity in the config) is reached over
+//! mTLS with the workload's certificate, and the connection is kept only if the peer's SPIFFE ID
+//! is the one the config expects; an endpoint without identity (not meshed) is reached in
+//! plaintext. HTTP/1.1 connections are pooled per endpoint (idle ones reused); HTTP/2 ones are
+//! shared by every request to that endpoint (multiplexed). The live load numbers of each endpoint
+//! ([`EndpointStats`]) live here too, keyed by address so that they survive config reloads.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::balance::EndpointStats;
+use crate::identity::spiffe_id;
+use crate::reload::IdentityState;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const IDLE_PER_ENDPOINT: usize = 32;
+
+/// Why a peer could not be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed or timed out.
+    #[error("connect to {addr}: {message}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed.
+        message: String,
+    },
+    /// The TLS handshake failed.
+    #[error("mTLS handshake with {addr}: {message}")]
+    Handshake {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed.
+        message: String,
+    },
+    /// The peer presented another identity than the config expects.
+    #[error("{addr} is {found}, expected {expected}")]
+    WrongPeer {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Its SPIFFE ID.
+        found: String,
+        /// The config's.
+        expected: String,
+    },
+    /// No identity is loaded yet, so no mTLS is possible.
+    #[error("no workload identity loaded yet")]
+    NoIdentity,
+    /// HTTP failed on the connection.
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// A connection to a peer: mTLS or, for an endpoint outside the mesh, plain TCP.
+pub enum PeerStream {
+    /// mTLS.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Plaintext.
+    Plain(TcpStream),
+}
+
+impl AsyncRead for PeerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for PeerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Pools and endpoint numbers, shared by every connection of the proxy.
+#[derive(Default)]
+pub struct Upstreams {
+    identity: Arc<IdentityState>,
+    idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+    stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Upstreams {
+    /// Upstreams that take the workload certificate from `identity`.
+    pub fn new(identity: Arc<IdentityState>) -> Self {
+        Self {
+            identity,
+            ..Self::default()
+        }
+    }
+
+    /// The live numbers of an endpoint.
+    pub fn stats(&self, addr: SocketAddr) -> Arc<EndpointStats> {
+        lock(&self.stats).entry(addr).or_default().clone()
+    }
+
+    /// Opens a connection to `addr`: mTLS checked against `identity` when the endpoint is
+    /// meshed, plaintext otherwise.
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        timeout: Duration,
+    ) -> Result<PeerStream, UpstreamError> {
+        let connect_error = |message: String| UpstreamError::Connect { addr, message };
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_error(format!("timed out after {timeout:?}")))?
+            .map_err(|e| connect_error(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(expected) = identity else {
+            return Ok(PeerStream::Plain(tcp));
+        };
+        let own = self.identity.current().ok_or(UpstreamError::NoIdentity)?;
+        let connector = tokio_rustls::TlsConnector::from(own.client.clone());
+        let handshake = connector.connect(ServerName::IpAddress(addr.ip().into()), tcp);
+        let tls = tokio::time::timeout(timeout, handshake)
+            .await
+            .map_err(|_| UpstreamError::Handshake {
+                addr,
+                message: format!("timed out after {timeout:?}"),
+            })?
+            .map_err(|e| UpstreamError::Handshake {
+                addr,
+                message: e.to_string(),
+            })?;
+        let found = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| spiffe_id(leaf).map(|(id, _)| id))
+            .unwrap_or_else(|| Err("no certificate".into()))
+            .unwrap_or_else(|e| format!("unidentified ({e})"));
+        if found != expected {
+            return Err(UpstreamError::WrongPeer {
+                addr,
+                found,
+                expected: expected.to_string(),
+            });
+        }
+        Ok(PeerStream::Tls(Box::new(tls)))
+    }
+
+    /// Sends an HTTP/1.1 request on an idle pooled connection or a new one. Unless `upgrade`
+    /// (the connection then becomes the upgraded stream), the connection returns to the pool once
+    /// the response has been read.
+    pub async fn send_http1(
+        self: &Arc<Self>,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        timeout: Duration,
+        request: Request<Incoming>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let idle = {
+            let mut pool = lock(&self.idle_h1);
+            let senders = pool.entry(addr).or_default();
+            std::iter::from_fn(|| senders.pop()).find(|s| s.is_ready())
+        };
+        let mut sender = match idle {
+            Some(sender) => sender,
+            None => {
+                let stream = self.connect(addr, identity, timeout).await?;
+                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+                tokio::spawn(connection.with_upgrades());
+                sender
+            }
+        };
+        let response = sender.send_request(request).await?;
+        if !upgrade {
+            let pools = self.clone();
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    let mut pool = lock(&pools.idle_h1);
+                    let senders = pool.entry(addr).or_default();
+                    if senders.len() < IDLE_PER_ENDPOINT {
+                        senders.push(sender);
+                    }
+                }
+            });
+        }
+        Ok(response)
+    }
+
+    /// Sends an HTTP/2 request on the endpoint's shared connection, opening it if needed.
+    pub async fn send_http2(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        timeout: Duration,
+        request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let shared = lock(&self.h2)
+            .get(&addr)
+            .filter(|s| !s.is_closed())
+            .cloned();
+        let mut sender = match shared {
+            Some(sender) => sender,
+            None => {
+                let stream = self.connect(addr, identity, timeout).await?;
+                let (sender, connection) =
+                    http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+                tokio::spawn(connection);
+                lock(&self.h2).insert(addr, sender.clone());
+                sender
+            }
+        };
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
+}
