@@ -55,7 +55,7 @@ fuzz: ## Fuzz the webhook's AdmissionReview parser for FUZZ_SECONDS (default 60;
 
 .PHONY: netns-test
 netns-test: ## Network-namespace tests (root): real iptables and sockets in namespaces the tests create.
-	$(CARGO) test -p braid-proxy --test netns
+	$(CARGO) test -p braid-proxy --test netns --test mesh
 
 .PHONY: cluster-deps
 cluster-deps: ## Install the test cluster's Debian packages (containerd, runc, CNI plugins, iptables).

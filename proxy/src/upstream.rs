@@ -113,12 +113,17 @@ impl AsyncWrite for PeerStream {
     }
 }
 
+/// Connections by endpoint, each with the identity it was verified as.
+type Pool<S> = HashMap<SocketAddr, Vec<(Option<String>, S)>>;
+
 /// Pools and endpoint numbers, shared by every connection of the proxy.
 #[derive(Default)]
 pub struct Upstreams {
     identity: Arc<IdentityState>,
-    idle_h1: Mutex<HashMap<SocketAddr, Vec<http1::SendRequest<Incoming>>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Incoming>>>,
+    /// Idle connections by endpoint, each with the identity it was verified as: a connection is
+    /// reused only for the identity it was checked against.
+    idle_h1: Mutex<Pool<http1::SendRequest<Incoming>>>,
+    h2: Mutex<Pool<http2::SendRequest<Incoming>>>,
     stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
 }
 
@@ -202,7 +207,11 @@ impl Upstreams {
         let idle = {
             let mut pool = lock(&self.idle_h1);
             let senders = pool.entry(addr).or_default();
-            std::iter::from_fn(|| senders.pop()).find(|s| s.is_ready())
+            senders.retain(|(_, s)| !s.is_closed());
+            senders
+                .iter()
+                .rposition(|(id, s)| id.as_deref() == identity && s.is_ready())
+                .map(|i| senders.swap_remove(i).1)
         };
         let mut sender = match idle {
             Some(sender) => sender,
@@ -216,12 +225,13 @@ impl Upstreams {
         let response = sender.send_request(request).await?;
         if !upgrade {
             let pools = self.clone();
+            let identity = identity.map(str::to_string);
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
                     let mut pool = lock(&pools.idle_h1);
                     let senders = pool.entry(addr).or_default();
                     if senders.len() < IDLE_PER_ENDPOINT {
-                        senders.push(sender);
+                        senders.push((identity, sender));
                     }
                 }
             });
@@ -237,10 +247,13 @@ impl Upstreams {
         timeout: Duration,
         request: Request<Incoming>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let shared = lock(&self.h2)
-            .get(&addr)
-            .filter(|s| !s.is_closed())
-            .cloned();
+        let shared = lock(&self.h2).get_mut(&addr).and_then(|senders| {
+            senders.retain(|(_, s)| !s.is_closed());
+            senders
+                .iter()
+                .find(|(id, _)| id.as_deref() == identity)
+                .map(|(_, s)| s.clone())
+        });
         let mut sender = match shared {
             Some(sender) => sender,
             None => {
@@ -248,7 +261,10 @@ impl Upstreams {
                 let (sender, connection) =
                     http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
                 tokio::spawn(connection);
-                lock(&self.h2).insert(addr, sender.clone());
+                lock(&self.h2)
+                    .entry(addr)
+                    .or_default()
+                    .push((identity.map(str::to_string), sender.clone()));
                 sender
             }
         };
