@@ -12,6 +12,13 @@ export KUBECTL ?= $(CURDIR)/$(CLUSTER)/kubectl.sh
 IMAGE_TAG ?= dev
 IMAGES := braid.local/braid-shop:$(IMAGE_TAG)=braid-shop braid.local/braid-operator:$(IMAGE_TAG)=braid-operator \
   braid.local/braid-webhook:$(IMAGE_TAG)=braid-webhook
+# The proxy image also carries iptables for `braid-proxy init`: both multi-call binaries (legacy
+# and nft), their extension modules, the command names init runs, and the lock file.
+XTABLES := /usr/lib/x86_64-linux-gnu/xtables
+PROXY_IMAGE_EXTRAS := --file=/usr/sbin/xtables-legacy-multi --file=/usr/sbin/xtables-nft-multi \
+  --file=$(XTABLES) --empty=/run/xtables.lock \
+  $(foreach variant,legacy nft,$(foreach command,save restore,\
+    --link=/usr/sbin/iptables-$(variant)-$(command)=xtables-$(variant)-multi))
 
 .PHONY: help
 help: ## List the targets.
@@ -73,9 +80,10 @@ cluster-down: ## Stop the local cluster and remove everything it made.
 
 .PHONY: images
 images: ## Build release binaries and pack them as OCI image archives under target/images/.
-	$(CARGO) build --release $(foreach image,$(IMAGES),-p $(lastword $(subst =, ,$(image))))
+	$(CARGO) build --release $(foreach image,$(IMAGES),-p $(lastword $(subst =, ,$(image)))) -p braid-proxy
 	@for image in $(IMAGES); do \
 	  $(CLUSTER)/images.sh pack $${image%%=*} target/release/$${image##*=}; done
+	$(CLUSTER)/images.sh pack braid.local/braid-proxy:$(IMAGE_TAG) target/release/braid-proxy $(PROXY_IMAGE_EXTRAS)
 	@if [ -S /run/braid-cluster/containerd.sock ]; then $(CLUSTER)/images.sh import; fi
 
 .PHONY: install
