@@ -56,6 +56,19 @@ impl Cluster {
         Ok(String::from_utf8(output.stdout)?)
     }
 
+    /// Starts kubectl with `args` in the background (stdout piped), for load that must run while
+    /// the test changes something.
+    pub fn spawn(&self, args: &[&str]) -> anyhow::Result<std::process::Child> {
+        let (program, fixed) = self.kubectl.split_first().context("KUBECTL is empty")?;
+        Command::new(program)
+            .args(fixed)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot run {program}"))
+    }
+
     /// Runs kubectl with `args` and returns its stdout.
     pub fn kubectl(&self, args: &[&str]) -> anyhow::Result<String> {
         self.kubectl_with_input(args, None)

@@ -1,4 +1,4 @@
-//! Command-line parsing, by hand: the binary has four flags and should build in seconds.
+//! Command-line parsing, by hand: the binary has a handful of flags and should build in seconds.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +6,9 @@ use std::path::PathBuf;
 /// Printed with every usage error.
 pub const USAGE: &str = "usage:
   braid-shop serve [--listen ADDR] [--role ROLE] [--version V] [--files DIR]
-  braid-shop get URL";
+                   [--upstream NAME=URL]... [--delay-ms N]
+  braid-shop get URL
+  braid-shop orders --url URL [--count N | --duration SECONDS] [--concurrency C] [--pause-ms N]";
 
 /// What the process was asked to do.
 #[derive(Debug, PartialEq)]
@@ -18,6 +20,24 @@ pub enum Command {
         /// The URL to fetch (plain `http://` only).
         url: String,
     },
+    /// Place orders and print where they went.
+    Orders(OrderSettings),
+}
+
+/// Settings of `braid-shop orders`.
+#[derive(Debug, PartialEq)]
+pub struct OrderSettings {
+    /// The order service's URL.
+    pub url: String,
+    /// Stop after this many orders.
+    pub count: Option<u64>,
+    /// Stop after this many seconds. Without count or duration: run forever, printing a summary
+    /// every 10 seconds (the demo's traffic generator).
+    pub duration: Option<u64>,
+    /// Orders in flight at once (default 1).
+    pub concurrency: usize,
+    /// Pause of each worker between orders (default 0).
+    pub pause_ms: u64,
 }
 
 /// Settings of `braid-shop serve`.
@@ -31,6 +51,11 @@ pub struct ServeSettings {
     pub version: String,
     /// A directory whose files are served under `/files/<name>`.
     pub files: Option<PathBuf>,
+    /// Services this one calls for every request, by name (the order service calls user,
+    /// inventory and payment); their answers are embedded in its own.
+    pub upstreams: Vec<(String, String)>,
+    /// Wait this long before answering (a slow backend).
+    pub delay_ms: u64,
 }
 
 /// Parses the arguments after the program name.
@@ -44,6 +69,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, String> 
                 None => Ok(Command::Get { url }),
             }
         }
+        Some("orders") => parse_orders(args).map(Command::Orders),
         Some(other) => Err(format!("unknown command {other:?}")),
         None => Err("missing command".into()),
     }
@@ -55,6 +81,8 @@ fn parse_serve(mut args: impl Iterator<Item = String>) -> Result<ServeSettings, 
         role: "echo".into(),
         version: "v1".into(),
         files: None,
+        upstreams: Vec::new(),
+        delay_ms: 0,
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -67,8 +95,48 @@ fn parse_serve(mut args: impl Iterator<Item = String>) -> Result<ServeSettings, 
             "--role" => settings.role = value,
             "--version" => settings.version = value,
             "--files" => settings.files = Some(value.into()),
+            "--upstream" => {
+                let (name, url) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("--upstream {value:?}: expected NAME=URL"))?;
+                settings.upstreams.push((name.into(), url.into()));
+            }
+            "--delay-ms" => settings.delay_ms = number(&flag, &value)?,
             _ => return Err(format!("unknown flag {flag:?}")),
         }
+    }
+    Ok(settings)
+}
+
+fn number(flag: &str, value: &str) -> Result<u64, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag} {value:?}: not a number"))
+}
+
+fn parse_orders(mut args: impl Iterator<Item = String>) -> Result<OrderSettings, String> {
+    let mut settings = OrderSettings {
+        url: String::new(),
+        count: None,
+        duration: None,
+        concurrency: 1,
+        pause_ms: 0,
+    };
+    while let Some(flag) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--url" => settings.url = value,
+            "--count" => settings.count = Some(number(&flag, &value)?),
+            "--duration" => settings.duration = Some(number(&flag, &value)?),
+            "--concurrency" => {
+                settings.concurrency = number(&flag, &value)?.clamp(1, 256) as usize;
+            }
+            "--pause-ms" => settings.pause_ms = number(&flag, &value)?,
+            _ => return Err(format!("unknown flag {flag:?}")),
+        }
+    }
+    if settings.url.is_empty() {
+        return Err("orders needs --url".into());
     }
     Ok(settings)
 }
@@ -94,6 +162,22 @@ mod tests {
             ("payment", "v2")
         );
         assert_eq!(settings.files, Some(PathBuf::from("/x")));
+        let Ok(Command::Serve(order)) =
+            parse_words("serve --upstream user=http://user:8080 --delay-ms 200")
+        else {
+            panic!("serve did not parse");
+        };
+        assert_eq!(
+            order.upstreams,
+            [("user".into(), "http://user:8080".into())]
+        );
+        assert_eq!(order.delay_ms, 200);
+        let Ok(Command::Orders(orders)) =
+            parse_words("orders --url http://order:8080/order --count 10 --concurrency 4")
+        else {
+            panic!("orders did not parse");
+        };
+        assert_eq!((orders.count, orders.concurrency), (Some(10), 4));
     }
 
     #[test]
@@ -108,5 +192,17 @@ mod tests {
             Err("unknown flag \"--colour\"".into())
         );
         assert_eq!(parse_words("get"), Err("get needs a URL".into()));
+        assert_eq!(
+            parse_words("serve --upstream user"),
+            Err("--upstream \"user\": expected NAME=URL".into())
+        );
+        assert_eq!(
+            parse_words("orders --url http://order --count many"),
+            Err("--count \"many\": not a number".into())
+        );
+        assert_eq!(
+            parse_words("orders --count 1"),
+            Err("orders needs --url".into())
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! `braid-shop get URL`: a minimal HTTP/1.1 client, so that test pods need no curl.
+//! A minimal HTTP/1.1 client: `braid-shop get URL` (so that test pods need no curl), and the
+//! calls the order service makes to the others.
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -10,6 +11,16 @@ use tokio::net::TcpStream;
 
 /// Fetches `url` and writes the body to stdout; fails on a non-2xx status.
 pub async fn get_and_print(url: &str) -> anyhow::Result<()> {
+    let (status, body) = fetch(url).await?;
+    std::io::stdout().write_all(&body)?;
+    if !status.is_success() {
+        bail!("{url} answered {status}");
+    }
+    Ok(())
+}
+
+/// GETs `url` on a new connection; the status and body.
+pub async fn fetch(url: &str) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
     let uri: Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
     if uri.scheme_str() != Some("http") {
         bail!("only http:// URLs are supported, not {url:?}");
@@ -32,9 +43,5 @@ pub async fn get_and_print(url: &str) -> anyhow::Result<()> {
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();
-    std::io::stdout().write_all(&body)?;
-    if !status.is_success() {
-        bail!("{url} answered {status}");
-    }
-    Ok(())
+    Ok((status, body))
 }

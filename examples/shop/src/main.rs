@@ -5,10 +5,12 @@
 //! ```text
 //! braid-shop serve [--listen ADDR] [--role ROLE] [--version V] [--files DIR]
 //! braid-shop get URL
+//! braid-shop orders --url URL [--count N | --duration SECONDS] [--concurrency C]
 //! ```
 
 mod args;
 mod client;
+mod orders;
 mod server;
 
 use std::process::ExitCode;
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         match command {
             args::Command::Serve(settings) => server::run(settings).await,
             args::Command::Get { url } => client::get_and_print(&url).await,
+            args::Command::Orders(settings) => orders::run(settings).await,
         }
     });
     match result {

@@ -21,6 +21,8 @@ struct Identity {
     role: String,
     version: String,
     files: Option<PathBuf>,
+    upstreams: Vec<(String, String)>,
+    delay: std::time::Duration,
 }
 
 /// Serves until SIGTERM or SIGINT.
@@ -33,6 +35,8 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         role: settings.role,
         version: settings.version,
         files: settings.files,
+        upstreams: settings.upstreams,
+        delay: std::time::Duration::from_millis(settings.delay_ms),
     });
     eprintln!(
         "braid-shop: {} {} listening on {}",
@@ -61,6 +65,9 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
 
 async fn answer(identity: &Identity, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
+    if path == "/healthz" {
+        return text(StatusCode::OK, "ok\n");
+    }
     if let Some(name) = path.strip_prefix("/files/") {
         return match &identity.files {
             Some(dir) => serve_file(dir, name).await,
@@ -70,12 +77,39 @@ async fn answer(identity: &Identity, request: &Request<Incoming>) -> Response<Fu
             ),
         };
     }
-    let body = serde_json::json!({
+    if !identity.delay.is_zero() {
+        tokio::time::sleep(identity.delay).await;
+    }
+    let mut body = serde_json::json!({
         "pod": identity.pod,
         "role": identity.role,
         "version": identity.version,
         "path": path,
     });
+    for (name, url) in &identity.upstreams {
+        match crate::client::fetch(url).await {
+            Ok((status, answer)) if status.is_success() => {
+                body["calls"][name] = serde_json::from_slice(&answer).unwrap_or_default();
+            }
+            Ok((status, answer)) => {
+                let message = format!(
+                    "{name} answered {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                );
+                return json(
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({"error": message}).to_string(),
+                );
+            }
+            Err(error) => {
+                let message = format!("{name}: {error:#}");
+                return json(
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({"error": message}).to_string(),
+                );
+            }
+        }
+    }
     json(StatusCode::OK, body.to_string())
 }
 

@@ -1,0 +1,362 @@
+//! The demo shop through the mesh, on the real cluster with Braid installed from manifests: every
+//! shop pod is injected, STRICT mTLS keeps the bytes between pods encrypted and refuses a pod
+//! outside the mesh, a MeshRoute canary splits payments 80/20 and then moves them all to v2
+//! without a failed order, and LEAST_CONN sends fewer requests than ROUND_ROBIN to a slow backend.
+//! The measured numbers are printed (run with `--nocapture` to see them).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, ensure};
+use braid_e2e::{Cluster, eventually};
+use serde_json::{Value, json};
+
+const NS: &str = "shop";
+const ORDER_URL: &str = "http://order:8080/order";
+/// The network namespace of the local test cluster (e2e/cluster/scripts/lib.sh).
+const CLUSTER_NETNS: &str = "braid-cluster";
+/// The bridge every pod of the local cluster is plugged into.
+const POD_BRIDGE: &str = "braid0";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn deploy_dir() -> String {
+    repo()
+        .join("examples/shop/deploy")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Places `count` orders from the traffic generator's pod (so through its proxy); the summary.
+fn orders(cluster: &Cluster, count: u32, concurrency: u32) -> anyhow::Result<Value> {
+    let out = cluster.exec(
+        NS,
+        "deploy/loadgen",
+        &[
+            "braid-shop",
+            "orders",
+            "--url",
+            ORDER_URL,
+            "--count",
+            &count.to_string(),
+            "--concurrency",
+            &concurrency.to_string(),
+        ],
+    )?;
+    Ok(serde_json::from_str(out.trim())?)
+}
+
+fn share(summary: &Value, service: &str, version: &str) -> f64 {
+    let versions = &summary["versions"][service];
+    let total: u64 = versions
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, n)| n.as_u64())
+        .sum();
+    versions[version].as_u64().unwrap_or(0) as f64 * 100.0 / total.max(1) as f64
+}
+
+/// The config generation of the order pod's proxy, read from its admin port over loopback.
+fn order_proxy_generation(cluster: &Cluster) -> anyhow::Result<u64> {
+    let out = cluster.exec(
+        NS,
+        "deploy/order",
+        &["braid-shop", "get", "http://127.0.0.1:15020/config"],
+    )?;
+    let config: Value = serde_json::from_str(out.trim())?;
+    config["generation"].as_u64().context("no generation")
+}
+
+/// Applies `object` and waits until the order pod's proxy has loaded a newer config.
+fn apply_and_wait_for_order_proxy(cluster: &Cluster, object: &Value) -> anyhow::Result<Duration> {
+    let before = order_proxy_generation(cluster)?;
+    let started = Instant::now();
+    cluster.apply(object)?;
+    eventually(Duration::from_secs(90), || {
+        ensure!(
+            order_proxy_generation(cluster)? > before,
+            "old config still in force"
+        );
+        Ok(())
+    })?;
+    Ok(started.elapsed())
+}
+
+fn route(v1: u32, v2: u32) -> Value {
+    json!({
+        "apiVersion": "braid.dev/v1alpha1", "kind": "MeshRoute",
+        "metadata": {"name": "payment-canary", "namespace": NS},
+        "spec": {"service": "payment", "rules": [{"backends": [
+            {"service": "payment-v1", "weight": v1}, {"service": "payment-v2", "weight": v2}]}]}
+    })
+}
+
+fn inventory_policy(balancer: &str) -> Value {
+    json!({
+        "apiVersion": "braid.dev/v1alpha1", "kind": "MeshPolicy",
+        "metadata": {"name": "inventory", "namespace": NS},
+        "spec": {"selector": {"matchLabels": {"app": "inventory"}},
+                 "mtls": {"mode": "STRICT"}, "loadBalancer": balancer}
+    })
+}
+
+fn deploy_shop(cluster: &Cluster) -> anyhow::Result<()> {
+    cluster.kubectl(&["apply", "-k", &deploy_dir()])?;
+    cluster.kubectl(&["apply", "-f", &format!("{}/policies.yaml", deploy_dir())])?;
+    for deployment in [
+        "user",
+        "order",
+        "inventory-fast",
+        "inventory-slow",
+        "payment-v1",
+        "payment-v2",
+        "loadgen",
+    ] {
+        cluster.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            NS,
+            &format!("deployment/{deployment}"),
+            "--timeout=180s",
+        ])?;
+    }
+    Ok(())
+}
+
+fn every_pod_is_meshed(cluster: &Cluster) -> anyhow::Result<()> {
+    let pods = cluster.get_json(&["pods", "-n", NS])?;
+    let pods = pods["items"].as_array().cloned().unwrap_or_default();
+    ensure!(pods.len() >= 7, "{} shop pods", pods.len());
+    for pod in &pods {
+        let name = &pod["metadata"]["name"];
+        let statuses = pod["status"]["initContainerStatuses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let status = |c: &str| {
+            statuses
+                .iter()
+                .find(|s| s["name"] == c)
+                .cloned()
+                .unwrap_or_default()
+        };
+        ensure!(
+            status("braid-init")["state"]["terminated"]["exitCode"] == 0,
+            "braid-init did not run to success in {name}"
+        );
+        ensure!(
+            status("braid-proxy")["ready"] == true,
+            "braid-proxy not running and ready in {name}"
+        );
+    }
+    Ok(())
+}
+
+/// Captures TCP on the pod bridge while `traffic` runs; the bytes of the capture.
+fn capture(traffic: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Vec<u8>> {
+    let file = std::env::temp_dir().join(format!("braid-demo-{}.pcap", std::process::id()));
+    let mut dump = Command::new("ip")
+        .args(["netns", "exec", CLUSTER_NETNS, "tcpdump", "-i", POD_BRIDGE])
+        .args([
+            "--immediate-mode",
+            "-U",
+            "-w",
+            &file.to_string_lossy(),
+            "tcp port 8080",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("tcpdump in the cluster's network namespace (the local test cluster only)")?;
+    let stderr = dump.stderr.take().context("stderr")?;
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
+    ensure!(
+        lines.any(|l| l.is_ok_and(|l| l.contains("listening on"))),
+        "tcpdump did not start"
+    );
+    let outcome = traffic();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = Command::new("kill").arg(dump.id().to_string()).status();
+    let _ = dump.wait();
+    outcome?;
+    let bytes = std::fs::read(&file)?;
+    let _ = std::fs::remove_file(&file);
+    Ok(bytes)
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
+    let cluster = Cluster::from_env();
+    deploy_shop(&cluster)?;
+    every_pod_is_meshed(&cluster)?;
+    let policies = cluster.kubectl(&["get", "meshpolicies", "-n", NS])?;
+    println!("{policies}");
+    ensure!(
+        policies.contains("MTLS") && policies.contains("WORKLOADS"),
+        "{policies}"
+    );
+    ensure!(
+        policies
+            .lines()
+            .any(|l| l.starts_with("shop ") && l.contains("STRICT")),
+        "{policies}"
+    );
+
+    // STRICT: wait until payment refuses a pod outside the mesh, then capture meshed traffic.
+    let outsider = cluster.namespace("braid-e2e-outsider")?;
+    cluster.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "outsider", "namespace": outsider.name},
+        "spec": {"containers": [{"name": "app", "image": "braid.local/braid-shop:dev",
+                                 "imagePullPolicy": "IfNotPresent", "args": ["serve"]}]}
+    }))?;
+    cluster.kubectl(&[
+        "wait",
+        "-n",
+        &outsider.name,
+        "pod/outsider",
+        "--for=condition=Ready",
+        "--timeout=60s",
+    ])?;
+    let from_outside = || {
+        cluster.exec(
+            &outsider.name,
+            "outsider",
+            &[
+                "braid-shop",
+                "get",
+                "http://payment.shop:8080/outsider-probe",
+            ],
+        )
+    };
+    eventually(Duration::from_secs(90), || {
+        ensure!(from_outside().is_err(), "payment still serves plaintext");
+        Ok(())
+    })?;
+    let first = orders(&cluster, 20, 2)?;
+    ensure!(
+        first["failed"] == 0,
+        "meshed orders failed under STRICT: {first}"
+    );
+    let captured = capture(|| {
+        let summary = orders(&cluster, 50, 2)?;
+        ensure!(summary["failed"] == 0, "{summary}");
+        let refused = from_outside();
+        ensure!(
+            refused.is_err(),
+            "payment served a pod outside the mesh: {refused:?}"
+        );
+        Ok(())
+    })?;
+    ensure!(
+        contains(&captured, b"/outsider-probe"),
+        "the capture missed the outsider's plaintext request ({} bytes)",
+        captured.len()
+    );
+    for plaintext in [&b"/charge"[..], b"\"role\"", b"/stock/"] {
+        ensure!(
+            !contains(&captured, plaintext),
+            "{} crossed the pod network in the clear",
+            String::from_utf8_lossy(plaintext)
+        );
+    }
+    ensure!(
+        contains(&captured, &[0x17, 0x03, 0x03]),
+        "no TLS records between the shop pods"
+    );
+    drop(outsider);
+
+    // Canary: 80/20 over 1,000 orders, then 0/100 under load without a failed order.
+    eventually(Duration::from_secs(90), || {
+        let summary = orders(&cluster, 100, 4)?;
+        ensure!(
+            share(&summary, "payment", "v2") > 0.0,
+            "no payment reached v2 yet: {summary}"
+        );
+        Ok(())
+    })?;
+    let split = orders(&cluster, 1000, 4)?;
+    let v2 = share(&split, "payment", "v2");
+    println!("canary 80/20 over 1,000 orders: v2 took {v2:.1}% ({split})");
+    ensure!(split["failed"] == 0, "{split}");
+    ensure!(
+        (16.0..=24.0).contains(&v2),
+        "80/20 off by more than 4 points: {split}"
+    );
+
+    let load = cluster.spawn(&[
+        "exec",
+        "-n",
+        NS,
+        "deploy/loadgen",
+        "--",
+        "braid-shop",
+        "orders",
+        "--url",
+        ORDER_URL,
+        "--duration",
+        "40",
+        "--concurrency",
+        "2",
+    ])?;
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    cluster.apply(&route(0, 100))?;
+    eventually(Duration::from_secs(90), || {
+        let summary = orders(&cluster, 20, 2)?;
+        ensure!(
+            share(&summary, "payment", "v2") == 100.0,
+            "still split: {summary}"
+        );
+        Ok(())
+    })?;
+    let switch = started.elapsed();
+    println!(
+        "canary 0/100: every order on v2 {:.1} s after kubectl apply",
+        switch.as_secs_f64()
+    );
+    let output = load.wait_with_output()?;
+    let during: Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())?;
+    println!("orders during the switch: {during}");
+    ensure!(
+        during["failed"] == 0,
+        "orders failed during the switch: {during}"
+    );
+    ensure!(
+        share(&during, "payment", "v1") > 0.0 && share(&during, "payment", "v2") > 0.0,
+        "the load did not span the switch: {during}"
+    );
+
+    // Least connections against round robin, with one slow (200 ms) inventory backend.
+    let mut slow_share = Vec::new();
+    for balancer in ["ROUND_ROBIN", "LEAST_CONN"] {
+        let waited = apply_and_wait_for_order_proxy(&cluster, &inventory_policy(balancer))?;
+        let summary = orders(&cluster, 300, 8)?;
+        ensure!(summary["failed"] == 0, "{summary}");
+        let slow = share(&summary, "inventory", "slow");
+        println!(
+            "{balancer}: {:.1}% of 300 orders to the slow inventory ({}), config in force {:.1} s after apply",
+            slow,
+            summary["versions"]["inventory"],
+            waited.as_secs_f64()
+        );
+        slow_share.push(slow);
+    }
+    ensure!(
+        slow_share[1] + 10.0 < slow_share[0],
+        "LEAST_CONN ({:.1}%) did not send clearly fewer requests to the slow backend than ROUND_ROBIN ({:.1}%)",
+        slow_share[1],
+        slow_share[0]
+    );
+
+    cluster.kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=120s"])?;
+    Ok(())
+}
