@@ -86,6 +86,12 @@ images: ## Build release binaries and pack them as OCI image archives under targ
 	$(CLUSTER)/images.sh pack braid.local/braid-proxy:$(IMAGE_TAG) target/release/braid-proxy $(PROXY_IMAGE_EXTRAS)
 	@if [ -S /run/braid-cluster/containerd.sock ]; then $(CLUSTER)/images.sh import; fi
 
+.PHONY: demo
+demo: ## The local cluster (started if needed), images, Braid from manifests, then the demo shop through the mesh.
+	$(MAKE) cluster-up
+	$(MAKE) install
+	KUBECTL="$(KUBECTL)" examples/shop/demo.sh
+
 .PHONY: install
 install: ## Install Braid on the cluster of KUBECONFIG (default: the local test cluster).
 	$(KUBECTL) apply -k config
