@@ -18,218 +18,17 @@
 
 mod apps;
 mod client;
+mod pods;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
+use pods::{Ca, Pod, SERVER_IP, eventually, new_year, publish, run, runtime};
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const CLIENT_IP: &str = "10.251.0.2";
-const SERVER_IP: &str = "10.251.0.3";
 const ORDER: &str = "spiffe://cluster.local/ns/shop/sa/order";
 const PAYMENT: &str = "spiffe://cluster.local/ns/shop/sa/payment";
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-}
-
-/// The mesh CA, and leaves issued by it.
-struct Ca {
-    pem: String,
-    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let cert = params.self_signed(&key).expect("ca");
-        Self {
-            pem: cert.pem(),
-            issuer: rcgen::Issuer::new(params, key),
-        }
-    }
-
-    /// `(tls.crt, tls.key)` for `spiffe`, valid until the 1st of January of `until_year`.
-    fn leaf(&self, spiffe: &str, until_year: i32) -> (String, String) {
-        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, SanType};
-        let key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::new()).expect("params");
-        params.subject_alt_names = vec![SanType::URI(spiffe.try_into().expect("uri"))];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.not_after = rcgen::date_time_ymd(until_year, 1, 1);
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-/// Unix time of 1 January `year` 00:00 UTC.
-fn new_year(year: i64) -> i64 {
-    let days: i64 = (1970..year)
-        .map(|y| {
-            if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 {
-                366
-            } else {
-                365
-            }
-        })
-        .sum();
-    days * 86_400
-}
-
-/// Writes `files` as the kubelet updates a volume: a new timestamp directory, then an atomic
-/// `..data` swap; each file is a link through `..data`.
-fn publish(dir: &Path, version: u32, files: &[(&str, &str)]) {
-    std::fs::create_dir_all(dir).expect("dir");
-    let timestamped = dir.join(format!("..2026_11_26_00_00_{version:02}"));
-    std::fs::create_dir(&timestamped).expect("timestamp dir");
-    for (name, content) in files {
-        std::fs::write(timestamped.join(name), content).expect("write");
-    }
-    let staging = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(timestamped.file_name().expect("name"), &staging).expect("symlink");
-    std::fs::rename(&staging, dir.join("..data")).expect("swap ..data");
-    for (name, _) in files {
-        if !dir.join(name).exists() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).expect("link");
-        }
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program).args(args).output().expect("runs");
-    assert!(
-        output.status.success(),
-        "{program} {} failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A pod: a network namespace, its directories and its processes.
-struct Pod {
-    netns: String,
-    dir: PathBuf,
-    children: Vec<Child>,
-}
-
-impl Pod {
-    fn new(role: &str, root: &Path) -> Self {
-        let netns = format!("braid-mesh-{role}-{}", std::process::id());
-        run("ip", &["netns", "add", &netns]);
-        let pod = Self {
-            netns,
-            dir: root.join(role),
-            children: Vec::new(),
-        };
-        pod.ip(&["link", "set", "lo", "up"]);
-        pod
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut full = vec!["netns", "exec", self.netns.as_str(), "ip"];
-        full.extend(args);
-        run("ip", &full);
-    }
-
-    fn command(&self, as_proxy: bool, program: &str) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.netns]);
-        if as_proxy {
-            command.args(["setpriv", "--reuid=1337", "--regid=1337", "--clear-groups"]);
-        }
-        command.arg(program);
-        command
-    }
-
-    fn start_proxy(&mut self) {
-        let log = std::fs::File::create(self.dir.join("proxy.log")).expect("log");
-        let child = self
-            .command(true, env!("CARGO_BIN_EXE_braid-proxy"))
-            .arg("run")
-            .env("BRAID_CONFIG_DIR", self.dir.join("config"))
-            .env("BRAID_IDENTITY_DIR", self.dir.join("identity"))
-            .stderr(log)
-            .spawn()
-            .expect("proxy starts");
-        self.children.push(child);
-    }
-
-    /// Runs a client command of this binary in the pod; its `result:` line.
-    fn client(&self, as_proxy: bool, args: &[&str]) -> String {
-        let output = self
-            .command(
-                as_proxy,
-                &std::env::current_exe().expect("self").to_string_lossy(),
-            )
-            .arg("client")
-            .args(args)
-            .output()
-            .expect("client runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("result: "))
-            .unwrap_or_else(|| {
-                panic!(
-                    "client {args:?} printed no result: {stdout}{}",
-                    String::from_utf8_lossy(&output.stderr)
-                )
-            })
-            .replace("\\n", "\n")
-    }
-
-    /// GETs an admin path of the pod's proxy.
-    fn admin(&self, path: &str) -> String {
-        self.client(false, &["plain", "127.0.0.1:15020", path])
-    }
-
-    /// The value of one series (`name{labels}`) of the proxy's metrics; -1 when absent.
-    fn metric(&self, series: &str) -> f64 {
-        self.admin("/metrics")
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .find_map(|line| {
-                line.rsplit_once(' ')
-                    .filter(|(name, _)| name.ends_with(series))
-            })
-            .and_then(|(_, value)| value.parse().ok())
-            .unwrap_or(-1.0)
-    }
-
-    fn proxy_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("proxy.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Pod {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "delete", &self.netns])
-            .status();
-    }
-}
-
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn endpoint(port: u16, identity: &str) -> serde_json::Value {
     serde_json::json!({"ip": SERVER_IP, "port": port, "identity": identity})
@@ -316,45 +115,7 @@ fn main() {
 }
 
 fn scenario(root: &Path) {
-    let mut client = Pod::new("client", root);
-    let mut server = Pod::new("server", root);
-    let (veth_client, veth_server) = (
-        format!("bmc{}", std::process::id()),
-        format!("bms{}", std::process::id()),
-    );
-    run(
-        "ip",
-        &[
-            "link",
-            "add",
-            &veth_client,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &veth_server,
-        ],
-    );
-    run("ip", &["link", "set", &veth_client, "netns", &client.netns]);
-    run("ip", &["link", "set", &veth_server, "netns", &server.netns]);
-    client.ip(&[
-        "addr",
-        "add",
-        &format!("{CLIENT_IP}/24"),
-        "dev",
-        &veth_client,
-    ]);
-    client.ip(&["link", "set", &veth_client, "up"]);
-    client.ip(&["route", "add", "10.96.0.0/16", "dev", &veth_client]);
-    server.ip(&[
-        "addr",
-        "add",
-        &format!("{SERVER_IP}/24"),
-        "dev",
-        &veth_server,
-    ]);
-    server.ip(&["link", "set", &veth_server, "up"]);
-
+    let (mut client, mut server, veth_server) = pods::pair(root);
     let ca = Ca::new();
     let identity = |pod: &Pod, id: &str, year: i32, version: u32| {
         let (cert, key) = ca.leaf(id, year);
@@ -378,16 +139,7 @@ fn scenario(root: &Path) {
     );
 
     for pod in [&client, &server] {
-        let init = pod
-            .command(false, env!("CARGO_BIN_EXE_braid-proxy"))
-            .arg("init")
-            .output()
-            .expect("init runs");
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        pods::init(pod, env!("CARGO_BIN_EXE_braid-proxy"), &[]);
     }
     let apps = server
         .command(
