@@ -170,9 +170,15 @@ impl Pod {
             .replace("\\n", "\n")
     }
 
-    /// GETs an admin path of the pod's proxy.
+    /// GETs an admin path of the pod's proxy with curl: the status line, headers and body.
     pub fn admin(&self, path: &str) -> String {
-        self.client(false, &["plain", "127.0.0.1:15020", path])
+        let output = self
+            .command(false, "curl")
+            .args(["-s", "-i", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:15020{path}"))
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
     /// The value of one series (`name{labels}`) of the proxy's metrics; -1 when absent.

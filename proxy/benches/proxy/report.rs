@@ -1,0 +1,340 @@
+//! Measurements from /proc, and the Markdown table and SVG plot of the results.
+
+use std::fmt::Write as _;
+
+use crate::load::Outcome;
+
+/// How the upstream was reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// No proxy.
+    Direct,
+    /// braid client proxy → mTLS → braid server proxy.
+    BraidPair,
+    /// HAProxy, one thread.
+    Haproxy,
+    /// nginx, one worker.
+    Nginx,
+}
+
+impl Setup {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::BraidPair => "braid pair (mTLS)",
+            Self::Haproxy => "HAProxy",
+            Self::Nginx => "nginx",
+        }
+    }
+}
+
+/// One proxy process's cost during a run.
+#[derive(Debug)]
+pub struct ProcessCost {
+    /// Which process.
+    pub name: String,
+    /// User plus system CPU time per answered request.
+    pub cpu_us_per_request: f64,
+    /// VmHWM of the process and its children.
+    pub peak_rss_kib: u64,
+}
+
+/// One run.
+#[derive(Debug)]
+pub struct Measured {
+    /// How the upstream was reached.
+    pub setup: Setup,
+    /// Requests per second (0: closed loop).
+    pub rate: u64,
+    /// Connections of the load generator.
+    pub connections: usize,
+    /// What the load generator saw.
+    pub outcome: Outcome,
+    /// The proxies' costs.
+    pub processes: Vec<ProcessCost>,
+}
+
+fn descendants(pid: u32) -> Vec<u32> {
+    let mut all = vec![pid];
+    let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let child: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let ppid = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            Some((child, ppid))
+        })
+        .collect();
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        all.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    all
+}
+
+/// utime + stime of `pid` and its descendants, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> u64 {
+    descendants(pid)
+        .iter()
+        .filter_map(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+        .sum()
+}
+
+/// Microseconds per clock tick.
+pub fn tick_us() -> f64 {
+    let hz: f64 = crate::run("getconf", &["CLK_TCK"])
+        .trim()
+        .parse()
+        .unwrap_or(100.0);
+    1e6 / hz
+}
+
+/// Peak resident memory of `pid` and its descendants, KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    descendants(pid)
+        .iter()
+        .filter_map(|p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).ok()?;
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))?
+                .trim()
+                .trim_end_matches(" kB")
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").parse::<u64>().ok())
+        .map_or(0, |kib| kib / 1024 / 1024);
+    let kernel = crate::run("uname", &["-r"]);
+    format!(
+        "{model}, {cores} cores, {memory} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+fn direct(all: &[Measured], rate: u64) -> Option<&Measured> {
+    all.iter()
+        .find(|m| m.setup == Setup::Direct && m.rate == rate)
+}
+
+/// The results as Markdown.
+pub fn markdown(all: &[Measured]) -> String {
+    let mut out = String::from("# Proxy benchmark\n\n");
+    let _ = writeln!(
+        out,
+        "Machine: {}. One run of `make bench`; every row of a table is from the same run, same \
+         upstream (a one-thread hyper server answering 30 bytes). HTTP/1.1. The load generator \
+         runs on the same machine. CPU is user + system time of the proxy process(es) divided by \
+         answered requests; RSS is the peak (VmHWM).\n",
+        machine()
+    );
+    for rate in [crate::RATE, 0] {
+        let first = all.iter().find(|m| m.rate == rate);
+        let Some(first) = first else { continue };
+        let title = if rate > 0 {
+            format!(
+                "Fixed rate: {rate} requests/s over {} connections",
+                first.connections
+            )
+        } else {
+            format!(
+                "Fixed concurrency: {} connections, closed loop",
+                first.connections
+            )
+        };
+        let _ = writeln!(out, "## {title}, {} s\n", crate::RUN.as_secs());
+        out.push_str(
+            "| path | requests/s | errors | p50 ms | p99 ms | p99.9 ms | p99 added vs direct | proxy CPU µs/request | peak RSS MiB |\n\
+             |---|---:|---:|---:|---:|---:|---:|---|---|\n",
+        );
+        let base = direct(all, rate);
+        for m in all.iter().filter(|m| m.rate == rate) {
+            let [p50, p99, p999] = m.outcome.percentiles_us;
+            let added = base.map_or(String::new(), |b| {
+                format!(
+                    "{:+.2} ms",
+                    (p99 as f64 - b.outcome.percentiles_us[1] as f64) / 1000.0
+                )
+            });
+            let cpu: Vec<String> = m
+                .processes
+                .iter()
+                .map(|p| format!("{} {:.1}", p.name, p.cpu_us_per_request))
+                .collect();
+            let rss: Vec<String> = m
+                .processes
+                .iter()
+                .map(|p| format!("{} {:.1}", p.name, p.peak_rss_kib as f64 / 1024.0))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
+                m.setup.label(),
+                m.outcome.ok as f64 / m.outcome.seconds,
+                m.outcome.errors,
+                ms(p50),
+                ms(p99),
+                ms(p999),
+                added,
+                if cpu.is_empty() {
+                    "–".into()
+                } else {
+                    cpu.join(", ")
+                },
+                if rss.is_empty() {
+                    "–".into()
+                } else {
+                    rss.join(", ")
+                },
+            );
+        }
+        out.push('\n');
+    }
+    out.push_str("## Against the targets\n\n");
+    let cost = |setup: Setup, rate: u64| -> Vec<f64> {
+        all.iter()
+            .filter(|m| m.setup == setup && m.rate == rate)
+            .flat_map(|m| m.processes.iter().map(|p| p.cpu_us_per_request))
+            .collect()
+    };
+    for rate in [crate::RATE, 0] {
+        let braid = cost(Setup::BraidPair, rate);
+        let hop = braid.iter().copied().fold(0.0, f64::max);
+        let nginx = cost(Setup::Nginx, rate)
+            .first()
+            .copied()
+            .unwrap_or(f64::NAN);
+        let haproxy = cost(Setup::Haproxy, rate)
+            .first()
+            .copied()
+            .unwrap_or(f64::NAN);
+        let _ = writeln!(
+            out,
+            "- CPU per request, {}: the costlier braid hop {hop:.1} µs; nginx {nginx:.1} µs \
+             (braid/nginx {:.2}); HAProxy {haproxy:.1} µs (braid/HAProxy {:.2}). Target: ratio ≤ 1.",
+            if rate > 0 {
+                "fixed rate"
+            } else {
+                "fixed concurrency"
+            },
+            hop / nginx,
+            hop / haproxy
+        );
+    }
+    if let (Some(braid), Some(base)) = (
+        all.iter()
+            .find(|m| m.setup == Setup::BraidPair && m.rate == crate::RATE),
+        direct(all, crate::RATE),
+    ) {
+        let added = (braid.outcome.percentiles_us[1] as f64
+            - base.outcome.percentiles_us[1] as f64)
+            / 1000.0;
+        let _ = writeln!(
+            out,
+            "- Latency the braid pair adds at p99 at {} rps: {added:.2} ms. Target: under 1 ms.",
+            crate::RATE
+        );
+        let rss: Vec<String> = braid
+            .processes
+            .iter()
+            .map(|p| format!("{} {:.1} MiB", p.name, p.peak_rss_kib as f64 / 1024.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "- Peak RSS at {} rps over {} connections: {}. Target: under 16 MiB.",
+            crate::RATE,
+            braid.connections,
+            rss.join(", ")
+        );
+    }
+    out.push_str("\nPlot: [proxy.svg](proxy.svg).\n");
+    out
+}
+
+/// Latency at the fixed rate and CPU per request, as grouped bars.
+pub fn svg(all: &[Measured]) -> String {
+    let fixed: Vec<&Measured> = all.iter().filter(|m| m.rate == crate::RATE).collect();
+    let (width, height, left, top, plot_h) = (760.0, 360.0, 60.0, 40.0, 240.0);
+    let max_ms = fixed
+        .iter()
+        .map(|m| m.outcome.percentiles_us[2] as f64 / 1000.0)
+        .fold(0.1_f64, f64::max);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <text x=\"{left}\" y=\"20\" font-size=\"14\">Latency at {} requests/s (ms): p50, p99, p99.9</text>\n",
+        crate::RATE
+    );
+    let colours = ["#4c78a8", "#f58518", "#e45756"];
+    let group = (width - left - 20.0) / fixed.len().max(1) as f64;
+    for (g, m) in fixed.iter().enumerate() {
+        let x0 = left + g as f64 * group + 10.0;
+        for (i, us) in m.outcome.percentiles_us.iter().enumerate() {
+            let v = *us as f64 / 1000.0;
+            let h = v / max_ms * plot_h;
+            let x = x0 + i as f64 * (group - 20.0) / 3.0;
+            let _ = writeln!(
+                out,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{h:.1}\" fill=\"{}\"/>\
+                 <text x=\"{x:.1}\" y=\"{:.1}\" font-size=\"10\">{v:.2}</text>",
+                top + plot_h - h,
+                (group - 20.0) / 3.0 - 2.0,
+                colours[i],
+                top + plot_h - h - 3.0
+            );
+        }
+        let cpu: f64 = m.processes.iter().map(|p| p.cpu_us_per_request).sum();
+        let _ = writeln!(
+            out,
+            "<text x=\"{x0:.1}\" y=\"{:.1}\">{}</text><text x=\"{x0:.1}\" y=\"{:.1}\" font-size=\"10\">CPU {cpu:.1} µs/req</text>",
+            top + plot_h + 18.0,
+            m.setup.label(),
+            top + plot_h + 34.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<line x1=\"{left}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"black\"/>\n</svg>",
+        top + plot_h,
+        width - 10.0,
+        top + plot_h
+    );
+    out
+}
