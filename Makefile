@@ -34,6 +34,7 @@ fmt-check: ## cargo fmt --check.
 .PHONY: clippy
 clippy: ## cargo clippy on every target, warnings denied.
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p braid-proxy --test netns --test mesh --bench proxy -- -D warnings
 
 .PHONY: crds
 crds: ## Regenerate config/crd/ from the Rust types.
@@ -49,12 +50,18 @@ unit: ## Unit tests (no cluster, no root).
 	$(CARGO) test --workspace --exclude braid-e2e
 
 .PHONY: bench
-bench: ## Benchmarks on the local test cluster (or KUBECONFIG's); results under bench/results/.
+bench: bench-proxy ## Every benchmark: the proxy's, then the webhook's and operator's on the local cluster (or KUBECONFIG's); results under bench/results/.
 ifndef KUBECONFIG
 	$(MAKE) cluster-up install
 endif
 	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-webhook
 	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-operator
+
+.PHONY: bench-proxy
+bench-proxy: ## The proxy against direct, HAProxy and nginx, in network namespaces (root); bench/results/proxy.md.
+	@missing=""; for p in haproxy nginx-light curl; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	$(CARGO) bench -p braid-proxy --bench proxy
 
 .PHONY: fuzz
 fuzz: ## Fuzz the webhook's AdmissionReview parser for FUZZ_SECONDS (default 60; needs nightly and cargo-fuzz).

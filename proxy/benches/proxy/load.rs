@@ -2,7 +2,9 @@
 //! Closed loop: `connections` clients each send their next request when the last one answered.
 //! Open loop (fixed rate): each connection sends on a fixed schedule and a request's latency is
 //! counted from when it *should* have been sent, so a stalled proxy cannot hide its queue
-//! (wrk2's correction for coordinated omission).
+//! (wrk2's correction for coordinated omission). tokio's timers fire up to 1 ms late, so a request
+//! sent within [`TIMER_SLACK`] of its schedule is timed from when it was actually sent; only a
+//! larger delay (a real queue) is charged to the request.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -60,6 +62,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
+
+/// The resolution of tokio's timer wheel.
+pub const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
@@ -124,6 +129,12 @@ pub async fn run(target: SocketAddr, connections: usize, rate: u64, duration: Du
                 if scheduled >= deadline {
                     break;
                 }
+                let now = Instant::now();
+                let scheduled = if now.duration_since(scheduled) > TIMER_SLACK {
+                    scheduled
+                } else {
+                    now
+                };
                 if one(&mut sender, target).await {
                     latencies.push(scheduled.elapsed().as_micros() as u64);
                 } else {

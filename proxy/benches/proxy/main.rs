@@ -158,14 +158,18 @@ fn bench(root: &Path) -> Vec<Measured> {
     pods::init(&client, proxy, &[]);
     pods::init(&server, proxy, &["--exclude-inbound-ports=9080"]);
     spawn(&mut server, false, &me, &["upstream"], "upstream.log");
-    let client_proxy = spawn(&mut client, true, proxy, &["run"], "proxy.log");
-    let server_proxy = spawn(&mut server, true, proxy, &["run"], "proxy.log");
+    let start_proxy = |pod: &mut Pod| {
+        pod.start_proxy();
+        pod.children.last().map_or(0, Child::id)
+    };
+    let client_proxy = start_proxy(&mut client);
+    let server_proxy = start_proxy(&mut server);
 
     let haproxy_cfg = client.dir.join("haproxy.cfg");
     std::fs::write(
         &haproxy_cfg,
         format!(
-            "global\n  nbthread 1\n  maxconn 20000\ndefaults\n  mode http\n  timeout connect 5s\n  \
+            "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  \
              timeout client 30s\n  timeout server 30s\n  http-reuse always\nfrontend f\n  \
              bind 127.0.0.1:8181\n  default_backend b\nbackend b\n  server s1 {SERVER_IP}:9080\n"
         ),
