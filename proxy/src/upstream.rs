@@ -26,7 +26,7 @@ use crate::identity::spiffe_id;
 use crate::reload::IdentityState;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
-const IDLE_PER_ENDPOINT: usize = 32;
+const IDLE_PER_ENDPOINT: usize = 512;
 
 /// Why a peer could not be reached.
 #[derive(Debug, thiserror::Error)]
