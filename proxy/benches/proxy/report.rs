@@ -303,6 +303,14 @@ pub fn svg(all: &[Measured]) -> String {
         crate::RATE
     );
     let colours = ["#4c78a8", "#f58518", "#e45756"];
+    for (i, (name, colour)) in ["p50", "p99", "p99.9"].iter().zip(colours).enumerate() {
+        let x = width - 200.0 + i as f64 * 60.0;
+        let _ = writeln!(
+            out,
+            "<rect x=\"{x}\" y=\"8\" width=\"12\" height=\"12\" fill=\"{colour}\"/><text x=\"{}\" y=\"19\">{name}</text>",
+            x + 16.0
+        );
+    }
     let group = (width - left - 20.0) / fixed.len().max(1) as f64;
     for (g, m) in fixed.iter().enumerate() {
         let x0 = left + g as f64 * group + 10.0;
@@ -320,10 +328,15 @@ pub fn svg(all: &[Measured]) -> String {
                 top + plot_h - h - 3.0
             );
         }
-        let cpu: f64 = m.processes.iter().map(|p| p.cpu_us_per_request).sum();
+        let cpu = if m.processes.is_empty() {
+            "no proxy".to_string()
+        } else {
+            let total: f64 = m.processes.iter().map(|p| p.cpu_us_per_request).sum();
+            format!("proxy CPU {total:.1} µs/req")
+        };
         let _ = writeln!(
             out,
-            "<text x=\"{x0:.1}\" y=\"{:.1}\">{}</text><text x=\"{x0:.1}\" y=\"{:.1}\" font-size=\"10\">CPU {cpu:.1} µs/req</text>",
+            "<text x=\"{x0:.1}\" y=\"{:.1}\">{}</text><text x=\"{x0:.1}\" y=\"{:.1}\" font-size=\"10\">{cpu}</text>",
             top + plot_h + 18.0,
             m.setup.label(),
             top + plot_h + 34.0
