@@ -68,14 +68,21 @@ async fn handle(
             }
         };
         context.metrics.inbound(InboundKind::Tls);
-        let _caller = tls
+        // The caller's SPIFFE ID, proven by the handshake. Authorization rules (not enforced
+        // yet) will decide on it; for now it names the caller when the application is down.
+        let caller = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
-            .and_then(|leaf| spiffe_id(leaf).ok());
-        let Ok(mut upstream) = TcpStream::connect(app).await else {
-            return (0, 0);
+            .and_then(|leaf| spiffe_id(leaf).ok())
+            .map_or_else(|| "an unidentified peer".to_string(), |(id, _)| id);
+        let mut upstream = match TcpStream::connect(app).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                eprintln!("braid-proxy: inbound from {caller}: application on {app}: {error}");
+                return (0, 0);
+            }
         };
         let copied = tokio::io::copy_bidirectional(&mut tls, &mut upstream)
             .await
