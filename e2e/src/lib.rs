@@ -171,3 +171,35 @@ pub fn eventually<T>(
         }
     }
 }
+
+/// Checks that `pod` (a Pod as JSON) is meshed and running: Ready, `braid-init` terminated with
+/// exit code 0, and the `braid-proxy` sidecar running and ready.
+pub fn meshed_and_ready(pod: &Value) -> anyhow::Result<()> {
+    let name = pod["metadata"]["name"].as_str().unwrap_or_default();
+    let ready = pod["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|c| c["type"] == "Ready" && c["status"] == "True");
+    anyhow::ensure!(ready, "pod {name} not Ready: {}", pod["status"]);
+    let status = |container: &str| {
+        pod["status"]["initContainerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == container)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let init = status("braid-init");
+    anyhow::ensure!(
+        init["state"]["terminated"]["exitCode"] == 0,
+        "braid-init did not succeed in {name}: {init}"
+    );
+    let proxy = status("braid-proxy");
+    anyhow::ensure!(
+        proxy["ready"] == true && proxy["state"]["running"].is_object(),
+        "braid-proxy not running and ready in {name}: {proxy}"
+    );
+    Ok(())
+}

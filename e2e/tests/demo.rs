@@ -133,26 +133,7 @@ fn every_pod_is_meshed(cluster: &Cluster) -> anyhow::Result<()> {
     let pods = pods["items"].as_array().cloned().unwrap_or_default();
     ensure!(pods.len() >= 7, "{} shop pods", pods.len());
     for pod in &pods {
-        let name = &pod["metadata"]["name"];
-        let statuses = pod["status"]["initContainerStatuses"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let status = |c: &str| {
-            statuses
-                .iter()
-                .find(|s| s["name"] == c)
-                .cloned()
-                .unwrap_or_default()
-        };
-        ensure!(
-            status("braid-init")["state"]["terminated"]["exitCode"] == 0,
-            "braid-init did not run to success in {name}"
-        );
-        ensure!(
-            status("braid-proxy")["ready"] == true,
-            "braid-proxy not running and ready in {name}"
-        );
+        braid_e2e::meshed_and_ready(pod)?;
     }
     Ok(())
 }

@@ -124,37 +124,7 @@ fn pods_in_labelled_namespaces_are_injected_by_the_api_server_and_others_are_not
     // passes, and the pod becomes Ready with the proxy running beside the application.
     eventually(Duration::from_secs(120), || {
         for pod in pods(&cluster, &meshed.name, "payment")? {
-            let name = pod["metadata"]["name"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            let ready = pod["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            ensure!(ready, "pod {name} not Ready: {}", pod["status"]);
-            let statuses = pod["status"]["initContainerStatuses"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let status = |container: &str| {
-                statuses
-                    .iter()
-                    .find(|s| s["name"] == container)
-                    .cloned()
-                    .unwrap_or_default()
-            };
-            ensure!(
-                status("braid-init")["state"]["terminated"]["exitCode"] == 0,
-                "braid-init did not succeed in {name}: {}",
-                status("braid-init")
-            );
-            let proxy = status("braid-proxy");
-            ensure!(
-                proxy["ready"] == true && proxy["state"]["running"].is_object(),
-                "braid-proxy not running and ready in {name}: {proxy}"
-            );
+            braid_e2e::meshed_and_ready(&pod)?;
         }
         Ok(())
     })?;

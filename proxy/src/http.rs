@@ -24,8 +24,7 @@ use crate::detect::Detected;
 use crate::routing::{RequestFacts, Target};
 use crate::upstream::UpstreamError;
 
-/// A response body: the peer's, or one the proxy wrote.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub use crate::upstream::ProxyBody;
 
 /// Why the proxy answered a request itself.
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +197,7 @@ async fn forward(
             upstreams
                 .send_http2(addr, identity.as_deref(), connect_timeout, request)
                 .await
+                .map(|response| response.map(Either::Left))
         } else {
             upstreams
                 .send_http1(addr, identity.as_deref(), connect_timeout, request, upgrade)
@@ -223,7 +223,7 @@ async fn forward(
             }
         });
     }
-    Ok(response.map(Either::Left))
+    Ok(response)
 }
 
 /// Picks an endpoint of `backend` with its destination's balancer.

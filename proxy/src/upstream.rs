@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Either, Full};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -27,6 +29,15 @@ use crate::reload::IdentityState;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const IDLE_PER_ENDPOINT: usize = 512;
+
+/// HTTP/1.1 responses with a `Content-Length` up to this are read whole before they are passed
+/// on: the application then gets head and body in one write, and the connection is back in the
+/// pool at once. Larger or chunked bodies stream.
+const BUFFER_RESPONSES_UP_TO: u64 = 16 * 1024;
+
+/// A response body: the peer's as it streams, or one held whole (read from the peer, or written
+/// by the proxy itself).
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Why a peer could not be reached.
 #[derive(Debug, thiserror::Error)]
@@ -203,7 +214,7 @@ impl Upstreams {
         timeout: Duration,
         request: Request<Incoming>,
         upgrade: bool,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
         let idle = {
             let mut pool = lock(&self.idle_h1);
             let senders = pool.entry(addr).or_default();
@@ -223,20 +234,48 @@ impl Upstreams {
             }
         };
         let response = sender.send_request(request).await?;
-        if !upgrade {
+        if upgrade {
+            // The connection becomes the upgraded stream; it never returns to the pool.
+            return Ok(response.map(Either::Left));
+        }
+        let small = response
+            .headers()
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|length| length <= BUFFER_RESPONSES_UP_TO);
+        let response = if small {
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await?.to_bytes();
+            Response::from_parts(parts, Either::Right(Full::new(body)))
+        } else {
+            response.map(Either::Left)
+        };
+        let identity = identity.map(str::to_string);
+        if sender.is_ready() {
+            self.return_idle(addr, identity, sender);
+        } else {
+            // A streamed body: the connection is free once the application has read it.
             let pools = self.clone();
-            let identity = identity.map(str::to_string);
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    let mut pool = lock(&pools.idle_h1);
-                    let senders = pool.entry(addr).or_default();
-                    if senders.len() < IDLE_PER_ENDPOINT {
-                        senders.push((identity, sender));
-                    }
+                    pools.return_idle(addr, identity, sender);
                 }
             });
         }
         Ok(response)
+    }
+
+    fn return_idle(
+        &self,
+        addr: SocketAddr,
+        identity: Option<String>,
+        sender: http1::SendRequest<Incoming>,
+    ) {
+        let mut pool = lock(&self.idle_h1);
+        let senders = pool.entry(addr).or_default();
+        if senders.len() < IDLE_PER_ENDPOINT {
+            senders.push((identity, sender));
+        }
     }
 
     /// Sends an HTTP/2 request on the endpoint's shared connection, opening it if needed.
