@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use braid_api::{CONTROL_PLANE_NAMESPACE, identity_secret_name, proxy_config_map_name};
+use braid_proxy_config::encoding::{self, Stored};
 use futures::StreamExt as _;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -97,13 +98,19 @@ pub async fn sync_configs(
     });
     let mut writes = futures::stream::iter(changed)
         .map(|(namespace, name, json, hash)| async move {
+            let key = "proxy.json".to_owned();
+            let (data, binary_data) = match encoding::encode(json) {
+                Stored::Text(json) => (Some([(key, json)].into()), None),
+                Stored::Gzip(bytes) => (None, Some([(key, ByteString(bytes))].into())),
+            };
             let config_map = ConfigMap {
                 metadata: managed_metadata(
                     name.clone(),
                     &namespace,
                     [(HASH.to_owned(), hash)].into(),
                 ),
-                data: Some([("proxy.json".to_owned(), json)].into()),
+                data,
+                binary_data,
                 ..Default::default()
             };
             let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);

@@ -6,6 +6,7 @@
 //! is accepted only whole: [`ProxyConfig::from_json`] parses *and* validates, and every error names
 //! the field that is wrong (`destinations[1].routes[0].backends[2].weight`).
 
+pub mod encoding;
 mod model;
 mod validate;
 
@@ -16,6 +17,16 @@ pub use validate::ConfigError;
 pub const VERSION: u32 = 1;
 
 impl ProxyConfig {
+    /// Parses and validates a `proxy.json` file as the operator stores it: plain JSON or, for a
+    /// large document, gzip of it ([`encoding`]).
+    pub fn from_file(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let json = encoding::decode(bytes).map_err(|message| ConfigError::Parse {
+            field: ".".into(),
+            message,
+        })?;
+        Self::from_json(&json)
+    }
+
     /// Parses and validates a document; refuses it whole on the first error.
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
         let deserializer = &mut serde_json::Deserializer::from_slice(bytes);

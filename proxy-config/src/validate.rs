@@ -248,6 +248,17 @@ mod tests {
     }
 
     #[test]
+    fn a_file_is_read_plain_or_gzip_compressed() {
+        let config = ProxyConfig::from_json(GOOD.as_bytes()).expect("fixture is valid");
+        let mut encoder =
+            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut encoder, GOOD.as_bytes()).expect("compress");
+        let compressed = encoder.finish().expect("compress");
+        assert_eq!(ProxyConfig::from_file(&compressed).as_ref(), Ok(&config));
+        assert_eq!(ProxyConfig::from_file(GOOD.as_bytes()), Ok(config));
+    }
+
+    #[test]
     fn a_good_document_round_trips() {
         let config = ProxyConfig::from_json(GOOD.as_bytes()).expect("fixture is valid");
         assert_eq!(config.destinations[0].ports[0].endpoints.len(), 1);

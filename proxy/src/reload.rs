@@ -69,7 +69,7 @@ impl ConfigState {
 
     /// Parses `bytes` and, when valid, puts it in force. Returns the error otherwise.
     pub fn offer(&self, bytes: &[u8]) -> Result<u64, String> {
-        let compiled = ProxyConfig::from_json(bytes)
+        let compiled = ProxyConfig::from_file(bytes)
             .map_err(|e| e.to_string())
             .and_then(|config| Table::compile(&config).map(|table| (config, table)));
         match compiled {
