@@ -250,8 +250,7 @@ mod tests {
     #[test]
     fn a_file_is_read_plain_or_gzip_compressed() {
         let config = ProxyConfig::from_json(GOOD.as_bytes()).expect("fixture is valid");
-        let mut encoder =
-            flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
         std::io::Write::write_all(&mut encoder, GOOD.as_bytes()).expect("compress");
         let compressed = encoder.finish().expect("compress");
         assert_eq!(ProxyConfig::from_file(&compressed).as_ref(), Ok(&config));

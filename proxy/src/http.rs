@@ -113,13 +113,9 @@ async fn handle(
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 5] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "te",
-];
+/// `TE: trailers` is kept: gRPC needs it end to end. `Proxy-Authorization` is kept too: a
+/// transparent proxy is not the one it is meant for.
+const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -186,8 +182,15 @@ async fn forward(
 
     let upgrade = request.version() != Version::HTTP_2 && is_upgrade(request.headers());
     if !upgrade {
+        let headers = request.headers_mut();
         for name in HOP_BY_HOP {
-            request.headers_mut().remove(name);
+            headers.remove(name);
+        }
+        if headers
+            .get(header::TE)
+            .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+        {
+            headers.remove(header::TE);
         }
     }
     let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));

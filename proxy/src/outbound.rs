@@ -42,8 +42,8 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
             let Ok(original) = original_destination(&stream) else {
                 return;
             };
-            // A connection made to the listener itself, not redirected: refuse, or it would loop.
-            if Some(original) == own || original.port() == own.map_or(0, |a| a.port()) {
+            // A connection redirected to the listener's own address would loop: refuse it.
+            if Some(original) == own {
                 return;
             }
             let _ = stream.set_nodelay(true);

@@ -50,6 +50,14 @@ async fn versioned(version: &'static str, request: Request<Incoming>) -> Respons
 /// gRPC echo: `/braid.Echo/Unary` answers the one message; `/braid.Echo/Stream` echoes each
 /// message as it arrives. Both end with `grpc-status: 0` trailers.
 async fn grpc(request: Request<Incoming>) -> Response<AppBody> {
+    // As gRPC servers may, insist on `te: trailers`: the proxy must pass it through.
+    if request
+        .headers()
+        .get("te")
+        .is_none_or(|te| te != "trailers")
+    {
+        return text(StatusCode::BAD_REQUEST, "te: trailers missing".into());
+    }
     let (sender, receiver) = mpsc::channel(16);
     let mut body = request.into_body();
     tokio::spawn(async move {
