@@ -232,7 +232,31 @@ pub struct PassSummary {
     pub workloads: usize,
 }
 
+/// Creates the cluster's one Mesh with the defaults when there is none, so that
+/// `kubectl apply -k config` alone installs a complete mesh. Never overwrites one that exists.
+async fn ensure_default_mesh(client: &Client, caches: &Caches) -> Result<(), Error> {
+    if caches.mesh().is_some() {
+        return Ok(());
+    }
+    let api: Api<Mesh> = Api::all(client.clone());
+    match api
+        .create(
+            &kube::api::PostParams::default(),
+            &Mesh::new(MESH_NAME, MeshSpec::default()),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!("created Mesh {MESH_NAME} with the defaults");
+            Ok(())
+        }
+        Err(kube::Error::Api(response)) if response.code == 409 => Ok(()),
+        Err(error) => Err(error.into()),
+    }
+}
+
 async fn pass(client: &Client, caches: &Caches, recorder: &Recorder) -> Result<PassSummary, Error> {
+    ensure_default_mesh(client, caches).await?;
     let snapshot = caches.snapshot();
     let plan = plan(&snapshot);
     let now = k8s_openapi::jiff::Timestamp::now();
