@@ -7,6 +7,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use braid_proxy::{admin, reload};
+
+#[path = "mesh/pods.rs"]
+#[allow(dead_code)]
+mod pods;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 fn config(mode: &str) -> String {
@@ -59,18 +63,9 @@ async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 /// A mesh CA and a workload certificate, PEM: tls.crt, tls.key, ca.crt.
 fn issue() -> [String; 3] {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca = CertificateParams::new(Vec::new()).expect("params");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().expect("key");
-    let mut leaf = CertificateParams::new(Vec::new()).expect("params");
-    let id = "spiffe://cluster.local/ns/shop/sa/order";
-    leaf.subject_alt_names = vec![SanType::URI(id.try_into().expect("uri"))];
-    let cert = leaf.signed_by(&key, &issuer).expect("leaf");
-    [cert.pem(), key.serialize_pem(), ca_cert.pem()]
+    let ca = pods::Ca::new();
+    let (cert, key) = ca.leaf("spiffe://cluster.local/ns/shop/sa/order", 2030);
+    [cert, key, ca.pem]
 }
 
 async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
