@@ -161,6 +161,10 @@ pub async fn watch_identity(dir: PathBuf, state: Arc<IdentityState>) {
 
 /// Reads `paths` every [`POLL`]; when their contents changed and then held still for [`SETTLE`],
 /// calls `offer` with them (in order) and logs its answer. Missing files are waited for.
+///
+/// The reads block the runtime's one thread for the few microseconds a small file on the
+/// kubelet's volume takes; `tokio::fs` would instead keep a pool of blocking threads alive for
+/// them, and the proxy is meant to be one thread.
 pub async fn watch(
     paths: Vec<PathBuf>,
     mut offer: impl FnMut(&[Vec<u8>]) -> Result<String, String>,
@@ -168,7 +172,7 @@ pub async fn watch(
     let read_all = || async {
         let mut contents = Vec::with_capacity(paths.len());
         for path in &paths {
-            contents.push(tokio::fs::read(path).await.ok()?);
+            contents.push(std::fs::read(path).ok()?);
         }
         Some(contents)
     };

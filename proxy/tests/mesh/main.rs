@@ -395,6 +395,31 @@ fn scenario(root: &Path) {
         rotated.contains(&format!("peer-expiry={}", new_year(2031))),
         "new handshakes must get the new certificate: {rotated}"
     );
+    for pod in [&client, &server] {
+        let threads: Vec<String> = pod
+            .children
+            .iter()
+            .filter(|child| {
+                std::fs::read(format!("/proc/{}/cmdline", child.id()))
+                    .is_ok_and(|cmdline| cmdline.ends_with(b"braid-proxy\0run\0"))
+            })
+            .filter_map(|child| {
+                std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()
+            })
+            .filter_map(|status| {
+                status
+                    .lines()
+                    .find(|l| l.starts_with("Threads:"))
+                    .map(String::from)
+            })
+            .collect();
+        assert_eq!(
+            threads,
+            ["Threads:\t1"],
+            "the proxy of {} is not one thread",
+            pod.netns
+        );
+    }
     let logs = client.proxy_log() + &server.proxy_log();
     assert!(
         !logs.contains("PRIVATE KEY"),
