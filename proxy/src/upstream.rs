@@ -215,14 +215,23 @@ impl Upstreams {
         request: Request<Incoming>,
         upgrade: bool,
     ) -> Result<Response<ProxyBody>, UpstreamError> {
+        // Pooled connections were ready when they went in; one the peer has closed since is
+        // dropped when met. The most recently used comes first, so this is O(1) as a rule.
         let idle = {
             let mut pool = lock(&self.idle_h1);
             let senders = pool.entry(addr).or_default();
-            senders.retain(|(_, s)| !s.is_closed());
-            senders
+            let mut found = None;
+            while let Some(i) = senders
                 .iter()
-                .rposition(|(id, s)| id.as_deref() == identity && s.is_ready())
-                .map(|i| senders.swap_remove(i).1)
+                .rposition(|(id, _)| id.as_deref() == identity)
+            {
+                let (_, sender) = senders.swap_remove(i);
+                if sender.is_ready() {
+                    found = Some(sender);
+                    break;
+                }
+            }
+            found
         };
         let mut sender = match idle {
             Some(sender) => sender,
