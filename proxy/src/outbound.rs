@@ -90,8 +90,8 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
     let mut stream = Prefixed::new(prefix, stream);
     match protocol {
         Detected::Http1 | Detected::Http2 => {
-            // Count through the wrapper: hyper owns the stream, so read the totals from a shared
-            // cell would cost a lock per read; the HTTP path counts requests instead of bytes.
+            // hyper takes the stream, so its byte counts are not read back: HTTP connections are
+            // counted in requests and responses, opaque ones in bytes.
             http::serve(context.clone(), stream, original, protocol).await;
             (0, 0)
         }
