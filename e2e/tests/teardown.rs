@@ -51,6 +51,18 @@ fn cluster_down_leaves_no_process_mount_namespace_route_or_chain() -> anyhow::Re
         !Path::new("/run/netns/braid-cluster").exists(),
         "network namespace braid-cluster remains"
     );
+    // Pods' network namespaces are bind mounts (nsfs) that containerd names cni-*; one left
+    // mounted keeps its namespace alive. (A host running another CNI runtime would have its own.)
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let pod_namespaces: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split(' ').nth(1))
+        .filter(|path| path.contains("/cni-"))
+        .collect();
+    ensure!(
+        pod_namespaces.is_empty(),
+        "pod network namespaces remain mounted: {pod_namespaces:?}"
+    );
     let links = run("ip", &["-o", "link"])?;
     ensure!(
         !links.contains("braid-host"),

@@ -22,7 +22,9 @@ state = "$RUN_DIR/containerd"
   # Without CAP_SYS_RESOURCE (missing from some sandboxes' bounding set) no process may lower an
   # OOM score below its own, and runc fails every pod; clamp to containerd's own score instead.
   restrict_oom_score_adj = $(has_capability 24 && echo false || echo true)
-  netns_mounts_under = "$RUN_DIR/netns"
+  # Pod network namespaces are mounted under the state directory (removed by cluster-down), not
+  # in the host's /run/netns.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
