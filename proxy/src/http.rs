@@ -113,6 +113,7 @@ async fn handle(
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+///
 /// `TE: trailers` is kept: gRPC needs it end to end. `Proxy-Authorization` is kept too: a
 /// transparent proxy is not the one it is meant for.
 const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::context::Context;
 use crate::identity::spiffe_id;
 use crate::metrics::{Direction, InboundKind};
-use crate::outbound::original_destination;
+use crate::outbound::{original_destination, splice};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -77,16 +77,10 @@ async fn handle(
             .and_then(|chain| chain.first())
             .and_then(|leaf| spiffe_id(leaf).ok())
             .map_or_else(|| "an unidentified peer".to_string(), |(id, _)| id);
-        let mut upstream = match TcpStream::connect(app).await {
-            Ok(upstream) => upstream,
-            Err(error) => {
-                eprintln!("braid-proxy: inbound from {caller}: application on {app}: {error}");
-                return (0, 0);
-            }
-        };
-        let copied = tokio::io::copy_bidirectional(&mut tls, &mut upstream)
-            .await
-            .unwrap_or((0, 0));
+        let copied = splice(&mut tls, app).await.unwrap_or_else(|error| {
+            eprintln!("braid-proxy: inbound from {caller}: application on {app}: {error}");
+            (0, 0)
+        });
         let _ = tls.shutdown().await;
         return copied;
     }
@@ -99,10 +93,5 @@ async fn handle(
         return (0, 0);
     }
     context.metrics.inbound(InboundKind::Plaintext);
-    let Ok(mut upstream) = TcpStream::connect(app).await else {
-        return (0, 0);
-    };
-    tokio::io::copy_bidirectional(&mut stream, &mut upstream)
-        .await
-        .unwrap_or((0, 0))
+    splice(&mut stream, app).await.unwrap_or((0, 0))
 }

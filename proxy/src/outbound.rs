@@ -104,12 +104,19 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
 
 /// Connects to `original` directly (it is not meshed) and copies both ways.
 async fn passthrough(mut stream: TcpStream, original: SocketAddr) -> (u64, u64) {
-    match TcpStream::connect(original).await {
-        Ok(mut upstream) => tokio::io::copy_bidirectional(&mut stream, &mut upstream)
-            .await
-            .unwrap_or((0, 0)),
-        Err(_) => (0, 0),
-    }
+    splice(&mut stream, original).await.unwrap_or((0, 0))
+}
+
+/// Connects to `to` in plain TCP and copies bytes both ways until either side closes; the bytes
+/// received from and sent to `client`. Fails only if the connection cannot be made.
+pub(crate) async fn splice<S>(client: &mut S, to: SocketAddr) -> std::io::Result<(u64, u64)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut upstream = TcpStream::connect(to).await?;
+    Ok(tokio::io::copy_bidirectional(client, &mut upstream)
+        .await
+        .unwrap_or((0, 0)))
 }
 
 /// Opaque TCP to a meshed destination: one endpoint per connection, over mTLS.
