@@ -103,7 +103,9 @@ demo: ## The local cluster (started if needed), images, Braid from manifests, th
 install: ## Install Braid on the cluster of KUBECONFIG (default: the local test cluster).
 	$(KUBECTL) apply -k config
 	$(KUBECTL) wait --for=condition=Established crd/meshes.braid.dev crd/meshpolicies.braid.dev crd/meshroutes.braid.dev --timeout=60s
-	$(KUBECTL) apply -f config/operator/mesh.yaml
+# Server-side apply creates or updates in one request: the operator may create the default
+# Mesh between a client-side apply's lookup and its create (AlreadyExists). The file wins.
+	$(KUBECTL) apply --server-side --force-conflicts --field-manager=braid-install -f config/operator/mesh.yaml
 	$(KUBECTL) rollout status deployment/braid-operator -n braid-system --timeout=180s
 	$(KUBECTL) rollout status deployment/braid-webhook -n braid-system --timeout=180s
 
