@@ -114,6 +114,10 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut upstream = TcpStream::connect(to).await?;
+    // Bytes are passed on as they come: Nagle's algorithm would hold a small write back until
+    // the previous one is acknowledged, up to the peer's delayed-ACK timer (40 ms), which stalled
+    // multiplexed HTTP/2 streams.
+    upstream.set_nodelay(true)?;
     Ok(tokio::io::copy_bidirectional(client, &mut upstream)
         .await
         .unwrap_or((0, 0)))
