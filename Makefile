@@ -59,7 +59,7 @@ endif
 
 .PHONY: bench-proxy
 bench-proxy: ## The proxy against direct, HAProxy and nginx, in network namespaces (root); bench/results/proxy.md.
-	@missing=""; for p in haproxy nginx-light curl; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in haproxy nginx-light nghttp2-client curl; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	$(CARGO) bench -p braid-proxy --bench proxy
 

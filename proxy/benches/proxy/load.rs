@@ -1,19 +1,22 @@
-//! The load generator and the upstream of the benchmark, both HTTP/1.1 over hyper on one thread.
-//! Closed loop: `connections` clients each send their next request when the last one answered.
-//! Open loop (fixed rate): each connection sends on a fixed schedule and a request's latency is
-//! counted from when it *should* have been sent, so a stalled proxy cannot hide its queue
-//! (wrk2's correction for coordinated omission). tokio's timers fire up to 1 ms late, so a request
-//! sent within [`TIMER_SLACK`] of its schedule is timed from when it was actually sent; only a
-//! larger delay (a real queue) is charged to the request.
+//! The load generator and the upstream of the benchmark, HTTP/1.1.
+//! Closed loop (fixed concurrency, hyper on one thread): `connections` clients each send their
+//! next request when the last one answered.
+//! Open loop (fixed rate): one thread per connection sends on a fixed schedule, paced by the
+//! kernel's high-resolution timers (tokio's timer wheel has 1 ms ticks and fired 1-2 ms late,
+//! which swamped the latencies being measured), and a request's latency is counted from when it
+//! *should* have been sent, so a stalled proxy cannot hide its queue (wrk2's correction for
+//! coordinated omission).
 
 use std::convert::Infallible;
+use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
+use std::sync::{Arc, Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::Request;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
 
 /// What one run measured.
@@ -55,16 +58,14 @@ impl Outcome {
     }
 }
 
-fn percentile(sorted: &[u64], p: f64) -> u64 {
+/// The nearest-rank percentile `p` of `sorted`.
+pub fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
-
-/// The resolution of tokio's timer wheel.
-pub const TIMER_SLACK: Duration = Duration::from_millis(1);
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
@@ -98,45 +99,21 @@ async fn one(sender: &mut Option<Sender>, target: SocketAddr) -> bool {
     }
 }
 
-/// Runs load against `target` for `duration`: closed loop when `rate` is 0, else `rate`
-/// requests per second spread over the connections.
-pub async fn run(target: SocketAddr, connections: usize, rate: u64, duration: Duration) -> Outcome {
+/// Runs a closed loop against `target` for `duration`: each of `connections` clients sends its
+/// next request when the last one answered.
+pub async fn closed_loop(target: SocketAddr, connections: usize, duration: Duration) -> Outcome {
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = Vec::new();
-    for worker in 0..connections {
+    for _ in 0..connections {
         workers.push(tokio::spawn(async move {
             let mut sender = None;
             let mut latencies = Vec::new();
             let mut errors = 0u64;
-            let interval =
-                (rate > 0).then(|| Duration::from_secs_f64(connections as f64 / rate as f64));
-            // Stagger the schedules so that the connections do not fire together.
-            let mut next = started
-                + interval.map_or(Duration::ZERO, |i| {
-                    i.mul_f64(worker as f64 / connections as f64)
-                });
-            loop {
-                let scheduled = match interval {
-                    Some(interval) => {
-                        tokio::time::sleep_until(next.into()).await;
-                        let at = next;
-                        next += interval;
-                        at
-                    }
-                    None => Instant::now(),
-                };
-                if scheduled >= deadline {
-                    break;
-                }
-                let now = Instant::now();
-                let scheduled = if now.duration_since(scheduled) > TIMER_SLACK {
-                    scheduled
-                } else {
-                    now
-                };
+            while Instant::now() < deadline {
+                let sent = Instant::now();
                 if one(&mut sender, target).await {
-                    latencies.push(scheduled.elapsed().as_micros() as u64);
+                    latencies.push(sent.elapsed().as_micros() as u64);
                 } else {
                     errors += 1;
                 }
@@ -144,28 +121,147 @@ pub async fn run(target: SocketAddr, connections: usize, rate: u64, duration: Du
             (latencies, errors)
         }));
     }
+    let mut results = Vec::new();
+    for worker in workers {
+        results.push(worker.await.unwrap_or_default());
+    }
+    outcome(results, started)
+}
+
+/// Runs `rate` requests per second against `target` for `duration`, spread over `connections`
+/// connections with staggered schedules, one thread each. The connections are opened before the
+/// schedule starts.
+pub fn fixed_rate(
+    target: SocketAddr,
+    connections: usize,
+    rate: u64,
+    duration: Duration,
+) -> Outcome {
+    let interval = Duration::from_secs_f64(connections as f64 / rate as f64);
+    let ready = Arc::new(Barrier::new(connections));
+    let start = Arc::new(OnceLock::new());
+    let workers: Vec<_> = (0..connections)
+        .map(|worker| {
+            let (ready, start) = (ready.clone(), start.clone());
+            std::thread::spawn(move || {
+                let mut connection = Connection::open(target).ok();
+                ready.wait();
+                let started: Instant = *start.get_or_init(Instant::now);
+                let deadline = started + duration;
+                let mut next = started + interval.mul_f64(worker as f64 / connections as f64);
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while next < deadline {
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let scheduled = next;
+                    next += interval;
+                    match Connection::request(&mut connection, target) {
+                        Ok(()) => latencies.push(scheduled.elapsed().as_micros() as u64),
+                        Err(_) => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let results: Vec<_> = workers
+        .into_iter()
+        .map(|w| w.join().unwrap_or_default())
+        .collect();
+    let started = start.get().copied().unwrap_or_else(Instant::now);
+    outcome(results, started)
+}
+
+fn outcome(results: Vec<(Vec<u64>, u64)>, started: Instant) -> Outcome {
     let mut all = Vec::new();
     let mut errors = 0;
-    for worker in workers {
-        if let Ok((latencies, e)) = worker.await {
-            all.extend(latencies);
-            errors += e;
-        }
+    for (latencies, e) in results {
+        all.extend(latencies);
+        errors += e;
     }
     all.sort_unstable();
     Outcome {
         ok: all.len() as u64,
         errors,
         seconds: started.elapsed().as_secs_f64(),
-        percentiles_us: [
-            percentile(&all, 50.0),
-            percentile(&all, 99.0),
-            percentile(&all, 99.9),
-        ],
+        percentiles_us: [50.0, 99.0, 99.9].map(|p| percentile(&all, p)),
     }
 }
 
-/// The upstream application: answers every request with a small fixed body, on each of `ports`.
+/// A blocking HTTP/1.1 keep-alive connection of the fixed-rate load.
+struct Connection {
+    stream: std::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+const REQUEST: &[u8] = b"GET /bench HTTP/1.1\r\nhost: bench.svc\r\n\r\n";
+
+impl Connection {
+    fn open(target: SocketAddr) -> std::io::Result<Self> {
+        let stream = std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        Ok(Self {
+            stream,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Sends one request on `connection` (opened first if there is none) and reads the whole
+    /// response; any failure or a status other than 200 drops the connection.
+    fn request(connection: &mut Option<Self>, target: SocketAddr) -> std::io::Result<()> {
+        if connection.is_none() {
+            *connection = Some(Self::open(target)?);
+        }
+        let result = connection.as_mut().map_or(Ok(()), Self::exchange);
+        if result.is_err() {
+            *connection = None;
+        }
+        result
+    }
+
+    fn exchange(&mut self) -> std::io::Result<()> {
+        self.stream.write_all(REQUEST)?;
+        self.buf.clear();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = self.stream.read(&mut chunk)?;
+            if n == 0 {
+                return Err(std::io::Error::other("closed mid-response"));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            let parsed = response.parse(&self.buf).map_err(std::io::Error::other)?;
+            let httparse::Status::Complete(head) = parsed else {
+                continue;
+            };
+            if response.code != Some(200) {
+                return Err(std::io::Error::other(format!("status {:?}", response.code)));
+            }
+            let length = response
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| {
+                    std::str::from_utf8(h.value)
+                        .ok()?
+                        .trim()
+                        .parse::<usize>()
+                        .ok()
+                })
+                .ok_or_else(|| std::io::Error::other("response without content-length"))?;
+            if self.buf.len() >= head + length {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The upstream application: answers every request with a small fixed body, on each of `ports`,
+/// in HTTP/1.1 or h2c (prior knowledge), whichever the client speaks.
 pub async fn upstream(ports: &[u16]) {
     let body = Bytes::from_static(b"{\"service\":\"bench\",\"ok\":true}\n");
     let mut servers = Vec::new();
@@ -184,7 +280,7 @@ pub async fn upstream(ports: &[u16]) {
                         let body = body.clone();
                         async move { Ok::<_, Infallible>(hyper::Response::new(Full::new(body))) }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                 });

@@ -1,11 +1,12 @@
 //! `make bench` (proxy part): the same upstream application reached four ways, in one run on one
 //! machine: direct; through a braid pair (client proxy → mTLS → server proxy, after
 //! `braid-proxy init` installed the real iptables redirect); through HAProxy; through nginx (both
-//! Debian packages, as plain HTTP/1.1 reverse proxies with upstream keep-alive, one thread or
-//! worker each, like the one-thread braid-proxy). Two loads: a fixed concurrency (closed loop)
-//! and a fixed rate of 1,000 requests per second over 100 connections (open loop). For each: p50,
-//! p99 and p99.9 latency, throughput, each proxy's CPU time per request (from /proc) and peak
-//! RSS (VmHWM). Writes bench/results/proxy.md and bench/results/proxy.svg. Needs root.
+//! Debian packages, as plain reverse proxies with upstream keep-alive, one thread or one process
+//! each, like the one-thread braid-proxy). Three loads: HTTP/1.1 at a fixed rate of 1,000
+//! requests per second over 100 connections (open loop), HTTP/1.1 at a fixed concurrency
+//! (closed loop), and HTTP/2 (h2c) at a fixed concurrency with h2load. For each: p50, p99 and
+//! p99.9 latency, throughput, each proxy's CPU time per request (from /proc) and peak RSS
+//! (VmHWM). Writes bench/results/proxy.md and bench/results/proxy.svg. Needs root.
 //!
 //! The namespaces are the proxy test's pods (tests/mesh/pods.rs): the client pod runs the load
 //! generator, braid's client proxy, HAProxy and nginx; the server pod runs the upstream on 8080
@@ -22,7 +23,7 @@ use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use pods::{Ca, Pod, SERVER_IP, eventually, publish, run, runtime};
-use report::{Measured, Setup};
+use report::{Load, Measured, Setup};
 
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/bench/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/bench/sa/server";
@@ -30,6 +31,9 @@ const RUN: Duration = Duration::from_secs(8);
 const CLOSED_CONNECTIONS: usize = 50;
 const RATE: u64 = 1_000;
 const RATE_CONNECTIONS: usize = 100;
+/// HTTP/2: h2load's connections, and concurrent streams on each.
+const H2_CONNECTIONS: usize = 10;
+const H2_STREAMS: usize = 10;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -40,12 +44,12 @@ fn main() {
             let connections = args[2].parse().expect("connections");
             let rate = args[3].parse().expect("rate");
             let seconds: f64 = args[4].parse().expect("seconds");
-            let outcome = runtime().block_on(load::run(
-                target,
-                connections,
-                rate,
-                Duration::from_secs_f64(seconds),
-            ));
+            let duration = Duration::from_secs_f64(seconds);
+            let outcome = if rate == 0 {
+                runtime().block_on(load::closed_loop(target, connections, duration))
+            } else {
+                load::fixed_rate(target, connections, rate, duration)
+            };
             println!("outcome: {}", outcome.to_line());
             return;
         }
@@ -56,13 +60,14 @@ fn main() {
         "0",
         "the proxy benchmark needs root: run `make bench`"
     );
-    for program in ["haproxy", "nginx"] {
+    for program in ["haproxy", "nginx", "h2load"] {
         assert!(
             std::process::Command::new("sh")
                 .args(["-c", &format!("command -v {program}")])
                 .output()
                 .is_ok_and(|o| o.status.success()),
-            "{program} is missing: `make bench` installs it (apt-get install haproxy nginx-light)"
+            "{program} is missing: `make bench` installs it \
+             (apt-get install haproxy nginx-light nghttp2-client)"
         );
     }
     let root = std::env::temp_dir().join(format!("braid-bench-{}", std::process::id()));
@@ -171,7 +176,9 @@ fn bench(root: &Path) -> Vec<Measured> {
         format!(
             "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  \
              timeout client 30s\n  timeout server 30s\n  http-reuse always\nfrontend f\n  \
-             bind 127.0.0.1:8181\n  default_backend b\nbackend b\n  server s1 {SERVER_IP}:9080\n"
+             bind 127.0.0.1:8181\n  default_backend b\nbackend b\n  server s1 {SERVER_IP}:9080\n\
+             frontend f2\n  bind 127.0.0.1:8183 proto h2\n  default_backend b2\nbackend b2\n  \
+             server s2 {SERVER_IP}:9080 proto h2\n"
         ),
     )
     .expect("haproxy.cfg");
@@ -187,11 +194,13 @@ fn bench(root: &Path) -> Vec<Measured> {
     std::fs::write(
         &nginx_conf,
         format!(
-            "worker_processes 1;\ndaemon off;\npid {prefix}/nginx.pid;\nevents {{ worker_connections 8192; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n  \
+            "master_process off;\ndaemon off;\npid {prefix}/nginx.pid;\nevents {{ worker_connections 8192; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 100000000;\n  client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n  \
              fastcgi_temp_path {prefix}/fastcgi;\n  uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
-             upstream u {{ server {SERVER_IP}:9080; keepalive 128; }}\n  \
+             upstream u {{ server {SERVER_IP}:9080; keepalive 128; keepalive_requests 100000000; }}\n  \
              server {{ listen 127.0.0.1:8282; location / {{ proxy_pass http://u; proxy_http_version 1.1; \
+             proxy_set_header Connection \"\"; }} }}\n  \
+             server {{ listen 127.0.0.1:8283 http2; location / {{ proxy_pass http://u; proxy_http_version 1.1; \
              proxy_set_header Connection \"\"; }} }}\n}}\n"
         ),
     )
@@ -216,11 +225,14 @@ fn bench(root: &Path) -> Vec<Measured> {
         });
     }
 
+    // How each setup is reached: its HTTP/1.1 and its HTTP/2 address, whether the load runs as
+    // UID 1337 (the direct path must not be redirected to braid), the proxy processes.
+    let direct = format!("{SERVER_IP}:9080");
     let setups = [
-        (Setup::Direct, format!("{SERVER_IP}:9080"), true, vec![]),
+        (Setup::Direct, [direct.as_str(), &direct], true, vec![]),
         (
             Setup::BraidPair,
-            "10.96.0.10:80".to_string(),
+            ["10.96.0.10:80", "10.96.0.10:80"],
             false,
             vec![
                 ("braid client hop", client_proxy),
@@ -229,23 +241,23 @@ fn bench(root: &Path) -> Vec<Measured> {
         ),
         (
             Setup::Haproxy,
-            "127.0.0.1:8181".to_string(),
+            ["127.0.0.1:8181", "127.0.0.1:8183"],
             false,
             vec![("haproxy", haproxy)],
         ),
         (
             Setup::Nginx,
-            "127.0.0.1:8282".to_string(),
+            ["127.0.0.1:8282", "127.0.0.1:8283"],
             false,
             vec![("nginx", nginx)],
         ),
     ];
     let mut measured = Vec::new();
-    for (setup, target, as_proxy, processes) in setups {
+    for (setup, [target, h2_target], as_proxy, processes) in setups {
         let load = |connections: usize, rate: u64, seconds: f64| {
             let output = client
                 .command(as_proxy, &me)
-                .args(["load", &target, &connections.to_string(), &rate.to_string()])
+                .args(["load", target, &connections.to_string(), &rate.to_string()])
                 .arg(seconds.to_string())
                 .output()
                 .expect("load runs");
@@ -258,12 +270,20 @@ fn bench(root: &Path) -> Vec<Measured> {
         };
         let warmup = load(10, 0, 1.0);
         assert!(warmup.ok > 0, "{setup:?} answered nothing during warm-up");
-        for (rate, connections) in [(RATE, RATE_CONNECTIONS), (0, CLOSED_CONNECTIONS)] {
+        for (kind, connections) in [
+            (Load::FixedRate, RATE_CONNECTIONS),
+            (Load::Closed, CLOSED_CONNECTIONS),
+            (Load::Http2, H2_CONNECTIONS),
+        ] {
             let before: Vec<u64> = processes
                 .iter()
                 .map(|(_, pid)| report::cpu_ticks(*pid))
                 .collect();
-            let outcome = load(connections, rate, RUN.as_secs_f64());
+            let outcome = match kind {
+                Load::FixedRate => load(connections, RATE, RUN.as_secs_f64()),
+                Load::Closed => load(connections, 0, RUN.as_secs_f64()),
+                Load::Http2 => h2load(&client, as_proxy, h2_target),
+            };
             let per_process = processes
                 .iter()
                 .zip(before)
@@ -275,10 +295,10 @@ fn bench(root: &Path) -> Vec<Measured> {
                     peak_rss_kib: report::peak_rss_kib(*pid),
                 })
                 .collect();
-            println!("{setup:?} rate={rate} connections={connections}: {outcome:?}");
+            println!("{setup:?} {kind:?} connections={connections}: {outcome:?}");
             measured.push(Measured {
                 setup,
-                rate,
+                load: kind,
                 connections,
                 outcome,
                 processes: per_process,
@@ -286,4 +306,53 @@ fn bench(root: &Path) -> Vec<Measured> {
         }
     }
     measured
+}
+
+/// HTTP/2 at a fixed concurrency: h2load over h2c (prior knowledge) for [`RUN`], after a second
+/// of warm-up; the latencies come from its per-request log.
+fn h2load(client: &Pod, as_proxy: bool, target: &str) -> load::Outcome {
+    let log = client
+        .dir
+        .join(format!("h2load-{}.log", target.replace([':', '.'], "-")));
+    let output = client
+        .command(as_proxy, "h2load")
+        .args([
+            "-c",
+            &H2_CONNECTIONS.to_string(),
+            "-m",
+            &H2_STREAMS.to_string(),
+        ])
+        .args(["-D", &RUN.as_secs().to_string(), "--warm-up-time=1"])
+        .arg(format!("--log-file={}", log.to_string_lossy()))
+        .arg(format!("http://{target}/bench"))
+        .output()
+        .expect("h2load runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // "requests: 10 total, 10 started, 10 done, 9 succeeded, 1 failed, 0 errored, 0 timeout"
+    let count = |what: &str| -> u64 {
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("requests: "))
+            .and_then(|l| {
+                l.split(", ")
+                    .find_map(|part| part.strip_suffix(what)?.trim().parse().ok())
+            })
+            .unwrap_or_else(|| panic!("no `{what}` count from h2load: {stdout}"))
+    };
+    // Each line of the log: start time, status, latency in µs (tab-separated).
+    let mut latencies: Vec<u64> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            (fields.get(1) == Some(&"200")).then(|| fields.get(2)?.parse().ok())?
+        })
+        .collect();
+    latencies.sort_unstable();
+    load::Outcome {
+        ok: count(" succeeded"),
+        errors: count(" failed") + count(" errored"),
+        seconds: RUN.as_secs_f64(),
+        percentiles_us: [50.0, 99.0, 99.9].map(|p| load::percentile(&latencies, p)),
+    }
 }

@@ -28,6 +28,17 @@ impl Setup {
     }
 }
 
+/// The load of a run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    /// HTTP/1.1 at a fixed rate (open loop).
+    FixedRate,
+    /// HTTP/1.1 at a fixed concurrency (closed loop).
+    Closed,
+    /// HTTP/2 (h2c from the client) at a fixed concurrency, with h2load.
+    Http2,
+}
+
 /// One proxy process's cost during a run.
 #[derive(Debug)]
 pub struct ProcessCost {
@@ -44,8 +55,8 @@ pub struct ProcessCost {
 pub struct Measured {
     /// How the upstream was reached.
     pub setup: Setup,
-    /// Requests per second (0: closed loop).
-    pub rate: u64,
+    /// What load.
+    pub load: Load,
     /// Connections of the load generator.
     pub connections: usize,
     /// What the load generator saw.
@@ -150,9 +161,9 @@ fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
 
-fn direct(all: &[Measured], rate: u64) -> Option<&Measured> {
+fn direct(all: &[Measured], load: Load) -> Option<&Measured> {
     all.iter()
-        .find(|m| m.setup == Setup::Direct && m.rate == rate)
+        .find(|m| m.setup == Setup::Direct && m.load == load)
 }
 
 /// The results as Markdown.
@@ -161,32 +172,44 @@ pub fn markdown(all: &[Measured]) -> String {
     let _ = writeln!(
         out,
         "Machine: {}. One run of `make bench`; every row of a table is from the same run, same \
-         upstream (a one-thread hyper server answering 30 bytes). HTTP/1.1. The load generator \
-         runs on the same machine. CPU is user + system time of the proxy process(es) divided by \
-         answered requests; RSS is the peak (VmHWM).\n",
+         upstream (a one-thread hyper server answering 30 bytes, HTTP/1.1 and h2c). The load \
+         generators run on the same machine. CPU is user + system time of the proxy process(es) \
+         divided by answered requests; RSS is the peak (VmHWM).\n",
         machine()
     );
-    for rate in [crate::RATE, 0] {
-        let first = all.iter().find(|m| m.rate == rate);
+    for load in [Load::FixedRate, Load::Closed, Load::Http2] {
+        let first = all.iter().find(|m| m.load == load);
         let Some(first) = first else { continue };
-        let title = if rate > 0 {
-            format!(
-                "Fixed rate: {rate} requests/s over {} connections",
+        let title = match load {
+            Load::FixedRate => format!(
+                "HTTP/1.1, fixed rate: {} requests/s over {} connections",
+                crate::RATE,
                 first.connections
-            )
-        } else {
-            format!(
-                "Fixed concurrency: {} connections, closed loop",
+            ),
+            Load::Closed => format!(
+                "HTTP/1.1, fixed concurrency: {} connections, closed loop",
                 first.connections
-            )
+            ),
+            Load::Http2 => format!(
+                "HTTP/2, fixed concurrency: h2load, {} connections × {} streams",
+                first.connections,
+                crate::H2_STREAMS
+            ),
         };
         let _ = writeln!(out, "## {title}, {} s\n", crate::RUN.as_secs());
+        if load == Load::Http2 {
+            out.push_str(
+                "The client speaks h2c. The braid pair carries HTTP/2 end to end (one multiplexed \
+                 mTLS connection between the proxies); HAProxy speaks h2c to the upstream too; \
+                 nginx cannot, and proxies to it over pooled HTTP/1.1 connections.\n\n",
+            );
+        }
         out.push_str(
             "| path | requests/s | errors | p50 ms | p99 ms | p99.9 ms | p99 added vs direct | proxy CPU µs/request | peak RSS MiB |\n\
              |---|---:|---:|---:|---:|---:|---:|---|---|\n",
         );
-        let base = direct(all, rate);
-        for m in all.iter().filter(|m| m.rate == rate) {
+        let base = direct(all, load);
+        for m in all.iter().filter(|m| m.load == load) {
             let [p50, p99, p999] = m.outcome.percentiles_us;
             let added = base.map_or(String::new(), |b| {
                 format!(
@@ -229,28 +252,28 @@ pub fn markdown(all: &[Measured]) -> String {
         out.push('\n');
     }
     out.push_str("## Against the targets\n\n");
-    let cost = |setup: Setup, rate: u64| -> Vec<f64> {
+    let cost = |setup: Setup, load: Load| -> Vec<f64> {
         all.iter()
-            .filter(|m| m.setup == setup && m.rate == rate)
+            .filter(|m| m.setup == setup && m.load == load)
             .flat_map(|m| m.processes.iter().map(|p| p.cpu_us_per_request))
             .collect()
     };
-    for rate in [crate::RATE, 0] {
-        let braid = cost(Setup::BraidPair, rate);
+    for load in [Load::FixedRate, Load::Closed] {
+        let braid = cost(Setup::BraidPair, load);
         let hop = braid.iter().copied().fold(0.0, f64::max);
-        let nginx = cost(Setup::Nginx, rate)
+        let nginx = cost(Setup::Nginx, load)
             .first()
             .copied()
             .unwrap_or(f64::NAN);
-        let haproxy = cost(Setup::Haproxy, rate)
+        let haproxy = cost(Setup::Haproxy, load)
             .first()
             .copied()
             .unwrap_or(f64::NAN);
         let _ = writeln!(
             out,
-            "- CPU per request, {}: the costlier braid hop {hop:.1} µs; nginx {nginx:.1} µs \
+            "- CPU per HTTP/1.1 request, {}: the costlier braid hop {hop:.1} µs; nginx {nginx:.1} µs \
              (braid/nginx {:.2}); HAProxy {haproxy:.1} µs (braid/HAProxy {:.2}). Target: ratio ≤ 1.",
-            if rate > 0 {
+            if load == Load::FixedRate {
                 "fixed rate"
             } else {
                 "fixed concurrency"
@@ -261,8 +284,8 @@ pub fn markdown(all: &[Measured]) -> String {
     }
     if let (Some(braid), Some(base)) = (
         all.iter()
-            .find(|m| m.setup == Setup::BraidPair && m.rate == crate::RATE),
-        direct(all, crate::RATE),
+            .find(|m| m.setup == Setup::BraidPair && m.load == Load::FixedRate),
+        direct(all, Load::FixedRate),
     ) {
         let added = (braid.outcome.percentiles_us[1] as f64
             - base.outcome.percentiles_us[1] as f64)
@@ -291,7 +314,7 @@ pub fn markdown(all: &[Measured]) -> String {
 
 /// Latency at the fixed rate and CPU per request, as grouped bars.
 pub fn svg(all: &[Measured]) -> String {
-    let fixed: Vec<&Measured> = all.iter().filter(|m| m.rate == crate::RATE).collect();
+    let fixed: Vec<&Measured> = all.iter().filter(|m| m.load == Load::FixedRate).collect();
     let (width, height, left, top, plot_h) = (760.0, 360.0, 60.0, 40.0, 240.0);
     let max_ms = fixed
         .iter()
