@@ -34,3 +34,72 @@ impl Context {
         })
     }
 }
+
+/// Forever: after every config swap from now on, forgets the numbers and pooled connections of
+/// endpoints the new config no longer has. (It subscribes at once, before the future is first
+/// polled, so that no swap is missed.)
+pub fn forget_removed_endpoints(context: Arc<Context>) -> impl Future<Output = ()> {
+    let mut swaps = context.config.subscribe();
+    async move {
+        while swaps.changed().await.is_ok() {
+            let keep = swaps
+                .borrow_and_update()
+                .as_ref()
+                .map(|loaded| loaded.table.endpoint_addrs());
+            if let Some(keep) = keep {
+                context.upstreams.forget_all_but(&keep);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::*;
+
+    fn config(endpoint_ips: &[&str]) -> Vec<u8> {
+        let endpoints: Vec<_> = endpoint_ips
+            .iter()
+            .map(|ip| serde_json::json!({"ip": ip, "port": 8080}))
+            .collect();
+        serde_json::json!({
+            "version": 1,
+            "workload": {"namespace": "ns", "name": "w", "identity": "spiffe://t/ns/ns/sa/w"},
+            "inbound": {"mtlsMode": "STRICT"},
+            "destinations": [{"name": "svc.ns", "clusterIps": ["10.96.0.10"],
+                "ports": [{"port": 80, "protocol": "http", "endpoints": endpoints}]}],
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    fn addr(ip: &str) -> SocketAddr {
+        SocketAddr::new(ip.parse().expect("ip"), 8080)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_config_swap_forgets_the_endpoints_it_removed() {
+        let context = Context::new(Duration::from_millis(250));
+        tokio::spawn(forget_removed_endpoints(context.clone()));
+        context
+            .config
+            .offer(&config(&["10.0.0.1", "10.0.0.2"]))
+            .expect("valid");
+        for ip in ["10.0.0.1", "10.0.0.2"] {
+            context.upstreams.stats(addr(ip)).start();
+        }
+        assert_eq!(context.upstreams.known_endpoints(), 2);
+
+        context
+            .config
+            .offer(&config(&["10.0.0.2", "10.0.0.3"]))
+            .expect("valid");
+        tokio::task::yield_now().await;
+        assert_eq!(context.upstreams.known_endpoints(), 1, "10.0.0.1 is gone");
+        // The one that stayed kept its numbers: the same entry, not a fresh one.
+        let kept = context.upstreams.stats(addr("10.0.0.2"));
+        assert_eq!(std::sync::Arc::strong_count(&kept), 2);
+    }
+}

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use braid_proxy::iptables::{self, Backend, Redirect};
 use std::time::Duration;
 
-use braid_proxy::context::Context;
+use braid_proxy::context::{Context, forget_removed_endpoints};
 use braid_proxy::{admin, inbound, outbound, reload};
 
 struct Init {
@@ -244,6 +244,7 @@ fn run(settings: RunSettings) -> Result<(), String> {
             settings.config_file,
             context.config.clone(),
         ));
+        tokio::spawn(forget_removed_endpoints(context.clone()));
         tokio::spawn(reload::watch_identity(
             settings.identity_dir,
             context.identity.clone(),

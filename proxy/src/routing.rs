@@ -240,6 +240,16 @@ impl Table {
             })
     }
 
+    /// The address of every endpoint of every destination.
+    pub fn endpoint_addrs(&self) -> HashSet<SocketAddr> {
+        self.destinations
+            .iter()
+            .flat_map(|d| d.ports.values())
+            .flat_map(|(_, endpoints)| endpoints)
+            .map(|e| SocketAddr::new(e.ip, e.port))
+            .collect()
+    }
+
     /// The endpoints of a destination's port.
     pub fn endpoints(&self, target: Target) -> &[Endpoint] {
         self.destinations[target.destination]

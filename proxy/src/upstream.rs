@@ -5,7 +5,7 @@
 //! shared by every request to that endpoint (multiplexed). The live load numbers of each endpoint
 //! ([`EndpointStats`]) live here too, keyed by address so that they survive config reloads.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -154,6 +154,20 @@ impl Upstreams {
     /// The live numbers of an endpoint.
     pub fn stats(&self, addr: SocketAddr) -> Arc<EndpointStats> {
         lock(&self.stats).entry(addr).or_default().clone()
+    }
+
+    /// Forgets every endpoint not in `keep`: its numbers and its pooled connections (requests
+    /// still in flight hold their own references). Called when a config swap removes endpoints,
+    /// so that a long-lived proxy does not keep one entry per pod that ever existed.
+    pub fn forget_all_but(&self, keep: &HashSet<SocketAddr>) {
+        lock(&self.stats).retain(|addr, _| keep.contains(addr));
+        lock(&self.idle_h1).retain(|addr, _| keep.contains(addr));
+        lock(&self.h2).retain(|addr, _| keep.contains(addr));
+    }
+
+    /// Endpoints with numbers kept.
+    pub fn known_endpoints(&self) -> usize {
+        lock(&self.stats).len()
     }
 
     /// Opens a connection to `addr`: mTLS checked against `identity` when the endpoint is
