@@ -28,6 +28,9 @@ use report::{Load, Measured, Setup};
 const CLIENT_ID: &str = "spiffe://cluster.local/ns/bench/sa/client";
 const SERVER_ID: &str = "spiffe://cluster.local/ns/bench/sa/server";
 const RUN: Duration = Duration::from_secs(8);
+/// Every setup runs every load this many times, in turns; the report shows the median of each
+/// number (one run's CPU per request moved by up to ±20%).
+const ROUNDS: usize = 3;
 const CLOSED_CONNECTIONS: usize = 50;
 const RATE: u64 = 1_000;
 const RATE_CONNECTIONS: usize = 100;
@@ -252,60 +255,68 @@ fn bench(root: &Path) -> Vec<Measured> {
             vec![("nginx", nginx)],
         ),
     ];
-    let mut measured = Vec::new();
-    for (setup, [target, h2_target], as_proxy, processes) in setups {
-        let load = |connections: usize, rate: u64, seconds: f64| {
-            let output = client
-                .command(as_proxy, &me)
-                .args(["load", target, &connections.to_string(), &rate.to_string()])
-                .arg(seconds.to_string())
-                .output()
-                .expect("load runs");
-            let stdout = String::from_utf8_lossy(&output.stdout);
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("outcome: "))
-                .and_then(load::Outcome::from_line)
-                .unwrap_or_else(|| panic!("no outcome from the load: {stdout}"))
-        };
-        let warmup = load(10, 0, 1.0);
-        assert!(warmup.ok > 0, "{setup:?} answered nothing during warm-up");
-        for (kind, connections) in [
-            (Load::FixedRate, RATE_CONNECTIONS),
-            (Load::Closed, CLOSED_CONNECTIONS),
-            (Load::Http2, H2_CONNECTIONS),
-        ] {
-            let before: Vec<u64> = processes
-                .iter()
-                .map(|(_, pid)| report::cpu_ticks(*pid))
-                .collect();
-            let outcome = match kind {
-                Load::FixedRate => load(connections, RATE, RUN.as_secs_f64()),
-                Load::Closed => load(connections, 0, RUN.as_secs_f64()),
-                Load::Http2 => h2load(&client, as_proxy, h2_target),
+    let mut runs = Vec::new();
+    for round in 1..=ROUNDS {
+        for (setup, [target, h2_target], as_proxy, processes) in &setups {
+            let (setup, as_proxy) = (*setup, *as_proxy);
+            let load = |connections: usize, rate: u64, seconds: f64| {
+                let output = client
+                    .command(as_proxy, &me)
+                    .args(["load", target, &connections.to_string(), &rate.to_string()])
+                    .arg(seconds.to_string())
+                    .output()
+                    .expect("load runs");
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                stdout
+                    .lines()
+                    .find_map(|l| l.strip_prefix("outcome: "))
+                    .and_then(load::Outcome::from_line)
+                    .unwrap_or_else(|| panic!("no outcome from the load: {stdout}"))
             };
-            let per_process = processes
-                .iter()
-                .zip(before)
-                .map(|((name, pid), before)| report::ProcessCost {
-                    name: name.to_string(),
-                    cpu_us_per_request: (report::cpu_ticks(*pid) - before) as f64
-                        * report::tick_us()
-                        / outcome.ok.max(1) as f64,
-                    peak_rss_kib: report::peak_rss_kib(*pid),
-                })
-                .collect();
-            println!("{setup:?} {kind:?} connections={connections}: {outcome:?}");
-            measured.push(Measured {
-                setup,
-                load: kind,
-                connections,
-                outcome,
-                processes: per_process,
-            });
+            if round == 1 {
+                let warmup = load(10, 0, 1.0);
+                assert!(warmup.ok > 0, "{setup:?} answered nothing during warm-up");
+            }
+            for (kind, connections) in [
+                (Load::FixedRate, RATE_CONNECTIONS),
+                (Load::Closed, CLOSED_CONNECTIONS),
+                (Load::Http2, H2_CONNECTIONS),
+            ] {
+                let before: Vec<u64> = processes
+                    .iter()
+                    .map(|(_, pid)| {
+                        report::reset_peak_rss(*pid);
+                        report::cpu_ticks(*pid)
+                    })
+                    .collect();
+                let outcome = match kind {
+                    Load::FixedRate => load(connections, RATE, RUN.as_secs_f64()),
+                    Load::Closed => load(connections, 0, RUN.as_secs_f64()),
+                    Load::Http2 => h2load(&client, as_proxy, h2_target),
+                };
+                let per_process = processes
+                    .iter()
+                    .zip(before)
+                    .map(|((name, pid), before)| report::ProcessCost {
+                        name: name.to_string(),
+                        cpu_us_per_request: (report::cpu_ticks(*pid) - before) as f64
+                            * report::tick_us()
+                            / outcome.ok.max(1) as f64,
+                        peak_rss_kib: report::peak_rss_kib(*pid),
+                    })
+                    .collect();
+                println!("round {round} {setup:?} {kind:?} connections={connections}: {outcome:?}");
+                runs.push(Measured {
+                    setup,
+                    load: kind,
+                    connections,
+                    outcome,
+                    processes: per_process,
+                });
+            }
         }
     }
-    measured
+    report::medians(&runs)
 }
 
 /// HTTP/2 at a fixed concurrency: h2load over h2c (prior knowledge) for [`RUN`], after a second

@@ -65,6 +65,62 @@ pub struct Measured {
     pub processes: Vec<ProcessCost>,
 }
 
+fn median<T: Copy + PartialOrd>(mut values: Vec<T>) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[(values.len() - 1) / 2]
+}
+
+/// Per setup and load, the median over the rounds of each number: requests, seconds, each
+/// percentile, each process's CPU per request. Errors are summed and peak RSS is the highest.
+pub fn medians(runs: &[Measured]) -> Vec<Measured> {
+    let mut out: Vec<Measured> = Vec::new();
+    for run in runs {
+        if out
+            .iter()
+            .any(|m| m.setup == run.setup && m.load == run.load)
+        {
+            continue;
+        }
+        let same: Vec<&Measured> = runs
+            .iter()
+            .filter(|m| m.setup == run.setup && m.load == run.load)
+            .collect();
+        let outcome = Outcome {
+            ok: median(same.iter().map(|m| m.outcome.ok).collect()),
+            errors: same.iter().map(|m| m.outcome.errors).sum(),
+            seconds: median(same.iter().map(|m| m.outcome.seconds).collect()),
+            percentiles_us: [0, 1, 2]
+                .map(|i| median(same.iter().map(|m| m.outcome.percentiles_us[i]).collect())),
+        };
+        let processes = run
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ProcessCost {
+                name: p.name.clone(),
+                cpu_us_per_request: median(
+                    same.iter()
+                        .map(|m| m.processes[i].cpu_us_per_request)
+                        .collect(),
+                ),
+                peak_rss_kib: same
+                    .iter()
+                    .map(|m| m.processes[i].peak_rss_kib)
+                    .max()
+                    .unwrap_or(0),
+            })
+            .collect();
+        out.push(Measured {
+            setup: run.setup,
+            load: run.load,
+            connections: run.connections,
+            outcome,
+            processes,
+        });
+    }
+    out
+}
+
 fn descendants(pid: u32) -> Vec<u32> {
     let mut all = vec![pid];
     let parents: Vec<(u32, u32)> = std::fs::read_dir("/proc")
@@ -119,6 +175,14 @@ pub fn tick_us() -> f64 {
     1e6 / hz
 }
 
+/// Resets the peak resident memory (VmHWM) of `pid` and its descendants to their current RSS, so
+/// that the next reading is the peak of the run that follows (`clear_refs`, Linux 4.0+).
+pub fn reset_peak_rss(pid: u32) {
+    for p in descendants(pid) {
+        let _ = std::fs::write(format!("/proc/{p}/clear_refs"), "5");
+    }
+}
+
 /// Peak resident memory of `pid` and its descendants, KiB.
 pub fn peak_rss_kib(pid: u32) -> u64 {
     descendants(pid)
@@ -171,11 +235,13 @@ pub fn markdown(all: &[Measured]) -> String {
     let mut out = String::from("# Proxy benchmark\n\n");
     let _ = writeln!(
         out,
-        "Machine: {}. One run of `make bench`; every row of a table is from the same run, same \
+        "Machine: {}. One run of `make bench`: every setup ran every load {} times, in turns; each \
+         number is the median of those runs (errors are their sum). Same \
          upstream (a one-thread hyper server answering 30 bytes, HTTP/1.1 and h2c). The load \
          generators run on the same machine. CPU is user + system time of the proxy process(es) \
-         divided by answered requests; RSS is the peak (VmHWM).\n",
-        machine()
+         divided by answered requests; RSS is the peak (VmHWM) during the run, the highest of the rounds.\n",
+        machine(),
+        crate::ROUNDS
     );
     for load in [Load::FixedRate, Load::Closed, Load::Http2] {
         let first = all.iter().find(|m| m.load == load);
