@@ -63,7 +63,7 @@ async fn handle(
             Ok(tls) => tls,
             Err(error) => {
                 context.metrics.inbound(InboundKind::Refused);
-                eprintln!("braid-proxy: inbound mTLS from {peer} refused: {error}");
+                tracing::warn!("inbound mTLS from {peer} refused: {error}");
                 return (0, 0);
             }
         };
@@ -78,7 +78,7 @@ async fn handle(
             .and_then(|leaf| spiffe_id(leaf).ok())
             .map_or_else(|| "an unidentified peer".to_string(), |(id, _)| id);
         let copied = splice(&mut tls, app).await.unwrap_or_else(|error| {
-            eprintln!("braid-proxy: inbound from {caller}: application on {app}: {error}");
+            tracing::warn!("inbound from {caller}: application on {app}: {error}");
             (0, 0)
         });
         let _ = tls.shutdown().await;

@@ -17,7 +17,9 @@
 //! (`/etc/braid/config`) and `$BRAID_IDENTITY_DIR/{tls.crt,tls.key,ca.crt}`
 //! (`/etc/braid/identity`). `BRAID_DETECT_TIMEOUT_MS` (250) bounds protocol detection,
 //! `BRAID_DRAIN_MS` (5000) the drain on SIGTERM, `BRAID_APP_PROBES` carries the application's HTTP
-//! probes (JSON, written by the webhook). Every bad variable is reported; the exit code is then 64.
+//! probes (JSON, written by the webhook), `BRAID_LOG` (`info`) filters the log on stderr (a
+//! `tracing` filter: a level, or directives such as `warn,braid_proxy=debug`). Every bad variable
+//! is reported; the exit code is then 64.
 //!
 //! `wait-ready` waits until the admin `/ready` answers 200.
 
@@ -166,6 +168,7 @@ struct RunSettings {
     detect_timeout: Duration,
     drain: Duration,
     app_probes: admin::AppProbes,
+    log: tracing_subscriber::EnvFilter,
 }
 
 fn run_settings(var: impl Fn(&str) -> Option<String>) -> Result<RunSettings, Vec<String>> {
@@ -199,6 +202,13 @@ fn run_settings(var: impl Fn(&str) -> Option<String>) -> Result<RunSettings, Vec
             admin::AppProbes::new()
         }),
     };
+    let log_filter = var("BRAID_LOG").unwrap_or_else(|| "info".into());
+    let log = tracing_subscriber::EnvFilter::try_new(&log_filter).unwrap_or_else(|error| {
+        errors.push(format!(
+            "BRAID_LOG={log_filter:?} is not a log filter: {error}"
+        ));
+        tracing_subscriber::EnvFilter::default()
+    });
     let dir =
         |name: &str, default: &str| PathBuf::from(var(name).unwrap_or_else(|| default.into()));
     if errors.is_empty() {
@@ -211,6 +221,7 @@ fn run_settings(var: impl Fn(&str) -> Option<String>) -> Result<RunSettings, Vec
             detect_timeout,
             drain,
             app_probes,
+            log,
         })
     } else {
         Err(errors)
@@ -226,6 +237,11 @@ async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
 /// Runs the proxy on one thread (a sidecar should take one core at most) until SIGTERM, then
 /// stops accepting and lets open connections finish for up to the drain time.
 fn run(settings: RunSettings) -> Result<(), String> {
+    tracing_subscriber::fmt()
+        .with_env_filter(settings.log)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -264,8 +280,8 @@ fn run(settings: RunSettings) -> Result<(), String> {
         while context.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        eprintln!(
-            "braid-proxy: stopped, {} connections still open",
+        tracing::info!(
+            "stopped, {} connections still open",
             context.metrics.open_connections()
         );
         Ok(())
@@ -369,11 +385,16 @@ mod tests {
             "BRAID_ADMIN_ADDR" => Some("everywhere".into()),
             "BRAID_DRAIN_MS" => Some("5s".into()),
             "BRAID_APP_PROBES" => Some("[".into()),
+            "BRAID_LOG" => Some("braid_proxy=loud".into()),
             _ => None,
         })
         .err()
         .expect("refused");
-        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(
+            errors[3].starts_with("BRAID_LOG=\"braid_proxy=loud\" is not a log filter"),
+            "{errors:?}"
+        );
         assert_eq!(
             errors[0],
             "BRAID_ADMIN_ADDR=\"everywhere\" is not host:port"

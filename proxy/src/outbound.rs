@@ -147,6 +147,6 @@ async fn opaque_to_mesh(
             let _ = tokio::io::copy_bidirectional(stream, &mut upstream).await;
             let _ = upstream.shutdown().await;
         }
-        Err(error) => eprintln!("braid-proxy: outbound to {addr}: {error}"),
+        Err(error) => tracing::warn!("outbound to {addr}: {error}"),
     }
 }

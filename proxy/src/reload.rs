@@ -184,8 +184,8 @@ pub async fn watch(
             tokio::time::sleep(SETTLE).await;
             if read_all().await.as_ref() == Some(&contents) {
                 match offer(&contents) {
-                    Ok(message) => eprintln!("braid-proxy: {message}"),
-                    Err(message) => eprintln!("braid-proxy: {message}"),
+                    Ok(message) => tracing::info!("{message}"),
+                    Err(message) => tracing::warn!("{message}"),
                 }
                 seen = Some(contents);
             }

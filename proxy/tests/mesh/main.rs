@@ -346,6 +346,12 @@ fn scenario(root: &Path) {
         client.metric("braid_proxy_config_reload_errors_total") == 1.0
     });
     assert!(client.admin("/config").contains("\"generation\":2"));
+    // The reason is in the proxy's log (BRAID_LOG defaults to info; refusals are warnings).
+    let log = client.proxy_log();
+    assert!(
+        log.contains("WARN") && log.contains("proxy.json"),
+        "the refusal is not logged with its reason: {log}"
+    );
     let after = client.client(false, &["http", "10.96.0.10:80", "/after", "200"]);
     assert_eq!(count(&after, "v1") + count(&after, "v2"), 200, "{after}");
     assert!(
