@@ -104,10 +104,11 @@ pub fn load(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<Identity, 
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-    let server = ServerConfig::builder_with_provider(provider.clone())
+    let mut server = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(client_verifier)
         .with_single_cert(chain.clone(), key.clone_key())?;
+    server.alpn_protocols = vec![MESH_ALPN.to_vec()];
 
     let verifier = MeshServerVerifier {
         roots,
@@ -119,6 +120,7 @@ pub fn load(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<Identity, 
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(chain, key)?;
     client.resumption = rustls::client::Resumption::in_memory_sessions(256);
+    client.alpn_protocols = vec![MESH_ALPN.to_vec()];
     Ok(Identity {
         spiffe_id,
         not_after,
@@ -126,6 +128,10 @@ pub fn load(cert_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Result<Identity, 
         client: Arc::new(client),
     })
 }
+
+/// The ALPN protocol a proxy offers when it connects to a peer's proxy: the inbound side tells a
+/// mesh peer's handshake from the application's own TLS by it.
+pub const MESH_ALPN: &[u8] = b"braid-mesh/1";
 
 /// Verifies a peer's chain against the mesh CA bundle, for server use, without a name check (the
 /// caller compares SPIFFE IDs after the handshake).

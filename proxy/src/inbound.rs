@@ -1,25 +1,77 @@
 //! The inbound listener (15006): every TCP connection to the pod arrives here through the
-//! iptables redirect. A connection that opens with a TLS record is a mesh peer: the handshake
-//! requires a certificate of the mesh CA (a foreign CA or no certificate fails it) and yields
-//! the caller's SPIFFE ID. Anything else is plaintext, accepted only when the workload's mode is
-//! PERMISSIVE or DISABLE (and refused before any config is loaded). Either way the bytes then go
+//! iptables redirect. A connection whose TLS ClientHello offers the mesh's ALPN protocol
+//! ([`MESH_ALPN`]) is a mesh peer: the handshake requires a certificate of the mesh CA (a foreign
+//! CA or no certificate fails it) and yields the caller's SPIFFE ID. Anything else (plaintext, or
+//! TLS that a client outside the mesh speaks to the application itself) is accepted only when
+//! the workload's mode is PERMISSIVE or DISABLE (and refused before any config is loaded). Either way the bytes then go
 //! to the application on the original port over loopback, untouched: HTTP stays HTTP end to end,
 //! with its keep-alive, HTTP/2 streams and upgrades.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use braid_proxy_config::MtlsMode;
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::Context;
-use crate::identity::spiffe_id;
+use crate::identity::{MESH_ALPN, spiffe_id};
 use crate::metrics::{Direction, InboundKind};
 use crate::outbound::{original_destination, splice};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The most bytes peeked at for a ClientHello (a real one is under 2 KiB).
+const CLIENT_HELLO_MAX: usize = 16 * 1024;
+
+/// Whether the TLS ClientHello at the start of `bytes` offers [`MESH_ALPN`]: `None` while it is
+/// incomplete, `Some(false)` for one without it or for bytes that are not a ClientHello.
+pub fn offers_mesh_alpn(bytes: &[u8]) -> Option<bool> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if acceptor.read_tls(&mut rest).is_err() {
+            return Some(false);
+        }
+    }
+    match acceptor.accept() {
+        Ok(None) => None,
+        Ok(Some(accepted)) => Some(
+            accepted
+                .client_hello()
+                .alpn()
+                .is_some_and(|mut offered| offered.any(|p| p == MESH_ALPN)),
+        ),
+        Err(_) => Some(false),
+    }
+}
+
+/// Peeks (consuming nothing) at the ClientHello for up to `timeout`: does the caller offer the
+/// mesh's ALPN protocol?
+async fn from_mesh_peer(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut buf = vec![0u8; CLIENT_HELLO_MAX];
+    let answer = tokio::time::timeout(timeout, async {
+        let mut seen = 0;
+        loop {
+            let n = stream.peek(&mut buf).await.ok()?;
+            if n == 0 || n == buf.len() {
+                return Some(false);
+            }
+            if let Some(answer) = offers_mesh_alpn(&buf[..n]) {
+                return Some(answer);
+            }
+            if n == seen {
+                // The rest of the ClientHello is still on its way; peek returns at once.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            seen = n;
+        }
+    })
+    .await;
+    matches!(answer, Ok(Some(true)))
+}
 
 /// Accepts inbound connections until `listener` fails.
 pub async fn serve(listener: TcpListener, context: Arc<Context>) {
@@ -53,7 +105,7 @@ async fn handle(
         tokio::time::timeout(context.detect_timeout, stream.peek(&mut first)).await,
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE
     );
-    if opens_with_tls {
+    if opens_with_tls && from_mesh_peer(&stream, context.detect_timeout).await {
         let Some(identity) = context.identity.current() else {
             context.metrics.inbound(InboundKind::Refused);
             return (0, 0);
@@ -84,6 +136,8 @@ async fn handle(
         let _ = tls.shutdown().await;
         return copied;
     }
+    // Plaintext, or the TLS of a client outside the mesh: the bytes go to the application as they
+    // are, when the mode allows (the metric counts both as plaintext: not mesh-authenticated).
     let mode = context
         .config
         .current()
@@ -94,4 +148,43 @@ async fn handle(
     }
     context.metrics.inbound(InboundKind::Plaintext);
     splice(&mut stream, app).await.unwrap_or((0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// The first flight of a rustls client offering `alpn`.
+    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls::pki_types::ServerName::try_from("payment.shop").expect("name");
+        let mut connection = rustls::ClientConnection::new(Arc::new(config), name).expect("client");
+        let mut bytes = Vec::new();
+        connection.write_tls(&mut bytes).expect("hello");
+        bytes
+    }
+
+    #[test]
+    fn a_mesh_peer_is_told_from_other_tls_by_its_alpn() {
+        let mesh = client_hello(&[MESH_ALPN]);
+        assert_eq!(mesh[0], TLS_HANDSHAKE);
+        assert_eq!(offers_mesh_alpn(&mesh), Some(true));
+        assert_eq!(
+            offers_mesh_alpn(&client_hello(&[b"h2", b"http/1.1"])),
+            Some(false)
+        );
+        assert_eq!(offers_mesh_alpn(&client_hello(&[])), Some(false));
+        // Half a ClientHello: wait for the rest.
+        assert_eq!(offers_mesh_alpn(&mesh[..mesh.len() / 2]), None);
+        // Not TLS at all.
+        assert_eq!(offers_mesh_alpn(b"\x16GET / HTTP/1.1\r\n\r\n"), Some(false));
+    }
 }

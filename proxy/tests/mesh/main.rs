@@ -150,6 +150,26 @@ fn scenario(root: &Path) {
         .spawn()
         .expect("apps start");
     server.children.push(apps);
+    // An application that speaks TLS itself (its own certificate, not the mesh's), for callers
+    // outside the mesh.
+    let (cert, key) = Ca::new().leaf("spiffe://elsewhere/app", 2030);
+    let (cert_file, key_file) = (
+        server.dir.join("app-tls.crt"),
+        server.dir.join("app-tls.key"),
+    );
+    std::fs::write(&cert_file, cert).expect("write");
+    std::fs::write(&key_file, key).expect("write");
+    let tls_app = server
+        .command(false, "openssl")
+        .args(["s_server", "-4", "-accept", "8443", "-www", "-quiet"])
+        .arg("-cert")
+        .arg(&cert_file)
+        .arg("-key")
+        .arg(&key_file)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("openssl s_server starts");
+    server.children.push(tls_app);
     client.start_proxy();
     server.start_proxy();
     for pod in [&client, &server] {
@@ -242,6 +262,24 @@ fn scenario(root: &Path) {
         plain.starts_with("HTTP/1.1 200"),
         "PERMISSIVE serves plaintext: {plain}"
     );
+    // A client outside the mesh speaking TLS to the application itself: under PERMISSIVE its
+    // bytes reach the application untouched (no mesh ALPN in its ClientHello).
+    let outside_tls = |pod: &Pod| {
+        pod.command(true, "curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "5",
+                &format!("https://{SERVER_IP}:8443/"),
+            ])
+            .output()
+            .expect("curl runs")
+    };
+    let own_tls = outside_tls(&client);
+    assert!(
+        String::from_utf8_lossy(&own_tls.stdout).contains("s_server"),
+        "PERMISSIVE passes the application's own TLS: {own_tls:?}"
+    );
     std::thread::sleep(Duration::from_millis(300));
     run("kill", &[&dump.id().to_string()]);
     let _ = dump.wait();
@@ -278,6 +316,11 @@ fn scenario(root: &Path) {
         client.client(true, &["plain", &format!("{SERVER_IP}:8081"), "/"]),
         "refused",
         "STRICT must refuse a caller without a certificate"
+    );
+    let own_tls = outside_tls(&client);
+    assert!(
+        !own_tls.status.success() && !String::from_utf8_lossy(&own_tls.stdout).contains("s_server"),
+        "STRICT must refuse TLS from outside the mesh: {own_tls:?}"
     );
     assert_eq!(
         client.client(false, &["http", "10.96.0.11:80", "/strict", "5"]),
