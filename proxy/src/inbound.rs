@@ -3,9 +3,9 @@
 //! ([`MESH_ALPN`]) is a mesh peer: the handshake requires a certificate of the mesh CA (a foreign
 //! CA or no certificate fails it) and yields the caller's SPIFFE ID. Anything else (plaintext, or
 //! TLS that a client outside the mesh speaks to the application itself) is accepted only when
-//! the workload's mode is PERMISSIVE or DISABLE (and refused before any config is loaded). Either way the bytes then go
-//! to the application on the original port over loopback, untouched: HTTP stays HTTP end to end,
-//! with its keep-alive, HTTP/2 streams and upgrades.
+//! the workload's mode is PERMISSIVE or DISABLE (and refused before any config is loaded). Either
+//! way the bytes then go to the application on the original port over loopback, untouched: HTTP
+//! stays HTTP end to end, with its keep-alive, HTTP/2 streams and upgrades.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
