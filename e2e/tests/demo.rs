@@ -221,6 +221,14 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
         ensure!(from_outside().is_err(), "payment still serves plaintext");
         Ok(())
     })?;
+    // Pods are Ready before their EndpointSlices reach the operator and its ConfigMaps reach the
+    // callers' proxies (the kubelet syncs volumes about once a minute): wait until order's proxy
+    // knows every backend, payment-v2 included, before asking that nothing fails.
+    eventually(Duration::from_secs(120), || {
+        let probe = orders(&cluster, 30, 3)?;
+        ensure!(probe["failed"] == 0, "the mesh has not converged: {probe}");
+        Ok(())
+    })?;
     let first = orders(&cluster, 20, 2)?;
     ensure!(
         first["failed"] == 0,
