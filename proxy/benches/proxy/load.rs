@@ -123,7 +123,7 @@ pub async fn closed_loop(target: SocketAddr, connections: usize, duration: Durat
     }
     let mut results = Vec::new();
     for worker in workers {
-        results.push(worker.await.unwrap_or_default());
+        results.push(worker.await.expect("a load worker panicked"));
     }
     outcome(results, started)
 }
@@ -168,7 +168,7 @@ pub fn fixed_rate(
         .collect();
     let results: Vec<_> = workers
         .into_iter()
-        .map(|w| w.join().unwrap_or_default())
+        .map(|w| w.join().expect("a load worker panicked"))
         .collect();
     let started = start.get().copied().unwrap_or_else(Instant::now);
     outcome(results, started)
