@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Either, Full};
@@ -29,6 +29,10 @@ use crate::reload::IdentityState;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const IDLE_PER_ENDPOINT: usize = 512;
+
+/// A pooled connection idle this long may have been closed by its peer: an idempotent request
+/// without body sent on it keeps a copy to send again on a new connection.
+const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
 
 /// HTTP/1.1 responses with a `Content-Length` up to this are read whole before they are passed
 /// on: the application then gets head and body in one write, and the connection is back in the
@@ -124,6 +128,48 @@ impl AsyncWrite for PeerStream {
     }
 }
 
+/// Whether `request` may be sent a second time: an idempotent method (RFC 9110 §9.2.2) and no
+/// body. Go's HTTP client replays requests on the same rule.
+fn replayable(request: &Request<Incoming>) -> bool {
+    use hyper::Method;
+    use hyper::body::Body as _;
+    matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
+    ) && request.body().is_end_stream()
+}
+
+/// The request line and headers of a body-less `request`, to send again.
+fn head_copy(request: &Request<Incoming>) -> Request<ProxyBody> {
+    let mut copy = Request::new(Either::Right(Full::new(Bytes::new())));
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether the connection was closed under a request before any response came: the peer had
+/// closed it while it was idle.
+fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return matches!(
+                io.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
 /// Connections by endpoint, each with the identity it was verified as.
 type Pool<S> = HashMap<SocketAddr, Vec<(Option<String>, S)>>;
 
@@ -133,7 +179,7 @@ pub struct Upstreams {
     identity: Arc<IdentityState>,
     /// Idle connections by endpoint, each with the identity it was verified as: a connection is
     /// reused only for the identity it was checked against.
-    idle_h1: Mutex<Pool<http1::SendRequest<Incoming>>>,
+    idle_h1: Mutex<Pool<(http1::SendRequest<ProxyBody>, Instant)>>,
     h2: Mutex<Pool<http2::SendRequest<Incoming>>>,
     stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
 }
@@ -239,24 +285,36 @@ impl Upstreams {
                 .iter()
                 .rposition(|(id, _)| id.as_deref() == identity)
             {
-                let (_, sender) = senders.swap_remove(i);
+                let (_, (sender, idle_since)) = senders.swap_remove(i);
                 if sender.is_ready() {
-                    found = Some(sender);
+                    found = Some((sender, idle_since.elapsed()));
                     break;
                 }
             }
             found
         };
-        let mut sender = match idle {
-            Some(sender) => sender,
-            None => {
-                let stream = self.connect(addr, identity, timeout).await?;
-                let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
-                tokio::spawn(connection.with_upgrades());
-                sender
-            }
+        let (mut sender, idle_for) = match idle {
+            Some(pooled) => pooled,
+            None => (
+                self.open_http1(addr, identity, timeout).await?,
+                Duration::ZERO,
+            ),
         };
-        let response = sender.send_request(request).await?;
+        // A peer may have closed a pooled connection that sat idle (its FIN in, not yet read):
+        // a request that can safely go twice keeps a copy of its head to go again on a new one.
+        // Busy connections skip the copy: servers close idle connections after seconds.
+        let replay = (idle_for >= REPLAY_AFTER_IDLE && !upgrade && replayable(&request))
+            .then(|| head_copy(&request));
+        let response = match sender.send_request(request.map(Either::Left)).await {
+            Ok(response) => response,
+            Err(error) => match replay {
+                Some(again) if closed_before_response(&error) => {
+                    sender = self.open_http1(addr, identity, timeout).await?;
+                    sender.send_request(again).await?
+                }
+                _ => return Err(error.into()),
+            },
+        };
         if upgrade {
             // The connection becomes the upgraded stream; it never returns to the pool.
             return Ok(response.map(Either::Left));
@@ -288,16 +346,29 @@ impl Upstreams {
         Ok(response)
     }
 
+    /// A new HTTP/1.1 connection to `addr`, its connection task spawned.
+    async fn open_http1(
+        &self,
+        addr: SocketAddr,
+        identity: Option<&str>,
+        timeout: Duration,
+    ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+        let stream = self.connect(addr, identity, timeout).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection.with_upgrades());
+        Ok(sender)
+    }
+
     fn return_idle(
         &self,
         addr: SocketAddr,
         identity: Option<String>,
-        sender: http1::SendRequest<Incoming>,
+        sender: http1::SendRequest<ProxyBody>,
     ) {
         let mut pool = lock(&self.idle_h1);
         let senders = pool.entry(addr).or_default();
         if senders.len() < IDLE_PER_ENDPOINT {
-            senders.push((identity, sender));
+            senders.push((identity, (sender, Instant::now())));
         }
     }
 
@@ -332,5 +403,130 @@ impl Upstreams {
         };
         sender.ready().await?;
         Ok(sender.send_request(request).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    use http_body_util::Empty;
+
+    use super::*;
+
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// Reads one request head (the requests here have no body).
+    fn read_head(stream: &mut std::net::TcpStream) {
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).unwrap_or(0) == 0 {
+                return;
+            }
+            seen.push(byte[0]);
+        }
+    }
+
+    /// `n` empty bodies of the type the proxy forwards (hyper's `Incoming`), taken from the
+    /// responses of a throwaway server.
+    async fn incoming_bodies(n: usize) -> Vec<Incoming> {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            for _ in 0..n {
+                read_head(&mut stream);
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+            }
+        });
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(connection);
+        let mut bodies = Vec::new();
+        for _ in 0..n {
+            let request = Request::get("/")
+                .body(Empty::<Bytes>::new())
+                .expect("request");
+            let response = sender.send_request(request).await.expect("response");
+            bodies.push(response.into_body());
+        }
+        bodies
+    }
+
+    /// A peer that answers one request, closes that connection while it is idle when told to,
+    /// then answers one more request on a new connection (if one comes).
+    fn closing_peer() -> (SocketAddr, mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (close_first, closed) = mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (mut first, _) = listener.accept().expect("accept");
+            read_head(&mut first);
+            first.write_all(OK).expect("write");
+            closed.recv().expect("signal");
+            drop(first);
+            listener.set_nonblocking(true).expect("nonblocking");
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            while std::time::Instant::now() < deadline {
+                if let Ok((mut second, _)) = listener.accept() {
+                    second.set_nonblocking(false).expect("blocking");
+                    read_head(&mut second);
+                    return second.write_all(OK).is_ok();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            false
+        });
+        (addr, close_first, peer)
+    }
+
+    /// Sends a first request, lets the peer close the pooled connection, and sends a second
+    /// with `method` before the proxy's thread can notice; the second's result.
+    async fn after_the_peer_closed(method: hyper::Method) -> Result<u16, UpstreamError> {
+        let (addr, close_first, peer) = closing_peer();
+        let upstreams = Arc::new(Upstreams::default());
+        let mut bodies = incoming_bodies(2).await.into_iter();
+        let mut request = |method: hyper::Method| {
+            Request::builder()
+                .method(method)
+                .uri("/")
+                .header("host", "peer")
+                .body(bodies.next().expect("body"))
+                .expect("request")
+        };
+        let timeout = Duration::from_secs(5);
+        let first = upstreams
+            .send_http1(addr, None, timeout, request(hyper::Method::GET), false)
+            .await
+            .expect("first");
+        assert_eq!(first.status(), 200);
+        close_first.send(()).expect("signal");
+        // Block the runtime so that the pooled connection's task cannot read the peer's FIN
+        // before the next request takes the connection (the race under test), for longer than
+        // a busy connection's idle time.
+        std::thread::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(50));
+        let second = upstreams
+            .send_http1(addr, None, timeout, request(method), false)
+            .await
+            .map(|response| response.status().as_u16());
+        let _ = peer.join();
+        second
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_idempotent_request_on_a_connection_the_peer_closed_goes_again_on_a_new_one() {
+        let second = after_the_peer_closed(hyper::Method::GET).await;
+        assert_eq!(second.expect("served on a new connection"), 200);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_that_may_not_go_twice_is_not_sent_again() {
+        let second = after_the_peer_closed(hyper::Method::POST).await;
+        assert!(second.is_err(), "a POST was replayed: {second:?}");
     }
 }
