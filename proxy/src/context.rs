@@ -53,6 +53,19 @@ pub fn forget_removed_endpoints(context: Arc<Context>) -> impl Future<Output = (
     }
 }
 
+/// Forever: every few seconds, closes the pooled connections idle for
+/// [`POOL_IDLE_TIMEOUT`](crate::upstream::POOL_IDLE_TIMEOUT).
+pub async fn close_idle_connections(context: Arc<Context>) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        context
+            .upstreams
+            .close_idle(crate::upstream::POOL_IDLE_TIMEOUT);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use braid_proxy::iptables::{self, Backend, Redirect};
 use std::time::Duration;
 
-use braid_proxy::context::{Context, forget_removed_endpoints};
+use braid_proxy::context::{Context, close_idle_connections, forget_removed_endpoints};
 use braid_proxy::{admin, inbound, outbound, reload};
 
 struct Init {
@@ -261,6 +261,7 @@ fn run(settings: RunSettings) -> Result<(), String> {
             context.config.clone(),
         ));
         tokio::spawn(forget_removed_endpoints(context.clone()));
+        tokio::spawn(close_idle_connections(context.clone()));
         tokio::spawn(reload::watch_identity(
             settings.identity_dir,
             context.identity.clone(),

@@ -30,6 +30,10 @@ use crate::reload::IdentityState;
 /// Idle HTTP/1.1 connections kept per endpoint.
 const IDLE_PER_ENDPOINT: usize = 512;
 
+/// How long an HTTP/1.1 connection may sit idle in the pool before it is closed (Go's HTTP
+/// client keeps them 90 s, hyper's pooled client 90 s).
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A pooled connection idle this long may have been closed by its peer: an idempotent request
 /// without body sent on it keeps a copy to send again on a new connection.
 const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
@@ -214,6 +218,19 @@ impl Upstreams {
     /// Endpoints with numbers kept.
     pub fn known_endpoints(&self) -> usize {
         lock(&self.stats).len()
+    }
+
+    /// Closes the pooled HTTP/1.1 connections idle for `idle` or longer (each holds its TLS and
+    /// read buffers, and a burst can leave hundreds).
+    pub fn close_idle(&self, idle: Duration) {
+        for senders in lock(&self.idle_h1).values_mut() {
+            senders.retain(|(_, (_, since))| since.elapsed() < idle);
+        }
+    }
+
+    /// Pooled HTTP/1.1 connections, across endpoints.
+    pub fn idle_connections(&self) -> usize {
+        lock(&self.idle_h1).values().map(Vec::len).sum()
     }
 
     /// Opens a connection to `addr`: mTLS checked against `identity` when the endpoint is
@@ -516,6 +533,38 @@ mod tests {
             .map(|response| response.status().as_u16());
         let _ = peer.join();
         second
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn idle_pooled_connections_are_closed_after_the_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().expect("accept");
+            read_head(&mut stream);
+            let _ = stream.write_all(OK);
+            // Held open until the proxy closes it.
+            let _ = stream.read(&mut [0u8; 1]);
+        });
+        let upstreams = Arc::new(Upstreams::default());
+        let body = incoming_bodies(1).await.pop().expect("body");
+        let request = Request::get("/").header("host", "peer").body(body);
+        let response = upstreams
+            .send_http1(
+                addr,
+                None,
+                Duration::from_secs(5),
+                request.expect("request"),
+                false,
+            )
+            .await
+            .expect("response");
+        assert_eq!(response.status(), 200);
+        assert_eq!(upstreams.idle_connections(), 1);
+        upstreams.close_idle(POOL_IDLE_TIMEOUT);
+        assert_eq!(upstreams.idle_connections(), 1, "closed before its time");
+        upstreams.close_idle(Duration::ZERO);
+        assert_eq!(upstreams.idle_connections(), 0);
     }
 
     #[tokio::test(flavor = "current_thread")]
