@@ -221,6 +221,22 @@ fn machine() -> String {
     )
 }
 
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// `<process> <value>` for each proxy process of `m`, comma-separated; `–` when there is none.
+fn each_process(m: &Measured, value: impl Fn(&ProcessCost) -> String) -> String {
+    if m.processes.is_empty() {
+        return "–".into();
+    }
+    m.processes
+        .iter()
+        .map(|p| format!("{} {}", p.name, value(p)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn ms(us: u64) -> String {
     format!("{:.2}", us as f64 / 1000.0)
 }
@@ -283,16 +299,6 @@ pub fn markdown(all: &[Measured]) -> String {
                     (p99 as f64 - b.outcome.percentiles_us[1] as f64) / 1000.0
                 )
             });
-            let cpu: Vec<String> = m
-                .processes
-                .iter()
-                .map(|p| format!("{} {:.1}", p.name, p.cpu_us_per_request))
-                .collect();
-            let rss: Vec<String> = m
-                .processes
-                .iter()
-                .map(|p| format!("{} {:.1}", p.name, p.peak_rss_kib as f64 / 1024.0))
-                .collect();
             let _ = writeln!(
                 out,
                 "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |",
@@ -303,16 +309,8 @@ pub fn markdown(all: &[Measured]) -> String {
                 ms(p99),
                 ms(p999),
                 added,
-                if cpu.is_empty() {
-                    "–".into()
-                } else {
-                    cpu.join(", ")
-                },
-                if rss.is_empty() {
-                    "–".into()
-                } else {
-                    rss.join(", ")
-                },
+                each_process(m, |p| format!("{:.1}", p.cpu_us_per_request)),
+                each_process(m, |p| format!("{:.1}", mib(p.peak_rss_kib))),
             );
         }
         out.push('\n');
@@ -361,17 +359,12 @@ pub fn markdown(all: &[Measured]) -> String {
             "- Latency the braid pair adds at p99 at {} rps: {added:.2} ms. Target: under 1 ms.",
             crate::RATE
         );
-        let rss: Vec<String> = braid
-            .processes
-            .iter()
-            .map(|p| format!("{} {:.1} MiB", p.name, p.peak_rss_kib as f64 / 1024.0))
-            .collect();
         let _ = writeln!(
             out,
             "- Peak RSS at {} rps over {} connections: {}. Target: under 16 MiB.",
             crate::RATE,
             braid.connections,
-            rss.join(", ")
+            each_process(braid, |p| format!("{:.1} MiB", mib(p.peak_rss_kib)))
         );
     }
     out.push_str("\nPlot: [proxy.svg](proxy.svg).\n");
