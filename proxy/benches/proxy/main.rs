@@ -1,6 +1,8 @@
-//! `make bench` (proxy part): the same upstream application reached four ways, in one run on one
+//! `make bench` (proxy part): the same upstream application reached five ways, in one run on one
 //! machine: direct; through a braid pair (client proxy → mTLS → server proxy, after
-//! `braid-proxy init` installed the real iptables redirect); through HAProxy; through nginx (both
+//! `braid-proxy init` installed the real iptables redirect); through the braid client proxy alone
+//! to an endpoint outside the mesh (one hop in plain HTTP: the same work, and the same chain of
+//! processes, as the other proxies'); through HAProxy; through nginx (both
 //! Debian packages, as plain reverse proxies with upstream keep-alive, one thread or one process
 //! each, like the one-thread braid-proxy). Three loads: HTTP/1.1 at a fixed rate of 1,000
 //! requests per second over 100 connections (open loop), HTTP/1.1 at a fixed concurrency
@@ -142,10 +144,16 @@ fn bench(root: &Path) -> Vec<Measured> {
             &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &ca.pem)],
         );
     }
+    // The pair's destination (the server proxy, over mTLS) and the one hop's (the upstream's
+    // port that is not redirected, in plain HTTP: an endpoint outside the mesh).
     let destination = serde_json::json!([{
         "name": "bench.bench", "clusterIps": ["10.96.0.10"],
         "ports": [{"port": 80, "protocol": "http",
                    "endpoints": [{"ip": SERVER_IP, "port": 8080, "identity": SERVER_ID}]}]
+    }, {
+        "name": "plain.bench", "clusterIps": ["10.96.0.11"],
+        "ports": [{"port": 80, "protocol": "http",
+                   "endpoints": [{"ip": SERVER_IP, "port": 9080}]}]
     }]);
     publish(
         &client.dir.join("config"),
@@ -243,6 +251,12 @@ fn bench(root: &Path) -> Vec<Measured> {
             ],
         ),
         (
+            Setup::BraidHop,
+            ["10.96.0.11:80", "10.96.0.11:80"],
+            false,
+            vec![("braid", client_proxy)],
+        ),
+        (
             Setup::Haproxy,
             ["127.0.0.1:8181", "127.0.0.1:8183"],
             false,
@@ -282,7 +296,7 @@ fn bench(root: &Path) -> Vec<Measured> {
                 (Load::Closed, CLOSED_CONNECTIONS),
                 (Load::Http2, H2_CONNECTIONS),
             ] {
-                let before: Vec<u64> = processes
+                let before: Vec<report::CpuTicks> = processes
                     .iter()
                     .map(|(_, pid)| {
                         report::reset_peak_rss(*pid);
@@ -297,12 +311,19 @@ fn bench(root: &Path) -> Vec<Measured> {
                 let per_process = processes
                     .iter()
                     .zip(before)
-                    .map(|((name, pid), before)| report::ProcessCost {
-                        name: name.to_string(),
-                        cpu_us_per_request: (report::cpu_ticks(*pid) - before) as f64
-                            * report::tick_us()
-                            / outcome.ok.max(1) as f64,
-                        peak_rss_kib: report::peak_rss_kib(*pid),
+                    .map(|((name, pid), before)| {
+                        let after = report::cpu_ticks(*pid);
+                        let per_request = |ticks: u64| {
+                            ticks as f64 * report::tick_us() / outcome.ok.max(1) as f64
+                        };
+                        let user = after.user - before.user;
+                        let system = after.system - before.system;
+                        report::ProcessCost {
+                            name: name.to_string(),
+                            cpu_us_per_request: per_request(user + system),
+                            user_us_per_request: per_request(user),
+                            peak_rss_kib: report::peak_rss_kib(*pid),
+                        }
                     })
                     .collect();
                 println!("round {round} {setup:?} {kind:?} connections={connections}: {outcome:?}");
