@@ -1,8 +1,10 @@
-//! Outbound HTTP: serves the application's connection (HTTP/1.1 or HTTP/2, as detected) and
-//! forwards each request on its own: the route of the config in force at that moment (so a
-//! weight change applies to open keep-alive connections too), a weighted backend, an endpoint
-//! chosen by the destination's balancer, fault injection and the request timeout. Upgrades
-//! (websockets) are forwarded on a dedicated connection and then spliced.
+//! Outbound HTTP with hyper: serves the application's HTTP/2 connections, and the HTTP/1.1 ones
+//! the fast path ([`crate::h1_forward`]) handed over, and forwards each request on its own: the
+//! route of the config in force at that moment (so a weight change applies to open keep-alive
+//! connections too), a weighted backend, an endpoint chosen by the destination's balancer, fault
+//! injection and the request timeout (`plan`, `inject` and `choose_endpoint`, which the
+//! fast path shares). Upgrades (websockets) are forwarded on a dedicated connection and then
+//! spliced.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -46,7 +48,7 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
-    fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::NotReady | Self::NoBackend(_) | Self::NoEndpoints { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -134,9 +136,12 @@ async fn forward(
     let loaded = context.config.current().ok_or(Failure::NotReady)?;
     let table = &loaded.table;
     let target = table.lookup(original).ok_or(Failure::Gone(original))?;
-    let policy = &table.destinations[target.destination].policy;
 
-    let (backend, timeout_ms, fault) = {
+    let Plan {
+        backend,
+        timeout_ms,
+        fault,
+    } = {
         let headers = request.headers();
         let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let facts = RequestFacts {
@@ -144,41 +149,13 @@ async fn forward(
             path: request.uri().path(),
             header: &header_value,
         };
-        match table.route(target, &facts) {
-            Some(route) => {
-                let total = route.total_weight();
-                let backend = (total > 0)
-                    .then(|| route.backend(fastrand::u32(0..total), target.port))
-                    .flatten()
-                    .ok_or_else(|| {
-                        Failure::NoBackend(table.destinations[target.destination].name.clone())
-                    })?;
-                (
-                    backend,
-                    route.timeout_ms.or(policy.request_timeout_ms),
-                    route.fault.as_ref(),
-                )
-            }
-            None => (target, policy.request_timeout_ms, policy.fault.as_ref()),
-        }
+        plan(table, target, &facts)?
     };
-    if let Some(fault) = fault {
-        if let Some(abort) = &fault.abort
-            && fastrand::u32(0..100) < abort.percent
-        {
-            return Err(Failure::Abort(abort.status));
-        }
-        if let Some(delay) = &fault.delay
-            && fastrand::u32(0..100) < delay.percent
-        {
-            tokio::time::sleep(Duration::from_millis(delay.duration_ms)).await;
-        }
-    }
+    inject(fault).await?;
 
-    let (endpoint, connect_timeout) = choose_endpoint(context, table, backend)?;
+    let (endpoint, connect_timeout, stats) = choose_endpoint(context, table, backend)?;
     let addr = SocketAddr::new(endpoint.ip, endpoint.port);
-    let identity = endpoint.identity.clone();
-    let stats = context.upstreams.stats(addr);
+    let identity = endpoint.identity.as_deref();
     let in_flight = stats.start();
 
     let upgrade = request.version() != Version::HTTP_2 && is_upgrade(request.headers());
@@ -199,12 +176,12 @@ async fn forward(
     let send = async {
         if request.version() == Version::HTTP_2 {
             upstreams
-                .send_http2(addr, identity.as_deref(), connect_timeout, request)
+                .send_http2(addr, identity, connect_timeout, request)
                 .await
                 .map(|response| response.map(Either::Left))
         } else {
             upstreams
-                .send_http1(addr, identity.as_deref(), connect_timeout, request, upgrade)
+                .send_http1(addr, identity, connect_timeout, request, upgrade)
                 .await
         }
     };
@@ -230,12 +207,72 @@ async fn forward(
     Ok(response)
 }
 
-/// Picks an endpoint of `backend` with its destination's balancer.
+/// What the config says for one request to a meshed destination.
+pub(crate) struct Plan<'t> {
+    /// Where it goes: the destination itself or a backend of its route.
+    pub backend: Target,
+    /// Its timeout, if any.
+    pub timeout_ms: Option<u64>,
+    /// The fault to inject, if any.
+    pub fault: Option<&'t braid_proxy_config::Fault>,
+}
+
+/// The route `request` takes to `target`, a backend drawn by weight, its timeout and fault.
+pub(crate) fn plan<'t>(
+    table: &'t crate::routing::Table,
+    target: Target,
+    request: &RequestFacts<'_>,
+) -> Result<Plan<'t>, Failure> {
+    let policy = &table.destinations[target.destination].policy;
+    let Some(route) = table.route(target, request) else {
+        return Ok(Plan {
+            backend: target,
+            timeout_ms: policy.request_timeout_ms,
+            fault: policy.fault.as_ref(),
+        });
+    };
+    let total = route.total_weight();
+    let backend = (total > 0)
+        .then(|| route.backend(fastrand::u32(0..total), target.port))
+        .flatten()
+        .ok_or_else(|| Failure::NoBackend(table.destinations[target.destination].name.clone()))?;
+    Ok(Plan {
+        backend,
+        timeout_ms: route.timeout_ms.or(policy.request_timeout_ms),
+        fault: route.fault.as_ref(),
+    })
+}
+
+/// Injects `fault`: an abort is returned as the failure to answer with; a delay is waited out.
+pub(crate) async fn inject(fault: Option<&braid_proxy_config::Fault>) -> Result<(), Failure> {
+    let Some(fault) = fault else { return Ok(()) };
+    if let Some(abort) = &fault.abort
+        && fastrand::u32(0..100) < abort.percent
+    {
+        return Err(Failure::Abort(abort.status));
+    }
+    if let Some(delay) = &fault.delay
+        && fastrand::u32(0..100) < delay.percent
+    {
+        tokio::time::sleep(Duration::from_millis(delay.duration_ms)).await;
+    }
+    Ok(())
+}
+
+/// Picks an endpoint of `backend` with its destination's balancer; with the connect timeout and
+/// the endpoint's live numbers.
 pub(crate) fn choose_endpoint<'t>(
     context: &Context,
     table: &'t crate::routing::Table,
     backend: Target,
-) -> Result<(&'t braid_proxy_config::Endpoint, Duration), Failure> {
+) -> Result<
+    (
+        &'t braid_proxy_config::Endpoint,
+        Duration,
+        Arc<balance::EndpointStats>,
+    ),
+    Failure,
+> {
     let destination = &table.destinations[backend.destination];
     let endpoints = table.endpoints(backend);
     if endpoints.is_empty() {
@@ -262,8 +299,12 @@ pub(crate) fn choose_endpoint<'t>(
         fastrand::usize(..),
         fastrand::usize(..),
     );
+    let endpoint = &endpoints[chosen];
     Ok((
-        &endpoints[chosen],
+        endpoint,
         Duration::from_millis(destination.policy.connect_timeout_ms),
+        context
+            .upstreams
+            .stats(SocketAddr::new(endpoint.ip, endpoint.port)),
     ))
 }

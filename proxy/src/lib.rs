@@ -2,7 +2,7 @@
 //! sends the pod's TCP traffic through the proxy's ports ([`iptables`]); `braid-proxy run` carries
 //! it: the outbound listener ([`outbound`]) finds the meshed destination behind each connection
 //! ([`routing`]), detects its protocol ([`detect`]), routes and balances HTTP requests
-//! ([`http`], [`balance`]) and connects to the peer's proxy over mTLS ([`upstream`],
+//! ([`h1_forward`], [`http`], [`balance`]) and connects to the peer's proxy over mTLS ([`upstream`],
 //! [`identity`]); the inbound listener ([`inbound`]) terminates mTLS and hands the bytes to the
 //! application over loopback. Config and identity are hot-reloaded ([`reload`]); the admin server
 //! ([`admin`]) answers probes and serves [`metrics`].
@@ -11,6 +11,8 @@ pub mod admin;
 pub mod balance;
 pub mod context;
 pub mod detect;
+pub mod h1_forward;
+pub mod h1_message;
 pub mod http;
 pub mod identity;
 pub mod inbound;

@@ -1,7 +1,8 @@
 //! The outbound listener (15001): every TCP connection the application opens arrives here through
 //! the iptables redirect. The original destination decides what happens: an address the config
 //! does not know passes through untouched; a meshed one is detected (HTTP/1.1, HTTP/2, else
-//! opaque) and sent to a peer's proxy over mTLS, per request for HTTP ([`crate::http`]) or per
+//! opaque) and sent to a peer's proxy over mTLS, per request for HTTP (HTTP/1.1 on
+//! [`crate::h1_forward`]'s fast path, HTTP/2 and the rest with hyper in [`crate::http`]) or per
 //! connection for opaque TCP.
 
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::context::Context;
 use crate::detect::{Detected, detect};
+use crate::h1_forward;
 use crate::http::{self, choose_endpoint};
 use crate::metrics::Direction;
 use crate::prefixed::Prefixed;
@@ -87,15 +89,19 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
             }
         };
     }
-    let mut stream = Prefixed::new(prefix, stream);
+    // HTTP connections are counted in requests and responses, opaque ones in bytes.
     match protocol {
-        Detected::Http1 | Detected::Http2 => {
-            // hyper takes the stream, so its byte counts are not read back: HTTP connections are
-            // counted in requests and responses, opaque ones in bytes.
+        Detected::Http1 => {
+            h1_forward::serve(context.clone(), stream, original, prefix).await;
+            (0, 0)
+        }
+        Detected::Http2 => {
+            let stream = Prefixed::new(prefix, stream);
             http::serve(context.clone(), stream, original, protocol).await;
             (0, 0)
         }
         _ => {
+            let mut stream = Prefixed::new(prefix, stream);
             opaque_to_mesh(context, &mut stream, target).await;
             (stream.received, stream.sent)
         }
@@ -132,11 +138,10 @@ async fn opaque_to_mesh(
     let Some(loaded) = context.config.current() else {
         return;
     };
-    let Ok((endpoint, timeout)) = choose_endpoint(context, &loaded.table, target) else {
+    let Ok((endpoint, timeout, stats)) = choose_endpoint(context, &loaded.table, target) else {
         return;
     };
     let addr = SocketAddr::new(endpoint.ip, endpoint.port);
-    let stats = context.upstreams.stats(addr);
     let _in_flight = stats.start();
     match context
         .upstreams

@@ -36,7 +36,7 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A pooled connection idle this long may have been closed by its peer: an idempotent request
 /// without body sent on it keeps a copy to send again on a new connection.
-const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
+pub const REPLAY_AFTER_IDLE: Duration = Duration::from_millis(250);
 
 /// HTTP/1.1 responses with a `Content-Length` up to this are read whole before they are passed
 /// on: the application then gets head and body in one write, and the connection is back in the
@@ -82,6 +82,14 @@ pub enum UpstreamError {
     /// HTTP failed on the connection.
     #[error("{0}")]
     Http(#[from] hyper::Error),
+    /// The exchange with the peer failed (HTTP/1.1 fast path).
+    #[error("{addr}: {message}")]
+    Exchange {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed.
+        message: String,
+    },
 }
 
 /// A connection to a peer: mTLS or, for an endpoint outside the mesh, plain TCP.
@@ -90,6 +98,40 @@ pub enum PeerStream {
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Plaintext.
     Plain(TcpStream),
+}
+
+impl PeerStream {
+    /// Whether an idle connection may carry a request: its peer has neither closed it nor sent
+    /// anything since the last response (which would be a protocol error). Costs no system call
+    /// unless the socket has become readable.
+    fn still_open(&mut self) -> bool {
+        let tcp = match self {
+            Self::Tls(tls) => {
+                let (tcp, session) = tls.get_mut();
+                match session.process_new_packets() {
+                    Ok(state)
+                        if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {}
+                    _ => return false,
+                }
+                &*tcp
+            }
+            Self::Plain(tcp) => &*tcp,
+        };
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        tcp.poll_peek(&mut cx, &mut buf).is_pending()
+    }
+}
+
+/// A pooled connection taken for a request.
+pub struct IdleStream {
+    /// The identity it was verified as (to give back with it).
+    pub identity: Option<String>,
+    /// The connection.
+    pub stream: PeerStream,
+    /// How long it sat in the pool.
+    pub idle_for: Duration,
 }
 
 impl AsyncRead for PeerStream {
@@ -184,6 +226,9 @@ pub struct Upstreams {
     /// Idle connections by endpoint, each with the identity it was verified as: a connection is
     /// reused only for the identity it was checked against.
     idle_h1: Mutex<Pool<(http1::SendRequest<ProxyBody>, Instant)>>,
+    /// Idle connections of the HTTP/1.1 fast path ([`crate::h1_forward`]): the streams
+    /// themselves, which nothing reads while they wait.
+    idle_streams: Mutex<Pool<(PeerStream, Instant)>>,
     h2: Mutex<Pool<http2::SendRequest<Incoming>>>,
     stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
 }
@@ -212,6 +257,7 @@ impl Upstreams {
     pub fn forget_all_but(&self, keep: &HashSet<SocketAddr>) {
         lock(&self.stats).retain(|addr, _| keep.contains(addr));
         lock(&self.idle_h1).retain(|addr, _| keep.contains(addr));
+        lock(&self.idle_streams).retain(|addr, _| keep.contains(addr));
         lock(&self.h2).retain(|addr, _| keep.contains(addr));
     }
 
@@ -226,11 +272,53 @@ impl Upstreams {
         for senders in lock(&self.idle_h1).values_mut() {
             senders.retain(|(_, (_, since))| since.elapsed() < idle);
         }
+        for streams in lock(&self.idle_streams).values_mut() {
+            streams.retain(|(_, (_, since))| since.elapsed() < idle);
+        }
     }
 
     /// Pooled HTTP/1.1 connections, across endpoints.
     pub fn idle_connections(&self) -> usize {
-        lock(&self.idle_h1).values().map(Vec::len).sum()
+        lock(&self.idle_h1).values().map(Vec::len).sum::<usize>()
+            + lock(&self.idle_streams)
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+    }
+
+    /// An idle connection to `addr` verified as `identity`, if the pool has one its peer has
+    /// not closed. The most recently used comes first.
+    pub fn take_idle_stream(&self, addr: SocketAddr, identity: Option<&str>) -> Option<IdleStream> {
+        let mut pool = lock(&self.idle_streams);
+        let streams = pool.get_mut(&addr)?;
+        while let Some(i) = streams
+            .iter()
+            .rposition(|(id, _)| id.as_deref() == identity)
+        {
+            let (identity, (mut stream, since)) = streams.swap_remove(i);
+            if stream.still_open() {
+                return Some(IdleStream {
+                    identity,
+                    stream,
+                    idle_for: since.elapsed(),
+                });
+            }
+        }
+        None
+    }
+
+    /// Puts a connection whose last response was read whole back in the pool.
+    pub fn return_idle_stream(
+        &self,
+        addr: SocketAddr,
+        identity: Option<String>,
+        stream: PeerStream,
+    ) {
+        let mut pool = lock(&self.idle_streams);
+        let streams = pool.entry(addr).or_default();
+        if streams.len() < IDLE_PER_ENDPOINT {
+            streams.push((identity, (stream, Instant::now())));
+        }
     }
 
     /// Opens a connection to `addr`: mTLS checked against `identity` when the endpoint is
@@ -302,18 +390,22 @@ impl Upstreams {
                 .iter()
                 .rposition(|(id, _)| id.as_deref() == identity)
             {
-                let (_, (sender, idle_since)) = senders.swap_remove(i);
+                let (id, (sender, idle_since)) = senders.swap_remove(i);
                 if sender.is_ready() {
-                    found = Some((sender, idle_since.elapsed()));
+                    found = Some((id, sender, idle_since.elapsed()));
                     break;
                 }
             }
             found
         };
-        let (mut sender, idle_for) = match idle {
+        // The identity goes back into the pool with the connection (allocated once per
+        // connection, not per request). Opening a connection is boxed: its future (TCP connect,
+        // TLS handshake) is large, and would otherwise be moved with every request's future.
+        let (identity_key, mut sender, idle_for) = match idle {
             Some(pooled) => pooled,
             None => (
-                self.open_http1(addr, identity, timeout).await?,
+                identity.map(str::to_string),
+                Box::pin(self.open_http1(addr, identity, timeout)).await?,
                 Duration::ZERO,
             ),
         };
@@ -326,7 +418,7 @@ impl Upstreams {
             Ok(response) => response,
             Err(error) => match replay {
                 Some(again) if closed_before_response(&error) => {
-                    sender = self.open_http1(addr, identity, timeout).await?;
+                    sender = Box::pin(self.open_http1(addr, identity, timeout)).await?;
                     sender.send_request(again).await?
                 }
                 _ => return Err(error.into()),
@@ -348,7 +440,7 @@ impl Upstreams {
         } else {
             response.map(Either::Left)
         };
-        let identity = identity.map(str::to_string);
+        let identity = identity_key;
         if sender.is_ready() {
             self.return_idle(addr, identity, sender);
         } else {
@@ -407,9 +499,14 @@ impl Upstreams {
         let mut sender = match shared {
             Some(sender) => sender,
             None => {
-                let stream = self.connect(addr, identity, timeout).await?;
-                let (sender, connection) =
-                    http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+                // Boxed: the connect future is large and the shared connection is the rule.
+                let (sender, connection) = Box::pin(async {
+                    let stream = self.connect(addr, identity, timeout).await?;
+                    Ok::<_, UpstreamError>(
+                        http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?,
+                    )
+                })
+                .await?;
                 tokio::spawn(connection);
                 lock(&self.h2)
                     .entry(addr)

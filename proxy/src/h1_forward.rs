@@ -1,0 +1,448 @@
+//! The outbound HTTP/1.1 fast path. An application's HTTP/1.1 connection to a meshed
+//! destination is served here, one request after the other, without hyper: the request head is
+//! parsed in place ([`crate::h1_message`]), routed like every request (`http::plan`,
+//! `http::choose_endpoint`), written to a pooled connection to the peer with the hop-by-hop
+//! headers dropped, and the response is passed back as it comes, its body delimited but not
+//! re-encoded. No task, channel or header map per request: the connection's buffers are reused.
+//!
+//! Only plain requests take this path (HTTP/1.1, origin-form target, no body or a
+//! `Content-Length` one); at the first other one (an upgrade, a chunked upload, `Expect`,
+//! anything malformed) the connection, with the bytes already read, goes on under hyper
+//! ([`http::serve`]), which handles or refuses it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::context::Context;
+use crate::detect::Detected;
+use crate::h1_message::{
+    self, BadResponse, ChunkedScanner, Framing, MAX_HEADERS, Parse, encode_own_response,
+};
+use crate::http::{self, Failure, Plan};
+use crate::prefixed::Prefixed;
+use crate::routing::{RequestFacts, Table, Target};
+use crate::upstream::{PeerStream, REPLAY_AFTER_IDLE, UpstreamError};
+
+/// Bytes read at a time, from either side.
+const READ_SIZE: usize = 8 * 1024;
+
+/// A request head taken by the fast path, with what is needed once its bytes are gone.
+struct Taken<'t> {
+    plan: Result<Plan<'t>, Failure>,
+    head_len: usize,
+    body_len: u64,
+    keep_alive: bool,
+    replayable: bool,
+    to_head: bool,
+}
+
+enum Step<'t> {
+    Partial,
+    HandOver,
+    Take(Taken<'t>),
+}
+
+/// Parses the request head at the start of `buf`; when the fast path takes it, plans it and
+/// writes the head to forward into `out`.
+fn take<'t>(table: &'t Table, target: Target, buf: &[u8], out: &mut Vec<u8>) -> Step<'t> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let request = match h1_message::parse_request(buf, &mut headers) {
+        Parse::Partial => return Step::Partial,
+        Parse::HandOver => return Step::HandOver,
+        Parse::Done(request) => request,
+    };
+    let header = |name: &str| request.header(name);
+    let facts = RequestFacts {
+        method: request.method,
+        path: request.path(),
+        header: &header,
+    };
+    out.clear();
+    request.encode(out);
+    Step::Take(Taken {
+        plan: http::plan(table, target, &facts),
+        head_len: request.head_len,
+        body_len: request.body_len,
+        keep_alive: request.keep_alive,
+        replayable: request.replayable(),
+        to_head: request.method == "HEAD",
+    })
+}
+
+/// Buffers of one application connection, reused by its requests.
+struct Buffers {
+    /// Bytes from the application not yet forwarded.
+    from_app: Vec<u8>,
+    /// What goes out next: the request (head and first body bytes) to the peer, then the
+    /// response head (and first body bytes) to the application.
+    out: Vec<u8>,
+    /// Bytes from the peer not yet passed on.
+    from_peer: Vec<u8>,
+}
+
+/// Reads more of `stream` into `buf`: how many bytes came (0 at the end of the stream).
+async fn read_more<S>(stream: &mut S, buf: &mut Vec<u8>) -> std::io::Result<usize>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    stream.read_buf(buf).await
+}
+
+/// Serves an application's HTTP/1.1 connection to `original`; `prefix` holds the bytes that
+/// protocol detection read.
+pub async fn serve(
+    context: Arc<Context>,
+    mut app: TcpStream,
+    original: SocketAddr,
+    prefix: Vec<u8>,
+) {
+    let mut buffers = Buffers {
+        from_app: prefix,
+        out: Vec::new(),
+        from_peer: Vec::new(),
+    };
+    loop {
+        // Without a config, or when the destination left it, hyper's path gives the answer.
+        let Some(loaded) = context.config.current() else {
+            return hand_over(context, app, buffers.from_app, original).await;
+        };
+        let Some(target) = loaded.table.lookup(original) else {
+            return hand_over(context, app, buffers.from_app, original).await;
+        };
+        let taken = match take(&loaded.table, target, &buffers.from_app, &mut buffers.out) {
+            Step::Partial => match read_more(&mut app, &mut buffers.from_app).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            Step::HandOver => return hand_over(context, app, buffers.from_app, original).await,
+            Step::Take(taken) => taken,
+        };
+        // The request leaves the read buffer: its head and the body bytes already read go to
+        // the peer in one write; what follows them is the next request's.
+        let in_buffer = (buffers.from_app.len() - taken.head_len).min(taken.body_len as usize);
+        let sent = taken.head_len + in_buffer;
+        buffers
+            .out
+            .extend_from_slice(&buffers.from_app[taken.head_len..sent]);
+        buffers.from_app.drain(..sent);
+        let started = Instant::now();
+        context.metrics.request();
+        let mut exchange = Exchange {
+            context: &context,
+            table: &loaded.table,
+            body_left: taken.body_len - in_buffer as u64,
+            keep_alive: taken.keep_alive,
+            replayable: taken.replayable,
+            to_head: taken.to_head,
+            started,
+        };
+        match exchange.run(taken.plan, &mut app, &mut buffers).await {
+            Ok(true) => {}
+            Ok(false) | Err(Failed::Broken) => return,
+            Err(Failed::Answer(failure)) => {
+                let status = failure.status();
+                context.metrics.response(status.as_u16(), started.elapsed());
+                // A body not read whole would be taken for the next request.
+                let close = !taken.keep_alive || exchange.body_left > 0;
+                buffers.out.clear();
+                encode_own_response(
+                    status.as_u16(),
+                    status.canonical_reason().unwrap_or(""),
+                    &format!("braid-proxy: {failure}\n"),
+                    close,
+                    &mut buffers.out,
+                );
+                if app.write_all(&buffers.out).await.is_err() || close {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The rest of the connection goes to hyper, the bytes read so far first.
+async fn hand_over(context: Arc<Context>, app: TcpStream, read: Vec<u8>, original: SocketAddr) {
+    http::serve(context, Prefixed::new(read, app), original, Detected::Http1).await;
+}
+
+/// How a request failed.
+enum Failed {
+    /// Nothing was sent to the application yet: it gets the failure's response.
+    Answer(Failure),
+    /// A response was under way, or the application went away: the connection closes.
+    Broken,
+}
+
+/// Why an attempt at sending a request and reading its response head failed.
+enum Attempt {
+    /// The peer answered nothing: the request may go again on a new connection.
+    NoAnswer(Failure),
+    /// The exchange failed otherwise, before the final response head.
+    Failed(Failure),
+    /// The application's connection failed.
+    AppGone,
+}
+
+/// One request on the fast path.
+struct Exchange<'a> {
+    context: &'a Arc<Context>,
+    table: &'a Table,
+    /// Request body bytes still to read from the application.
+    body_left: u64,
+    keep_alive: bool,
+    replayable: bool,
+    to_head: bool,
+    started: Instant,
+}
+
+/// A peer connection in use, with the identity it was verified as.
+struct Peer {
+    stream: PeerStream,
+    identity: Option<String>,
+    addr: SocketAddr,
+}
+
+impl Peer {
+    fn error(&self, message: impl std::fmt::Display) -> Failure {
+        Failure::Upstream(UpstreamError::Exchange {
+            addr: self.addr,
+            message: message.to_string(),
+        })
+    }
+}
+
+/// A final response head ready to go to the application (in `Buffers::out`).
+struct Head {
+    status: u16,
+    framing: Framing,
+    /// Body bytes passed on so far.
+    body_sent: u64,
+    scanner: ChunkedScanner,
+    body_done: bool,
+    reusable: bool,
+    close: bool,
+}
+
+impl Head {
+    /// Of `bytes` that follow what was passed on so far, how many belong to the body, and
+    /// whether the body ends with them.
+    fn body_part(&mut self, bytes: &[u8]) -> Result<(usize, bool), BadResponse> {
+        let (take, done) = match self.framing {
+            Framing::Empty => (0, true),
+            Framing::Length(n) => {
+                let take = (n - self.body_sent).min(bytes.len() as u64);
+                (take as usize, self.body_sent + take == n)
+            }
+            Framing::Chunked => match self.scanner.scan(bytes) {
+                Ok(Some(end)) => (end, true),
+                Ok(None) => (bytes.len(), false),
+                Err(_) => return Err(BadResponse::Malformed),
+            },
+            Framing::UntilClose => (bytes.len(), false),
+        };
+        self.body_sent += take as u64;
+        Ok((take, done))
+    }
+}
+
+impl Exchange<'_> {
+    /// Forwards the request in `buffers.out` (and the rest of its body) and its response;
+    /// `Ok(keep_alive)` once the response went whole to the application.
+    async fn run(
+        &mut self,
+        plan: Result<Plan<'_>, Failure>,
+        app: &mut TcpStream,
+        buffers: &mut Buffers,
+    ) -> Result<bool, Failed> {
+        let plan = plan.map_err(Failed::Answer)?;
+        http::inject(plan.fault).await.map_err(Failed::Answer)?;
+        let (endpoint, connect_timeout, stats) =
+            http::choose_endpoint(self.context, self.table, plan.backend)
+                .map_err(Failed::Answer)?;
+        let addr = SocketAddr::new(endpoint.ip, endpoint.port);
+        let identity = endpoint.identity.as_deref();
+        let in_flight = stats.start();
+
+        let upstreams = &self.context.upstreams;
+        // Opening a connection is boxed: its future (TCP connect, TLS handshake) is large.
+        let connect = || Box::pin(upstreams.connect(addr, identity, connect_timeout));
+        let (mut peer, idle_for) = match upstreams.take_idle_stream(addr, identity) {
+            Some(idle) => (
+                Peer {
+                    stream: idle.stream,
+                    identity: idle.identity,
+                    addr,
+                },
+                idle.idle_for,
+            ),
+            None => (
+                Peer {
+                    stream: connect().await.map_err(|e| Failed::Answer(e.into()))?,
+                    identity: identity.map(str::to_string),
+                    addr,
+                },
+                Duration::ZERO,
+            ),
+        };
+        // A pooled connection idle a while may have been closed by its peer just now (its FIN
+        // not read yet): a request that can safely go twice goes once more on a new one.
+        let mut may_replay = self.replayable && idle_for >= REPLAY_AFTER_IDLE;
+        let mut head = loop {
+            let attempt = self.send_and_read_head(&mut peer, app, buffers);
+            let result = match plan.timeout_ms {
+                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), attempt)
+                    .await
+                    .unwrap_or(Err(Attempt::Failed(Failure::Timeout(ms)))),
+                None => attempt.await,
+            };
+            match result {
+                Ok(head) => break head,
+                Err(Attempt::NoAnswer(_)) if may_replay => {
+                    may_replay = false;
+                    peer.stream = connect().await.map_err(|e| Failed::Answer(e.into()))?;
+                }
+                Err(Attempt::NoAnswer(failure) | Attempt::Failed(failure)) => {
+                    return Err(Failed::Answer(failure));
+                }
+                Err(Attempt::AppGone) => return Err(Failed::Broken),
+            }
+        };
+        drop(in_flight);
+        self.context
+            .metrics
+            .response(head.status, self.started.elapsed());
+        app.write_all(&buffers.out)
+            .await
+            .map_err(|_| Failed::Broken)?;
+
+        while !head.body_done {
+            if buffers.from_peer.is_empty() {
+                match read_more(&mut peer.stream, &mut buffers.from_peer).await {
+                    Ok(0) if head.framing == Framing::UntilClose => break,
+                    Ok(0) | Err(_) => return Err(Failed::Broken),
+                    Ok(_) => {}
+                }
+            }
+            let (take, done) = head
+                .body_part(&buffers.from_peer)
+                .map_err(|_| Failed::Broken)?;
+            app.write_all(&buffers.from_peer[..take])
+                .await
+                .map_err(|_| Failed::Broken)?;
+            buffers.from_peer.drain(..take);
+            head.body_done = done;
+        }
+        // Anything the peer sent past the response is a protocol error: that connection ends.
+        if head.reusable && buffers.from_peer.is_empty() {
+            upstreams.return_idle_stream(addr, peer.identity, peer.stream);
+        }
+        buffers.from_peer.clear();
+        Ok(!head.close)
+    }
+
+    /// Sends the request (`buffers.out`, then the rest of its body from the application) and
+    /// reads the final response head, which it leaves in `buffers.out` with the body bytes that
+    /// came with it. Interim (1xx) responses go to the application on the way.
+    async fn send_and_read_head(
+        &mut self,
+        peer: &mut Peer,
+        app: &mut TcpStream,
+        buffers: &mut Buffers,
+    ) -> Result<Head, Attempt> {
+        let no_answer = |e: std::io::Error, peer: &Peer| Attempt::NoAnswer(peer.error(e));
+        buffers.from_peer.clear();
+        peer.stream
+            .write_all(&buffers.out)
+            .await
+            .map_err(|e| no_answer(e, peer))?;
+        while self.body_left > 0 {
+            if buffers.from_app.is_empty() {
+                match read_more(app, &mut buffers.from_app).await {
+                    Ok(0) | Err(_) => return Err(Attempt::AppGone),
+                    Ok(_) => {}
+                }
+            }
+            let n = buffers.from_app.len().min(self.body_left as usize);
+            peer.stream
+                .write_all(&buffers.from_app[..n])
+                .await
+                .map_err(|e| no_answer(e, peer))?;
+            buffers.from_app.drain(..n);
+            self.body_left -= n as u64;
+        }
+        peer.stream.flush().await.map_err(|e| no_answer(e, peer))?;
+
+        let mut answered = false;
+        loop {
+            let parsed = {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                h1_message::parse_response(&buffers.from_peer, &mut headers, self.to_head).map(
+                    |response| {
+                        response.map(|r| {
+                            let close = !self.keep_alive || r.framing == Framing::UntilClose;
+                            buffers.out.clear();
+                            r.encode(close, &mut buffers.out);
+                            (
+                                r.head_len,
+                                Head {
+                                    status: r.status,
+                                    framing: r.framing,
+                                    body_sent: 0,
+                                    scanner: ChunkedScanner::default(),
+                                    body_done: false,
+                                    reusable: r.reusable,
+                                    close,
+                                },
+                            )
+                        })
+                    },
+                )
+            };
+            match parsed {
+                Ok(Some((head_len, mut head))) => {
+                    let rest = &buffers.from_peer[head_len..];
+                    let (take, done) = head.body_part(rest).map_err(|e| peer_failed(peer, e))?;
+                    buffers.out.extend_from_slice(&rest[..take]);
+                    head.body_done = done;
+                    buffers.from_peer.drain(..head_len + take);
+                    if !(100..200).contains(&head.status) {
+                        return Ok(head);
+                    }
+                    // Interim: passed on at once; the final response follows.
+                    answered = true;
+                    if app.write_all(&buffers.out).await.is_err() {
+                        return Err(Attempt::AppGone);
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(bad) => return Err(peer_failed(peer, bad)),
+            }
+            let nothing_yet = !answered && buffers.from_peer.is_empty();
+            match read_more(&mut peer.stream, &mut buffers.from_peer).await {
+                Ok(0) if nothing_yet => {
+                    return Err(Attempt::NoAnswer(peer.error("closed before responding")));
+                }
+                Ok(0) => return Err(peer_failed(peer, "closed before the response head ended")),
+                Ok(_) => {}
+                Err(e) if nothing_yet => return Err(no_answer(e, peer)),
+                Err(e) => return Err(peer_failed(peer, e)),
+            }
+        }
+    }
+}
+
+fn peer_failed(peer: &Peer, error: impl std::fmt::Display) -> Attempt {
+    Attempt::Failed(peer.error(error))
+}
+
+#[cfg(test)]
+#[path = "h1_forward_tests.rs"]
+mod tests;

@@ -1,0 +1,443 @@
+//! The HTTP/1.1 fast path over real loopback sockets: an application connection served by
+//! [`serve`], a scripted peer (a plain-HTTP endpoint, as one outside the mesh is reached) on a
+//! thread of its own.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use super::*;
+use crate::h1_message::ChunkedScanner;
+
+const ORIGINAL: &str = "10.96.0.10:80";
+
+/// Reads one request (head and body, as `Content-Length` or chunked coding delimit it) from a
+/// blocking stream; `None` at the end of the stream.
+fn read_request(stream: &mut std::net::TcpStream) -> Option<String> {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    if head.contains("transfer-encoding: chunked") {
+        let mut scanner = ChunkedScanner::default();
+        loop {
+            if stream.read(&mut byte).ok()? == 0 {
+                return None;
+            }
+            raw.push(byte[0]);
+            if scanner.scan(&byte).ok()?.is_some() {
+                break;
+            }
+        }
+    } else if let Some(length) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+    {
+        let mut body = vec![0u8; length.trim().parse().ok()?];
+        stream.read_exact(&mut body).ok()?;
+        raw.extend_from_slice(&body);
+    }
+    Some(String::from_utf8_lossy(&raw).into_owned())
+}
+
+/// A peer on 127.0.0.1 that runs `handler` on each connection (with its index); the count of
+/// connections it accepted.
+fn peer<F>(handler: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(usize, std::net::TcpStream) + Send + Sync + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let handler = Arc::new(handler);
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let index = count.fetch_add(1, Ordering::SeqCst);
+            let handler = handler.clone();
+            std::thread::spawn(move || handler(index, stream));
+        }
+    });
+    (addr, accepted)
+}
+
+/// A context whose config routes [`ORIGINAL`] to `peer` in plaintext, with `policy` if given.
+fn context(peer: SocketAddr, policy: Option<serde_json::Value>) -> Arc<Context> {
+    let mut destination = serde_json::json!({
+        "name": "svc.ns", "clusterIps": ["10.96.0.10"],
+        "ports": [{"port": 80, "protocol": "http",
+                   "endpoints": [{"ip": "127.0.0.1", "port": peer.port()}]}],
+    });
+    if let Some(policy) = policy {
+        destination["policy"] = policy;
+    }
+    let context = Context::new(Duration::from_millis(100));
+    let config = serde_json::json!({
+        "version": 1,
+        "workload": {"namespace": "ns", "name": "w", "identity": "spiffe://t/ns/ns/sa/w"},
+        "inbound": {"mtlsMode": "PERMISSIVE"},
+        "destinations": [destination],
+    });
+    context
+        .config
+        .offer(config.to_string().as_bytes())
+        .expect("valid config");
+    context
+}
+
+/// The application's side of a connection served by the fast path.
+struct App {
+    stream: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A response as the application got it.
+#[derive(Debug)]
+struct Got {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl App {
+    async fn connect(context: &Arc<Context>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let stream = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (served, _) = listener.accept().await.expect("accept");
+        let original = ORIGINAL.parse().expect("addr");
+        tokio::spawn(serve(context.clone(), served, original, Vec::new()));
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, raw: &str) {
+        self.stream.write_all(raw.as_bytes()).await.expect("write");
+    }
+
+    async fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+            .await
+            .expect("an answer within 5 s")
+            .unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..read]);
+        read > 0
+    }
+
+    /// The next response (an interim one counts as one); its body as the bytes on the wire.
+    async fn response(&mut self, to_head: bool) -> Got {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut response = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head_len)) = response.parse(&self.buf) {
+                let status = response.code.expect("status");
+                let head = String::from_utf8_lossy(&self.buf[..head_len]).to_ascii_lowercase();
+                let body_len = self.body_len(&head, head_len, status, to_head).await;
+                let body =
+                    String::from_utf8_lossy(&self.buf[head_len..head_len + body_len]).into_owned();
+                self.buf.drain(..head_len + body_len);
+                return Got { status, head, body };
+            }
+            assert!(self.fill().await, "closed before a response head");
+        }
+    }
+
+    async fn body_len(&mut self, head: &str, head_len: usize, status: u16, to_head: bool) -> usize {
+        if to_head || status < 200 || status == 204 {
+            return 0;
+        }
+        if head.contains("transfer-encoding: chunked") {
+            loop {
+                let mut scanner = ChunkedScanner::default();
+                if let Ok(Some(end)) = scanner.scan(&self.buf[head_len..]) {
+                    return end;
+                }
+                assert!(self.fill().await, "closed in a chunked body");
+            }
+        }
+        if let Some(length) = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+        {
+            let length: usize = length.trim().parse().expect("length");
+            while self.buf.len() < head_len + length {
+                assert!(self.fill().await, "closed in a body");
+            }
+            return length;
+        }
+        while self.fill().await {}
+        self.buf.len() - head_len
+    }
+
+    async fn closed(&mut self) -> bool {
+        !self.fill().await && self.buf.is_empty()
+    }
+}
+
+/// An application connection served by the fast path, towards a peer that runs `handler`; the
+/// count of connections the peer accepted.
+async fn app_to<F>(handler: F) -> (App, Arc<AtomicUsize>)
+where
+    F: Fn(usize, std::net::TcpStream) + Send + Sync + 'static,
+{
+    let (addr, connections) = peer(handler);
+    (App::connect(&context(addr, None)).await, connections)
+}
+
+const GET: &str = "GET /a HTTP/1.1\r\nhost: svc\r\n\r\n";
+
+#[tokio::test(flavor = "current_thread")]
+async fn requests_on_one_connection_share_one_peer_connection_without_hop_by_hop_headers() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let (mut app, connections) = app_to(move |_, mut stream| {
+        let answers: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nkeep-alive: timeout=5\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+        ];
+        for answer in answers {
+            let Some(request) = read_request(&mut stream) else {
+                return;
+            };
+            log.lock().expect("log").push(request);
+            stream.write_all(answer).expect("write");
+        }
+    })
+    .await;
+    app.send("GET /a HTTP/1.1\r\nhost: svc\r\nconnection: keep-alive\r\nkeep-alive: 5\r\n\r\n")
+        .await;
+    let first = app.response(false).await;
+    assert_eq!((first.status, first.body.as_str()), (200, "hello"));
+    app.send(GET).await;
+    let second = app.response(false).await;
+    assert_eq!(
+        second.body, "5\r\nhello\r\n0\r\nx-t: 1\r\n\r\n",
+        "the chunks as they came"
+    );
+    assert!(!second.head.contains("keep-alive"), "{}", second.head);
+    app.send("HEAD /a HTTP/1.1\r\nhost: svc\r\n\r\n").await;
+    let third = app.response(true).await;
+    assert!(third.head.contains("content-length: 5") && third.body.is_empty());
+
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one pooled connection"
+    );
+    let seen = seen.lock().expect("log");
+    assert_eq!(
+        seen[0], "GET /a HTTP/1.1\r\nhost: svc\r\n\r\n",
+        "hop-by-hop headers dropped"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_body_in_pieces_and_a_pipelined_request_keep_their_order() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let (mut app, _) = app_to(move |_, mut stream| {
+        while let Some(request) = read_request(&mut stream) {
+            let body = request
+                .split_once("\r\n\r\n")
+                .map_or("", |(_, b)| b)
+                .to_string();
+            log.lock().expect("log").push(request);
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(answer.as_bytes()).expect("write");
+        }
+    })
+    .await;
+    app.send("POST /p HTTP/1.1\r\nhost: svc\r\ncontent-length: 10\r\n\r\n01234")
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    app.send(&format!("56789{GET}")).await;
+    assert_eq!(app.response(false).await.body, "0123456789");
+    assert_eq!(app.response(false).await.body, "");
+    let seen = seen.lock().expect("log");
+    assert_eq!(seen.len(), 2);
+    assert!(seen[0].ends_with("\r\n\r\n0123456789") && seen[1].starts_with("GET /a "));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_response_delimited_by_close_closes_the_application_connection() {
+    let (mut app, _) = app_to(|_, mut stream| {
+        read_request(&mut stream);
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil the end");
+    })
+    .await;
+    app.send(GET).await;
+    let got = app.response(false).await;
+    assert!(got.head.contains("connection: close"), "{}", got.head);
+    assert_eq!(got.body, "until the end");
+    assert!(app.closed().await);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn interim_responses_pass_before_the_final_one() {
+    let (mut app, _) = app_to(|_, mut stream| {
+        read_request(&mut stream);
+        let _ = stream.write_all(
+            b"HTTP/1.1 103 Early Hints\r\nlink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        );
+        read_request(&mut stream);
+    })
+    .await;
+    app.send(GET).await;
+    let interim = app.response(false).await;
+    assert_eq!(interim.status, 103);
+    assert!(interim.head.contains("link: </s.css>"));
+    let last = app.response(false).await;
+    assert_eq!((last.status, last.body.as_str()), (200, "ok"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_malformed_response_is_a_502_and_the_connection_goes_on() {
+    let (mut app, connections) = app_to(|index, mut stream| {
+        while read_request(&mut stream).is_some() {
+            let answer: &[u8] = if index == 0 {
+                b"SPDY/9 200\r\n\r\n"
+            } else {
+                b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+            };
+            let _ = stream.write_all(answer);
+        }
+    })
+    .await;
+    app.send(GET).await;
+    let bad = app.response(false).await;
+    assert_eq!(bad.status, 502);
+    assert!(bad.body.starts_with("braid-proxy: "), "{}", bad.body);
+    app.send(GET).await;
+    assert_eq!(app.response(false).await.status, 200);
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the bad connection was not reused"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_pooled_connection_the_peer_closed_while_idle_is_not_used() {
+    // The peer closes each connection after one response, without saying so.
+    let (mut app, connections) = app_to(|_, mut stream| {
+        read_request(&mut stream);
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+    })
+    .await;
+    app.send(GET).await;
+    assert_eq!(app.response(false).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Not replayable: it must not meet the closed connection.
+    app.send("POST /p HTTP/1.1\r\nhost: svc\r\ncontent-length: 1\r\n\r\nx")
+        .await;
+    assert_eq!(app.response(false).await.status, 200);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// A peer that answers a first request, then closes that connection when the next request
+/// arrives on it (as one whose idle timer fired just then), and answers on a new connection.
+fn closing_on_second_request() -> impl Fn(usize, std::net::TcpStream) + Send + Sync + 'static {
+    |index, mut stream| {
+        read_request(&mut stream);
+        if index == 0 {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+            read_request(&mut stream);
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        } else {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nagain");
+        }
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_get_that_meets_a_connection_closed_under_it_goes_again_on_a_new_one() {
+    let (mut app, connections) = app_to(closing_on_second_request()).await;
+    app.send(GET).await;
+    assert_eq!(app.response(false).await.body, "ok");
+    tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(50)).await;
+    app.send(GET).await;
+    assert_eq!(app.response(false).await.body, "again");
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_post_that_meets_a_connection_closed_under_it_is_not_sent_again() {
+    let (mut app, connections) = app_to(closing_on_second_request()).await;
+    app.send(GET).await;
+    assert_eq!(app.response(false).await.body, "ok");
+    tokio::time::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(50)).await;
+    app.send("POST /p HTTP/1.1\r\nhost: svc\r\ncontent-length: 0\r\n\r\n")
+        .await;
+    assert_eq!(app.response(false).await.status, 502);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_chunked_upload_goes_on_under_hyper() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let (mut app, _) = app_to(move |_, mut stream| {
+        while let Some(request) = read_request(&mut stream) {
+            log.lock().expect("log").push(request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+    })
+    .await;
+    app.send(
+        "POST /u HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(app.response(false).await.body, "ok");
+    app.send(GET).await;
+    assert_eq!(
+        app.response(false).await.body,
+        "ok",
+        "hyper serves what follows"
+    );
+    let seen = seen.lock().expect("log");
+    assert!(
+        seen[0].contains("abc") && seen[1].starts_with("GET /a "),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn no_response_within_the_request_timeout_is_a_504() {
+    let (addr, _) = peer(|_, mut stream| {
+        read_request(&mut stream);
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let policy = serde_json::to_value(braid_proxy_config::ClientPolicy {
+        request_timeout_ms: Some(200),
+        ..Default::default()
+    })
+    .expect("policy");
+    let context = context(addr, Some(policy));
+    let mut app = App::connect(&context).await;
+    app.send(GET).await;
+    let got = app.response(false).await;
+    assert_eq!(got.status, 504, "{got:?}");
+    assert!(
+        !got.head.contains("connection: close"),
+        "the request was read whole"
+    );
+}
