@@ -24,6 +24,7 @@ use crate::h1_message::{
 };
 use crate::http::{self, Failure, Plan};
 use crate::prefixed::Prefixed;
+use crate::reload::Loaded;
 use crate::routing::{RequestFacts, Table, Target};
 use crate::upstream::{PeerStream, REPLAY_AFTER_IDLE, UpstreamError};
 
@@ -109,20 +110,25 @@ pub async fn serve(
         from_peer: Vec::new(),
     };
     loop {
-        // Without a config, or when the destination left it, hyper's path gives the answer.
-        let Some(loaded) = context.config.current() else {
-            return hand_over(context, app, buffers.from_app, original).await;
-        };
-        let Some(target) = loaded.table.lookup(original) else {
+        // The config in force, for this request only: it is not held while the connection
+        // waits for the next one (an idle connection would keep a replaced config alive).
+        let Some((loaded, target)) = config_for(&context, original) else {
+            // Without a config, or when the destination left it, hyper's path gives the answer.
             return hand_over(context, app, buffers.from_app, original).await;
         };
         let taken = match take(&loaded.table, target, &buffers.from_app, &mut buffers.out) {
-            Step::Partial => match read_more(&mut app, &mut buffers.from_app).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => continue,
-            },
-            Step::HandOver => return hand_over(context, app, buffers.from_app, original).await,
             Step::Take(taken) => taken,
+            Step::Partial => {
+                drop(loaded);
+                match read_more(&mut app, &mut buffers.from_app).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+            Step::HandOver => {
+                drop(loaded);
+                return hand_over(context, app, buffers.from_app, original).await;
+            }
         };
         // The request leaves the read buffer: its head and the body bytes already read go to
         // the peer in one write; what follows them is the next request's.
@@ -165,6 +171,13 @@ pub async fn serve(
             }
         }
     }
+}
+
+/// The config in force and the meshed destination `original` is in it.
+fn config_for(context: &Context, original: SocketAddr) -> Option<(Arc<Loaded>, Target)> {
+    let loaded = context.config.current()?;
+    let target = loaded.table.lookup(original)?;
+    Some((loaded, target))
 }
 
 /// The rest of the connection goes to hyper, the bytes read so far first.

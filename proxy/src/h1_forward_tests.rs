@@ -72,6 +72,16 @@ where
 
 /// A context whose config routes [`ORIGINAL`] to `peer` in plaintext, with `policy` if given.
 fn context(peer: SocketAddr, policy: Option<serde_json::Value>) -> Arc<Context> {
+    let context = Context::new(Duration::from_millis(100));
+    context
+        .config
+        .offer(&config(peer, policy))
+        .expect("valid config");
+    context
+}
+
+/// A config that routes [`ORIGINAL`] to `peer` in plaintext, with `policy` if given.
+fn config(peer: SocketAddr, policy: Option<serde_json::Value>) -> Vec<u8> {
     let mut destination = serde_json::json!({
         "name": "svc.ns", "clusterIps": ["10.96.0.10"],
         "ports": [{"port": 80, "protocol": "http",
@@ -80,18 +90,14 @@ fn context(peer: SocketAddr, policy: Option<serde_json::Value>) -> Arc<Context> 
     if let Some(policy) = policy {
         destination["policy"] = policy;
     }
-    let context = Context::new(Duration::from_millis(100));
-    let config = serde_json::json!({
+    serde_json::json!({
         "version": 1,
         "workload": {"namespace": "ns", "name": "w", "identity": "spiffe://t/ns/ns/sa/w"},
         "inbound": {"mtlsMode": "PERMISSIVE"},
         "destinations": [destination],
-    });
-    context
-        .config
-        .offer(config.to_string().as_bytes())
-        .expect("valid config");
-    context
+    })
+    .to_string()
+    .into_bytes()
 }
 
 /// The application's side of a connection served by the fast path.
@@ -418,6 +424,33 @@ async fn a_chunked_upload_goes_on_under_hyper() {
         seen[0].contains("abc") && seen[1].starts_with("GET /a "),
         "{seen:?}"
     );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_connection_does_not_keep_a_replaced_config() {
+    let (addr, _) = peer(|_, mut stream| {
+        while read_request(&mut stream).is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+    });
+    let context = context(addr, None);
+    let mut app = App::connect(&context).await;
+    app.send(GET).await;
+    assert_eq!(app.response(false).await.status, 200);
+    // The connection now waits for its next request.
+    let replaced = context.config.current().expect("a config");
+    let policy = serde_json::to_value(braid_proxy_config::ClientPolicy {
+        request_timeout_ms: Some(1_000),
+        ..Default::default()
+    })
+    .expect("policy");
+    context
+        .config
+        .offer(&config(addr, Some(policy)))
+        .expect("valid config");
+    assert_eq!(Arc::strong_count(&replaced), 1, "only this test holds it");
+    app.send(GET).await;
+    assert_eq!(app.response(false).await.status, 200);
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -135,17 +135,21 @@ async fn opaque_to_mesh(
     stream: &mut Prefixed<TcpStream>,
     target: crate::routing::Target,
 ) {
-    let Some(loaded) = context.config.current() else {
-        return;
+    // The config is not held for the connection's life (it would keep a replaced one alive).
+    let (addr, identity, timeout, stats) = {
+        let Some(loaded) = context.config.current() else {
+            return;
+        };
+        let Ok((endpoint, timeout, stats)) = choose_endpoint(context, &loaded.table, target) else {
+            return;
+        };
+        let addr = SocketAddr::new(endpoint.ip, endpoint.port);
+        (addr, endpoint.identity.clone(), timeout, stats)
     };
-    let Ok((endpoint, timeout, stats)) = choose_endpoint(context, &loaded.table, target) else {
-        return;
-    };
-    let addr = SocketAddr::new(endpoint.ip, endpoint.port);
     let _in_flight = stats.start();
     match context
         .upstreams
-        .connect(addr, endpoint.identity.as_deref(), timeout)
+        .connect(addr, identity.as_deref(), timeout)
         .await
     {
         Ok(mut upstream) => {
@@ -153,5 +157,60 @@ async fn opaque_to_mesh(
             let _ = upstream.shutdown().await;
         }
         Err(error) => tracing::warn!("outbound to {addr}: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_open_opaque_connection_does_not_keep_a_replaced_config() {
+        let peer = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = peer.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            let (mut stream, _) = peer.accept().expect("accept");
+            let mut byte = [0u8; 1];
+            while stream.read(&mut byte).unwrap_or(0) == 1 {
+                let _ = stream.write_all(&byte);
+            }
+        });
+        let config = |name: &str| {
+            serde_json::json!({
+                "version": 1,
+                "workload": {"namespace": "ns", "name": name, "identity": "spiffe://t/ns/ns/sa/w"},
+                "inbound": {"mtlsMode": "PERMISSIVE"},
+                "destinations": [{"name": "db.ns", "clusterIps": ["10.96.0.20"],
+                    "ports": [{"port": 5432, "protocol": "tcp",
+                               "endpoints": [{"ip": "127.0.0.1", "port": port}]}]}],
+            })
+            .to_string()
+            .into_bytes()
+        };
+        let context = Context::new(Duration::from_millis(100));
+        context.config.offer(&config("w")).expect("valid");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mut app = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (served, _) = listener.accept().await.expect("accept");
+        let original = "10.96.0.20:5432".parse().expect("addr");
+        let task = tokio::spawn({
+            let context = context.clone();
+            async move { handle(&context, served, original).await }
+        });
+        app.write_all(b"x").await.expect("write");
+        let mut echo = [0u8; 1];
+        app.read_exact(&mut echo).await.expect("echo");
+        assert_eq!(&echo, b"x", "the connection is open");
+
+        let replaced = context.config.current().expect("a config");
+        context.config.offer(&config("w2")).expect("valid");
+        assert_eq!(Arc::strong_count(&replaced), 1, "only this test holds it");
+        drop(app);
+        assert_eq!(task.await.expect("served"), (1, 1));
     }
 }
