@@ -284,8 +284,18 @@ impl Exchange<'_> {
         let in_flight = stats.start();
 
         let upstreams = &self.context.upstreams;
+        // The request timeout runs from here: connecting, sending, and the response head.
+        let deadline = plan
+            .timeout_ms
+            .map(|ms| (tokio::time::Instant::now() + Duration::from_millis(ms), ms));
         // Opening a connection is boxed: its future (TCP connect, TLS handshake) is large.
-        let connect = || Box::pin(upstreams.connect(addr, identity, connect_timeout));
+        let connect = || {
+            within(deadline, async {
+                Box::pin(upstreams.connect(addr, identity, connect_timeout))
+                    .await
+                    .map_err(|e| Attempt::Failed(e.into()))
+            })
+        };
         let (mut peer, idle_for) = match upstreams.take_idle_stream(addr, identity) {
             Some(idle) => (
                 Peer {
@@ -297,7 +307,7 @@ impl Exchange<'_> {
             ),
             None => (
                 Peer {
-                    stream: connect().await.map_err(|e| Failed::Answer(e.into()))?,
+                    stream: connect().await?,
                     identity: identity.map(str::to_string),
                     addr,
                 },
@@ -308,23 +318,13 @@ impl Exchange<'_> {
         // not read yet): a request that can safely go twice goes once more on a new one.
         let mut may_replay = self.replayable && idle_for >= REPLAY_AFTER_IDLE;
         let mut head = loop {
-            let attempt = self.send_and_read_head(&mut peer, app, buffers);
-            let result = match plan.timeout_ms {
-                Some(ms) => tokio::time::timeout(Duration::from_millis(ms), attempt)
-                    .await
-                    .unwrap_or(Err(Attempt::Failed(Failure::Timeout(ms)))),
-                None => attempt.await,
-            };
-            match result {
+            match within(deadline, self.send_and_read_head(&mut peer, app, buffers)).await {
                 Ok(head) => break head,
                 Err(Attempt::NoAnswer(_)) if may_replay => {
                     may_replay = false;
-                    peer.stream = connect().await.map_err(|e| Failed::Answer(e.into()))?;
+                    peer.stream = connect().await?;
                 }
-                Err(Attempt::NoAnswer(failure) | Attempt::Failed(failure)) => {
-                    return Err(Failed::Answer(failure));
-                }
-                Err(Attempt::AppGone) => return Err(Failed::Broken),
+                Err(failed) => return Err(failed.into()),
             }
         };
         drop(in_flight);
@@ -449,6 +449,28 @@ impl Exchange<'_> {
                 Err(e) => return Err(peer_failed(peer, e)),
             }
         }
+    }
+}
+
+impl From<Attempt> for Failed {
+    fn from(attempt: Attempt) -> Self {
+        match attempt {
+            Attempt::NoAnswer(failure) | Attempt::Failed(failure) => Self::Answer(failure),
+            Attempt::AppGone => Self::Broken,
+        }
+    }
+}
+
+/// `future`, or a timeout failure at `deadline` (with its milliseconds) if there is one.
+async fn within<T>(
+    deadline: Option<(tokio::time::Instant, u64)>,
+    future: impl Future<Output = Result<T, Attempt>>,
+) -> Result<T, Attempt> {
+    match deadline {
+        Some((at, ms)) => tokio::time::timeout_at(at, future)
+            .await
+            .unwrap_or(Err(Attempt::Failed(Failure::Timeout(ms)))),
+        None => future.await,
     }
 }
 

@@ -281,7 +281,8 @@ pub fn markdown(all: &[Measured]) -> String {
          number is the median of those runs (errors are their sum). Same \
          upstream (a one-thread hyper server answering 30 bytes, HTTP/1.1 and h2c). The load \
          generators run on the same machine. CPU is user + system time of the proxy process(es) \
-         divided by answered requests (in brackets: the user-space part); RSS is the peak (VmHWM) during the run, the highest of the rounds.\n",
+         divided by answered requests (in brackets: the user-space part, which the kernel \
+         estimates by sampling at its clock tick: rough when a run uses little CPU, as at the fixed rate); RSS is the peak (VmHWM) during the run, the highest of the rounds.\n",
         machine(),
         crate::ROUNDS
     );
