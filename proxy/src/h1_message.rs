@@ -72,11 +72,7 @@ impl Request<'_, '_> {
     /// Whether the request may be sent again after the connection failed under it: an
     /// idempotent method (RFC 9110 §9.2.2) and no body.
     pub fn replayable(&self) -> bool {
-        self.body_len == 0
-            && matches!(
-                self.method,
-                "GET" | "HEAD" | "OPTIONS" | "TRACE" | "DELETE" | "PUT"
-            )
+        self.body_len == 0 && is_idempotent(self.method)
     }
 
     /// Appends the head to send to the peer: the same request line and headers, without the
@@ -155,11 +151,23 @@ impl std::fmt::Write for ByteWriter<'_> {
     }
 }
 
+/// Whether a request with `method` may be sent again after the connection failed under it
+/// (RFC 9110 §9.2.2); Go's HTTP client replays requests on the same rule.
+pub fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "DELETE" | "PUT"
+    )
+}
+
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+///
+/// `TE` is one too, but `TE: trailers` is kept: gRPC needs it end to end. `Proxy-Authorization`
+/// is kept: a transparent proxy is not the one it is meant for.
+pub const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];
+
 fn is_hop_by_hop(name: &str) -> bool {
-    ["connection", "keep-alive", "proxy-connection"]
-        .iter()
-        .any(|h| name.eq_ignore_ascii_case(h))
+    HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 fn push_header(out: &mut Vec<u8>, h: &httparse::Header<'_>) {

@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::balance;
 use crate::context::Context;
 use crate::detect::Detected;
+use crate::h1_message::HOP_BY_HOP;
 use crate::routing::{RequestFacts, Target};
 use crate::upstream::UpstreamError;
 
@@ -113,12 +114,6 @@ async fn handle(
         .response(response.status().as_u16(), started.elapsed());
     response
 }
-
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-///
-/// `TE: trailers` is kept: gRPC needs it end to end. `Proxy-Authorization` is kept too: a
-/// transparent proxy is not the one it is meant for.
-const HOP_BY_HOP: [&str; 3] = ["connection", "keep-alive", "proxy-connection"];
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)

@@ -177,12 +177,8 @@ impl AsyncWrite for PeerStream {
 /// Whether `request` may be sent a second time: an idempotent method (RFC 9110 §9.2.2) and no
 /// body. Go's HTTP client replays requests on the same rule.
 fn replayable(request: &Request<Incoming>) -> bool {
-    use hyper::Method;
     use hyper::body::Body as _;
-    matches!(
-        *request.method(),
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::DELETE | Method::PUT
-    ) && request.body().is_end_stream()
+    crate::h1_message::is_idempotent(request.method().as_str()) && request.body().is_end_stream()
 }
 
 /// The request line and headers of a body-less `request`, to send again.
@@ -219,16 +215,55 @@ fn closed_before_response(error: &hyper::Error) -> bool {
 /// Connections by endpoint, each with the identity it was verified as.
 type Pool<S> = HashMap<SocketAddr, Vec<(Option<String>, S)>>;
 
+/// Idle connections by endpoint, each with the identity it was verified as (a connection is
+/// reused only for that identity) and the time it went idle.
+type IdlePool<S> = Mutex<Pool<(S, Instant)>>;
+
+/// Takes the most recently pooled connection to `addr` verified as `identity` that `usable`
+/// accepts (those it refuses are dropped): with its identity and how long it sat idle.
+fn take_idle<S>(
+    pool: &IdlePool<S>,
+    addr: SocketAddr,
+    identity: Option<&str>,
+    mut usable: impl FnMut(&mut S) -> bool,
+) -> Option<(Option<String>, S, Duration)> {
+    let mut pool = lock(pool);
+    let idle = pool.get_mut(&addr)?;
+    while let Some(i) = idle.iter().rposition(|(id, _)| id.as_deref() == identity) {
+        let (id, (mut connection, since)) = idle.swap_remove(i);
+        if usable(&mut connection) {
+            return Some((id, connection, since.elapsed()));
+        }
+    }
+    None
+}
+
+/// Pools `connection` to `addr`, verified as `identity`, unless the endpoint has
+/// [`IDLE_PER_ENDPOINT`] already.
+fn put_idle<S>(pool: &IdlePool<S>, addr: SocketAddr, identity: Option<String>, connection: S) {
+    let mut pool = lock(pool);
+    let idle = pool.entry(addr).or_default();
+    if idle.len() < IDLE_PER_ENDPOINT {
+        idle.push((identity, (connection, Instant::now())));
+    }
+}
+
+/// Closes the connections of `pool` idle for `idle` or longer.
+fn close_idle_in<S>(pool: &IdlePool<S>, idle: Duration) {
+    for connections in lock(pool).values_mut() {
+        connections.retain(|(_, (_, since))| since.elapsed() < idle);
+    }
+}
+
 /// Pools and endpoint numbers, shared by every connection of the proxy.
 #[derive(Default)]
 pub struct Upstreams {
     identity: Arc<IdentityState>,
-    /// Idle connections by endpoint, each with the identity it was verified as: a connection is
-    /// reused only for the identity it was checked against.
-    idle_h1: Mutex<Pool<(http1::SendRequest<ProxyBody>, Instant)>>,
+    /// Idle HTTP/1.1 connections of hyper's client.
+    idle_h1: IdlePool<http1::SendRequest<ProxyBody>>,
     /// Idle connections of the HTTP/1.1 fast path ([`crate::h1_forward`]): the streams
     /// themselves, which nothing reads while they wait.
-    idle_streams: Mutex<Pool<(PeerStream, Instant)>>,
+    idle_streams: IdlePool<PeerStream>,
     h2: Mutex<Pool<http2::SendRequest<Incoming>>>,
     stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
 }
@@ -269,12 +304,8 @@ impl Upstreams {
     /// Closes the pooled HTTP/1.1 connections idle for `idle` or longer (each holds its TLS and
     /// read buffers, and a burst can leave hundreds).
     pub fn close_idle(&self, idle: Duration) {
-        for senders in lock(&self.idle_h1).values_mut() {
-            senders.retain(|(_, (_, since))| since.elapsed() < idle);
-        }
-        for streams in lock(&self.idle_streams).values_mut() {
-            streams.retain(|(_, (_, since))| since.elapsed() < idle);
-        }
+        close_idle_in(&self.idle_h1, idle);
+        close_idle_in(&self.idle_streams, idle);
     }
 
     /// Pooled HTTP/1.1 connections, across endpoints.
@@ -289,22 +320,13 @@ impl Upstreams {
     /// An idle connection to `addr` verified as `identity`, if the pool has one its peer has
     /// not closed. The most recently used comes first.
     pub fn take_idle_stream(&self, addr: SocketAddr, identity: Option<&str>) -> Option<IdleStream> {
-        let mut pool = lock(&self.idle_streams);
-        let streams = pool.get_mut(&addr)?;
-        while let Some(i) = streams
-            .iter()
-            .rposition(|(id, _)| id.as_deref() == identity)
-        {
-            let (identity, (mut stream, since)) = streams.swap_remove(i);
-            if stream.still_open() {
-                return Some(IdleStream {
-                    identity,
-                    stream,
-                    idle_for: since.elapsed(),
-                });
-            }
-        }
-        None
+        take_idle(&self.idle_streams, addr, identity, PeerStream::still_open).map(
+            |(identity, stream, idle_for)| IdleStream {
+                identity,
+                stream,
+                idle_for,
+            },
+        )
     }
 
     /// Puts a connection whose last response was read whole back in the pool.
@@ -314,11 +336,7 @@ impl Upstreams {
         identity: Option<String>,
         stream: PeerStream,
     ) {
-        let mut pool = lock(&self.idle_streams);
-        let streams = pool.entry(addr).or_default();
-        if streams.len() < IDLE_PER_ENDPOINT {
-            streams.push((identity, (stream, Instant::now())));
-        }
+        put_idle(&self.idle_streams, addr, identity, stream);
     }
 
     /// Opens a connection to `addr`: mTLS checked against `identity` when the endpoint is
@@ -382,22 +400,7 @@ impl Upstreams {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         // Pooled connections were ready when they went in; one the peer has closed since is
         // dropped when met. The most recently used comes first, so this is O(1) as a rule.
-        let idle = {
-            let mut pool = lock(&self.idle_h1);
-            let senders = pool.entry(addr).or_default();
-            let mut found = None;
-            while let Some(i) = senders
-                .iter()
-                .rposition(|(id, _)| id.as_deref() == identity)
-            {
-                let (id, (sender, idle_since)) = senders.swap_remove(i);
-                if sender.is_ready() {
-                    found = Some((id, sender, idle_since.elapsed()));
-                    break;
-                }
-            }
-            found
-        };
+        let idle = take_idle(&self.idle_h1, addr, identity, |sender| sender.is_ready());
         // The identity goes back into the pool with the connection (allocated once per
         // connection, not per request). Opening a connection is boxed: its future (TCP connect,
         // TLS handshake) is large, and would otherwise be moved with every request's future.
@@ -474,11 +477,7 @@ impl Upstreams {
         identity: Option<String>,
         sender: http1::SendRequest<ProxyBody>,
     ) {
-        let mut pool = lock(&self.idle_h1);
-        let senders = pool.entry(addr).or_default();
-        if senders.len() < IDLE_PER_ENDPOINT {
-            senders.push((identity, (sender, Instant::now())));
-        }
+        put_idle(&self.idle_h1, addr, identity, sender);
     }
 
     /// Sends an HTTP/2 request on the endpoint's shared connection, opening it if needed.
