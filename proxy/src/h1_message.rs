@@ -683,4 +683,99 @@ mod tests {
             );
         }
     }
+
+    /// One of `seeds` with a few random edits: bytes flipped, cut, or HTTP's own bytes inserted.
+    fn mutated(rng: &mut fastrand::Rng, seeds: &[&[u8]]) -> Vec<u8> {
+        const SPICE: &[u8] = b"\r\n:;, 0aF-\t";
+        let mut bytes = seeds[rng.usize(..seeds.len())].to_vec();
+        for _ in 0..rng.usize(1..4) {
+            let at = rng.usize(..=bytes.len());
+            match rng.u8(..4) {
+                0 if at < bytes.len() => bytes[at] = rng.u8(..),
+                1 => bytes.truncate(at),
+                2 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => bytes.insert(at, SPICE[rng.usize(..SPICE.len())]),
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn mutated_messages_never_panic_and_what_is_taken_is_forwarded_as_parsed() {
+        let requests: [&[u8]; 3] = [
+            b"GET /a?b HTTP/1.1\r\nHost: s\r\nConnection: close\r\nTE: trailers\r\n\r\n",
+            b"POST /p HTTP/1.1\r\ncontent-length: 3\r\nx: y\r\n\r\nabc",
+            b"PUT / HTTP/1.1\r\nContent-Length: 0, 0\r\nKeep-Alive: 1\r\n\r\n",
+        ];
+        let responses: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello",
+            b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+            b"HTTP/1.0 103 Early\r\nConnection: keep-alive\r\n\r\n",
+        ];
+        let bodies: [&[u8]; 2] = [
+            b"5;x=1\r\nhello\r\n0\r\nt: 1\r\n\r\n",
+            b"a\r\n0123456789\r\n0\r\n\r\n",
+        ];
+        let mut rng = fastrand::Rng::with_seed(7);
+        // How many requests, responses and chunked bodies were taken whole (and so checked).
+        let mut taken = [0; 3];
+        for _ in 0..20_000 {
+            let raw = mutated(&mut rng, &requests);
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            if let Parse::Done(request) = parse_request(&raw, &mut headers) {
+                taken[0] += 1;
+                assert!(request.head_len <= raw.len());
+                let mut out = Vec::new();
+                request.encode(&mut out);
+                let mut again = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let Parse::Done(forwarded) = parse_request(&out, &mut again) else {
+                    panic!(
+                        "forwarded head not taken: {:?}",
+                        String::from_utf8_lossy(&out)
+                    );
+                };
+                assert_eq!(
+                    (
+                        forwarded.method,
+                        forwarded.target,
+                        forwarded.body_len,
+                        forwarded.head_len
+                    ),
+                    (request.method, request.target, request.body_len, out.len())
+                );
+            }
+
+            let raw = mutated(&mut rng, &responses);
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            if let Ok(Some(response)) = parse_response(&raw, &mut headers, false) {
+                taken[1] += 1;
+                assert!(response.head_len <= raw.len());
+                let mut out = Vec::new();
+                response.encode(false, &mut out);
+                let mut again = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let forwarded = parse_response(&out, &mut again, false)
+                    .expect("forwarded head valid")
+                    .expect("forwarded head complete");
+                assert_eq!(
+                    (forwarded.status, forwarded.framing),
+                    (response.status, response.framing)
+                );
+            }
+
+            // The end of a chunked body does not depend on how its bytes were split.
+            let body = mutated(&mut rng, &bodies);
+            let whole = end_of(&body, body.len().max(1));
+            assert_eq!(end_of(&body, rng.usize(1..=body.len().max(1))), whole);
+            if let Ok(Some(end)) = whole {
+                taken[2] += 1;
+                assert!(end <= body.len());
+            }
+        }
+        assert!(
+            taken.iter().all(|&n| n > 2_000),
+            "too few inputs taken: {taken:?}"
+        );
+    }
 }
