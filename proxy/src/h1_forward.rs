@@ -20,7 +20,8 @@ use tokio::net::TcpStream;
 use crate::context::Context;
 use crate::detect::Detected;
 use crate::h1_message::{
-    self, BadResponse, ChunkedScanner, Framing, MAX_HEADERS, Parse, encode_own_response,
+    self, BadResponse, ChunkedScanner, Framing, MAX_HEAD_BYTES, MAX_HEADERS, Parse,
+    encode_own_response,
 };
 use crate::http::{self, Failure, Plan};
 use crate::prefixed::Prefixed;
@@ -439,7 +440,19 @@ impl Exchange<'_> {
                 Err(bad) => return Err(peer_failed(peer, bad)),
             }
             let nothing_yet = !answered && buffers.from_peer.is_empty();
-            match read_more(&mut peer.stream, &mut buffers.from_peer).await {
+            // While the peer thinks, an application that closes its connection cancels the
+            // request (its connection to the peer is dropped), as hyper's server does. Bytes it
+            // sends meanwhile are its next requests' (kept up to a head's worth).
+            let room = buffers.from_app.len() < MAX_HEAD_BYTES;
+            let read = tokio::select! {
+                biased;
+                read = read_more(&mut peer.stream, &mut buffers.from_peer) => read,
+                read = read_more(app, &mut buffers.from_app), if room => match read {
+                    Ok(0) | Err(_) => return Err(Attempt::AppGone),
+                    Ok(_) => continue,
+                },
+            };
+            match read {
                 Ok(0) if nothing_yet => {
                     return Err(Attempt::NoAnswer(peer.error("closed before responding")));
                 }

@@ -454,6 +454,31 @@ async fn an_idle_connection_does_not_keep_a_replaced_config() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn an_application_that_hangs_up_cancels_its_request_at_the_peer() {
+    let (peer_saw_close, closed) = std::sync::mpsc::channel();
+    let (mut app, _) = app_to(move |_, mut stream| {
+        read_request(&mut stream);
+        // No answer: the request is still in the works when the application goes.
+        let mut byte = [0u8; 1];
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = peer_saw_close.send(matches!(stream.read(&mut byte), Ok(0)));
+    })
+    .await;
+    app.send(GET).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(app);
+    let saw_close = tokio::task::spawn_blocking(move || closed.recv().expect("peer reports"))
+        .await
+        .expect("joined");
+    assert!(
+        saw_close,
+        "the peer's connection was closed, not left waiting"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn no_response_within_the_request_timeout_is_a_504() {
     let (addr, _) = peer(|_, mut stream| {
         read_request(&mut stream);
