@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::context::Context;
 use crate::detect::Detected;
 use crate::h1_message::{
-    self, BadResponse, ChunkedScanner, Framing, MAX_HEAD_BYTES, MAX_HEADERS, Parse,
+    self, BadResponse, ChunkedScanner, Framing, HEADER_SLOT, MAX_HEAD_BYTES, MAX_HEADERS, Parse,
     encode_own_response,
 };
 use crate::http::{self, Failure, Plan};
@@ -51,7 +51,7 @@ enum Step<'t> {
 /// Parses the request head at the start of `buf`; when the fast path takes it, plans it and
 /// writes the head to forward into `out`.
 fn take<'t>(table: &'t Table, target: Target, buf: &[u8], out: &mut Vec<u8>) -> Step<'t> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut headers = [HEADER_SLOT; MAX_HEADERS];
     let request = match h1_message::parse_request(buf, &mut headers) {
         Parse::Partial => return Step::Partial,
         Parse::HandOver => return Step::HandOver,
@@ -396,7 +396,7 @@ impl Exchange<'_> {
         let mut answered = false;
         loop {
             let parsed = {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut headers = [HEADER_SLOT; MAX_HEADERS];
                 h1_message::parse_response(&buffers.from_peer, &mut headers, self.to_head).map(
                     |response| {
                         response.map(|r| {

@@ -9,10 +9,15 @@
 //! goes on under hyper, which handles or refuses it.
 
 use std::fmt::Write as _;
+use std::mem::MaybeUninit;
 
 /// Headers a head may have on the fast path, as many as hyper allows (a request with more goes
 /// to hyper, which refuses it; a response with more is a 502).
 pub const MAX_HEADERS: usize = 100;
+
+/// Room for one parsed header, left uninitialised until the parser fills it: a head is parsed
+/// into `[HEADER_SLOT; MAX_HEADERS]` on the stack, with no per-request cost for the room.
+pub const HEADER_SLOT: MaybeUninit<httparse::Header<'static>> = MaybeUninit::uninit();
 
 /// A head larger than this goes to hyper, which applies its own limit.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -226,10 +231,10 @@ fn has(headers: &[httparse::Header<'_>], name: &str) -> bool {
 /// Parses the request head at the start of `buf`.
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
 ) -> Parse<Request<'h, 'b>> {
-    let mut request = httparse::Request::new(headers);
-    let head_len = match request.parse(buf) {
+    let mut request = httparse::Request::new(&mut []);
+    let head_len = match request.parse_with_uninit_headers(buf, headers) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Parse::Partial,
         _ => return Parse::HandOver,
@@ -280,11 +285,16 @@ pub enum BadResponse {
 /// `HEAD` when `to_head`. `Ok(None)`: more bytes are needed.
 pub fn parse_response<'h, 'b>(
     buf: &'b [u8],
-    headers: &'h mut [httparse::Header<'b>],
+    headers: &'h mut [MaybeUninit<httparse::Header<'b>>],
     to_head: bool,
 ) -> Result<Option<Response<'h, 'b>>, BadResponse> {
-    let mut response = httparse::Response::new(headers);
-    let head_len = match response.parse(buf) {
+    let mut response = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut response,
+        buf,
+        headers,
+    );
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD_BYTES => return Ok(None),
         Ok(httparse::Status::Partial) => return Err(BadResponse::TooLarge),
@@ -470,7 +480,7 @@ mod tests {
     use super::*;
 
     fn request(raw: &[u8], check: impl FnOnce(Parse<Request<'_, '_>>)) {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [HEADER_SLOT; MAX_HEADERS];
         check(parse_request(raw, &mut headers));
     }
 
@@ -542,7 +552,7 @@ mod tests {
     }
 
     fn response(raw: &[u8], to_head: bool) -> Result<Option<(Framing, bool, String)>, BadResponse> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [HEADER_SLOT; MAX_HEADERS];
         Ok(parse_response(raw, &mut headers, to_head)?.map(|r| {
             let mut out = Vec::new();
             r.encode(false, &mut out);
@@ -723,13 +733,13 @@ mod tests {
         let mut taken = [0; 3];
         for _ in 0..20_000 {
             let raw = mutated(&mut rng, &requests);
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = [HEADER_SLOT; MAX_HEADERS];
             if let Parse::Done(request) = parse_request(&raw, &mut headers) {
                 taken[0] += 1;
                 assert!(request.head_len <= raw.len());
                 let mut out = Vec::new();
                 request.encode(&mut out);
-                let mut again = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut again = [HEADER_SLOT; MAX_HEADERS];
                 let Parse::Done(forwarded) = parse_request(&out, &mut again) else {
                     panic!(
                         "forwarded head not taken: {:?}",
@@ -748,13 +758,13 @@ mod tests {
             }
 
             let raw = mutated(&mut rng, &responses);
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let mut headers = [HEADER_SLOT; MAX_HEADERS];
             if let Ok(Some(response)) = parse_response(&raw, &mut headers, false) {
                 taken[1] += 1;
                 assert!(response.head_len <= raw.len());
                 let mut out = Vec::new();
                 response.encode(false, &mut out);
-                let mut again = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut again = [HEADER_SLOT; MAX_HEADERS];
                 let forwarded = parse_response(&out, &mut again, false)
                     .expect("forwarded head valid")
                     .expect("forwarded head complete");
