@@ -27,8 +27,12 @@ help: ## List the targets.
 .PHONY: test
 test: fmt-check clippy crd-check unit netns-test e2e ## Everything CI runs: lint, CRD drift, unit, network-namespace and cluster tests.
 
+.PHONY: rust-components
+rust-components: ## The toolchain's rustfmt and clippy (rust-toolchain.toml pins the version).
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add rustfmt clippy
+
 .PHONY: fmt-check
-fmt-check: ## cargo fmt --check.
+fmt-check: rust-components ## cargo fmt --check.
 	$(CARGO) fmt --all -- --check
 
 .PHONY: clippy
@@ -58,24 +62,46 @@ endif
 	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-operator
 
 .PHONY: bench-proxy
-bench-proxy: ## The proxy against direct, HAProxy and nginx, in network namespaces (root); bench/results/proxy.md.
-	@missing=""; for p in haproxy nginx-light nghttp2-client curl; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+bench-proxy: test-deps ## The proxy against direct, HAProxy and nginx, in network namespaces (root); bench/results/proxy.md.
+	$(call apt_install,haproxy nginx-light nghttp2-client curl)
 	$(CARGO) bench -p braid-proxy --bench proxy
 
+# Fuzz targets (cargo fuzz, libFuzzer): the proxy's parsers (proxy/fuzz/) and the webhook's
+# AdmissionReview parser (webhook/fuzz/). Their build is cached outside the clone.
+PROXY_FUZZ_TARGETS := h1_request h1_response chunked detect client_hello proxy_json init_flags
+FUZZ_SECONDS ?= 60
+export FUZZ_TARGET_DIR ?= /var/cache/braid/fuzz-target
+
 .PHONY: fuzz
-fuzz: ## Fuzz the webhook's AdmissionReview parser for FUZZ_SECONDS (default 60; needs nightly and cargo-fuzz).
-	cd webhook/fuzz && cargo +nightly fuzz run review corpus/review -- -max_total_time=$${FUZZ_SECONDS:-60}
+fuzz: ## Run every fuzz target for FUZZ_SECONDS each (default 60; needs nightly Rust and cargo-fuzz).
+	@cargo +nightly --version >/dev/null 2>&1 || { echo "make fuzz needs nightly Rust (rustup toolchain install nightly)"; exit 1; }
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	@for target in $(PROXY_FUZZ_TARGETS); do \
+	  echo "fuzz: $$target for $(FUZZ_SECONDS) s"; \
+	  (cd proxy/fuzz && cargo +nightly fuzz run --target-dir $(FUZZ_TARGET_DIR) -O $$target corpus/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -E 'stat::number_of_executed_units|Done|ERROR|panicked|SUMMARY' ; \
+	    test $${PIPESTATUS[0]} -eq 0) || exit 1; \
+	done
+	cd webhook/fuzz && cargo +nightly fuzz run --target-dir $(FUZZ_TARGET_DIR) review corpus/review -- -max_total_time=$(FUZZ_SECONDS)
+
+# Installs the Debian packages in $(1) that are missing (one apt-get for all of them).
+define apt_install
+@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && \
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+endef
+
+.PHONY: test-deps
+test-deps: ## Install what the network-namespace tests need (Debian packages: iptables, tcpdump, ...).
+	$(call apt_install,iptables iproute2 tcpdump openssl curl util-linux)
 
 .PHONY: netns-test
-netns-test: ## Network-namespace tests (root): real iptables and sockets in namespaces the tests create.
+netns-test: test-deps ## Network-namespace tests (root): real iptables and sockets in namespaces the tests create.
 	$(CARGO) test -p braid-proxy --test netns --test mesh
 
 .PHONY: cluster-deps
 cluster-deps: ## Install the test cluster's Debian packages (containerd, runc, CNI plugins, iptables).
-	@missing=""; for p in containerd runc containernetworking-plugins iptables conntrack iproute2 curl; do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	$(call apt_install,containerd runc containernetworking-plugins iptables conntrack iproute2 curl)
 
 .PHONY: cluster-up
 cluster-up: cluster-deps images ## Start the local single-node cluster (idempotent); prints the kubeconfig path.

@@ -16,7 +16,9 @@ mod policy;
 mod route;
 mod traffic;
 
-pub use mesh::{Mesh, MeshSpec, MeshStatus, ProxySettings, Resources, TracingSettings};
+pub use mesh::{
+    Mesh, MeshSpec, MeshStatus, ProxyLimits, ProxySettings, Resources, TracingSettings,
+};
 pub use policy::{
     AuthorizationRule, LoadBalancer, MeshPolicy, MeshPolicySpec, MeshPolicyStatus, MtlsMode,
     MtlsSettings, RateLimit, Source, Target,

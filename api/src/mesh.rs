@@ -78,6 +78,42 @@ pub struct ProxySettings {
     /// Log filter of the proxy (default `info`).
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// Deadlines and caps of the proxy's listeners; each unset field keeps the proxy's default.
+    #[serde(default, skip_serializing_if = "ProxyLimits::is_empty")]
+    pub limits: ProxyLimits,
+}
+
+/// Deadlines and caps that keep a careless or hostile client from holding a proxy's descriptors
+/// and memory, on both its listeners. They reach running proxies with their next config.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyLimits {
+    /// Time a client has to send a whole HTTP/1.1 request head, from its first byte (for a
+    /// connection's first request, from the connection's start); past it the connection is
+    /// closed (default `10s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::duration::PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1ms')").message("requestHeadTimeout must be at least 1ms"))]
+    pub request_head_timeout: Option<String>,
+    /// Time a client connection may stay idle, with no request under way and no byte either
+    /// way, before it is closed (default `1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = crate::duration::PATTERN), length(max = 32))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1ms')").message("idleTimeout must be at least 1ms"))]
+    pub idle_timeout: Option<String>,
+    /// Connections each listener of a proxy carries at once; past it new connections are
+    /// closed at once, not queued (default 10000, lowered by the proxy to what its
+    /// file-descriptor limit allows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+}
+
+impl ProxyLimits {
+    /// Whether every field is unset.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for ProxySettings {
@@ -86,6 +122,7 @@ impl Default for ProxySettings {
             image: default_proxy_image(),
             resources: Resources::default(),
             log_level: default_log_level(),
+            limits: ProxyLimits::default(),
         }
     }
 }

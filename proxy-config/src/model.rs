@@ -26,6 +26,51 @@ pub struct ProxyConfig {
     /// Where traces go; unset, tracing is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+    /// Deadlines and caps of the proxy's listeners; omitted when they are Braid's defaults (a
+    /// proxy older than this field then reads the document as before).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub limits: Limits,
+}
+
+/// Deadlines and caps that keep a careless or hostile client from holding the proxy's
+/// descriptors and memory. They apply to both listeners (inbound 15006, outbound 15001).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Time a client has to send a whole HTTP/1.1 request head, counted from the head's first
+    /// byte (for a connection's first request, from its start); past it the connection is
+    /// closed. Default 10 000 (10 s).
+    #[serde(default = "default_request_head_timeout_ms")]
+    pub request_head_timeout_ms: u64,
+    /// Time a client connection may stay idle (no request under way and no byte either way)
+    /// before it is closed. Default 3 600 000 (1 h, Envoy's).
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// Connections each listener carries at once; past it a new connection is closed at once,
+    /// never queued. Default 10 000, lowered at start to what the process's file-descriptor
+    /// limit allows.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            request_head_timeout_ms: default_request_head_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_request_head_timeout_ms() -> u64 {
+    10_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    3_600_000
+}
+fn default_max_connections() -> u32 {
+    10_000
 }
 
 /// The workload this proxy serves.

@@ -71,6 +71,18 @@ impl ProxyConfig {
             "this proxy reads version 1",
         )?;
         check_spiffe(&self.workload.identity, || "workload.identity".into())?;
+        let limits = &self.limits;
+        for (value, field) in [
+            (limits.request_head_timeout_ms, "requestHeadTimeoutMs"),
+            (limits.idle_timeout_ms, "idleTimeoutMs"),
+            (u64::from(limits.max_connections), "maxConnections"),
+        ] {
+            check(
+                value >= 1,
+                || format!("limits.{field}"),
+                "must be at least 1",
+            )?;
+        }
         if let Some(limit) = &self.inbound.rate_limit {
             check(
                 limit.requests_per_second >= 1,
@@ -300,6 +312,27 @@ mod tests {
             d["destinations"].as_array_mut().expect("array").push(copy);
         });
         assert_eq!(error.field(), "destinations[1].name");
+        let error = refused(|d| d["limits"] = serde_json::json!({"maxConnections": 0}));
+        assert_eq!(error.field(), "limits.maxConnections");
+        let error = refused(|d| d["limits"] = serde_json::json!({"requestHeadTimeoutMs": 0}));
+        assert_eq!(error.field(), "limits.requestHeadTimeoutMs");
+    }
+
+    #[test]
+    fn limits_default_field_by_field_and_are_omitted_when_default() {
+        let mut document: serde_json::Value = serde_json::from_str(GOOD).expect("fixture is JSON");
+        document["limits"] = serde_json::json!({"maxConnections": 50});
+        let config = ProxyConfig::from_json(document.to_string().as_bytes()).expect("valid");
+        assert_eq!(config.limits.max_connections, 50);
+        assert_eq!(config.limits.request_head_timeout_ms, 10_000);
+        assert_eq!(config.limits.idle_timeout_ms, 3_600_000);
+        document.as_object_mut().expect("object").remove("limits");
+        let config = ProxyConfig::from_json(document.to_string().as_bytes()).expect("valid");
+        assert_eq!(config.limits, crate::Limits::default());
+        assert!(
+            !config.to_json().contains("limits"),
+            "defaults are not written"
+        );
     }
 
     #[test]
@@ -313,6 +346,7 @@ mod tests {
             "destinations",
             "opaquePorts",
             "tracing",
+            "limits",
         ] {
             assert!(
                 schema["properties"][field].is_object(),

@@ -105,6 +105,7 @@ pub async fn answer(context: &Context, probes: &AppProbes, path: &str) -> Respon
                     "workload": loaded.config.workload,
                     "mtlsMode": loaded.config.inbound.mtls_mode,
                     "destinations": loaded.config.destinations.len(),
+                    "limits": loaded.config.limits,
                     "lastError": last_error,
                 }),
                 None => serde_json::json!({"generation": 0, "lastError": last_error}),

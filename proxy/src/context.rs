@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use braid_proxy_config::Limits;
+
 use crate::metrics::Metrics;
 use crate::reload::{ConfigState, IdentityState};
 use crate::upstream::Upstreams;
@@ -19,11 +21,32 @@ pub struct Context {
     pub metrics: Metrics,
     /// How long a client may stay silent before its connection is taken as opaque TCP.
     pub detect_timeout: Duration,
+    /// The ports this proxy listens on: a connection to one of them is refused
+    /// ([`crate::listen::loops_back`]).
+    pub own_ports: Vec<u16>,
+    /// The process's soft limit on open files, which lowers the connection caps
+    /// ([`crate::listen::connection_cap`]).
+    pub descriptor_limit: u64,
 }
 
 impl Context {
-    /// A context with nothing loaded yet.
+    /// A context with nothing loaded yet, for a proxy on the standard ports with no
+    /// descriptor limit.
     pub fn new(detect_timeout: Duration) -> Arc<Self> {
+        let ports = vec![
+            crate::iptables::OUTBOUND_PORT,
+            crate::iptables::INBOUND_PORT,
+            crate::iptables::ADMIN_PORT,
+        ];
+        Self::with_listeners(detect_timeout, ports, u64::MAX)
+    }
+
+    /// A context with nothing loaded yet, for a proxy listening on `own_ports`.
+    pub fn with_listeners(
+        detect_timeout: Duration,
+        own_ports: Vec<u16>,
+        descriptor_limit: u64,
+    ) -> Arc<Self> {
         let identity = Arc::new(IdentityState::default());
         Arc::new(Self {
             config: Arc::new(ConfigState::default()),
@@ -31,7 +54,16 @@ impl Context {
             identity,
             metrics: Metrics::default(),
             detect_timeout,
+            own_ports,
+            descriptor_limit,
         })
+    }
+
+    /// The deadlines and caps in force: the config's, or the defaults before one is loaded.
+    pub fn limits(&self) -> Limits {
+        self.config
+            .current()
+            .map_or_else(Limits::default, |loaded| loaded.config.limits)
     }
 }
 

@@ -18,12 +18,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::context::Context;
+use crate::deadline::{Expired, Watchdog};
 use crate::detect::Detected;
 use crate::h1_message::{
     self, BadResponse, ChunkedScanner, Framing, HEADER_SLOT, MAX_HEAD_BYTES, MAX_HEADERS, Parse,
     encode_own_response,
 };
 use crate::http::{self, Failure, Plan};
+use crate::metrics::Direction;
 use crate::prefixed::Prefixed;
 use crate::reload::Loaded;
 use crate::routing::{RequestFacts, Table, Target};
@@ -104,33 +106,59 @@ pub async fn serve(
     mut app: TcpStream,
     original: SocketAddr,
     prefix: Vec<u8>,
+    started: tokio::time::Instant,
 ) {
     let mut buffers = Buffers {
         from_app: prefix,
         out: Vec::new(),
         from_peer: Vec::new(),
     };
+    // One timer for the connection's deadlines ([`crate::deadline`]): the request head's while
+    // one is under way (the first one's from the connection's start), else the idle time.
+    let limits = context.limits();
+    let head_timeout = Duration::from_millis(limits.request_head_timeout_ms);
+    let mut watchdog = Watchdog::new(started + head_timeout);
+    let mut head_started = Some(started);
+    let mut idle_since = started;
     loop {
         // The config in force, for this request only: it is not held while the connection
         // waits for the next one (an idle connection would keep a replaced config alive).
         let Some((loaded, target)) = config_for(&context, original) else {
             // Without a config, or when the destination left it, hyper's path gives the answer.
-            return hand_over(context, app, buffers.from_app, original).await;
+            return hand_over(context, app, buffers.from_app, original, started).await;
         };
         let taken = match take(&loaded.table, target, &buffers.from_app, &mut buffers.out) {
             Step::Take(taken) => taken,
             Step::Partial => {
+                let limits = loaded.config.limits;
                 drop(loaded);
-                match read_more(&mut app, &mut buffers.from_app).await {
+                let (deadline, expiry) = if head_started.is_none() && buffers.from_app.is_empty() {
+                    let idle = Duration::from_millis(limits.idle_timeout_ms);
+                    (idle_since + idle, Expired::Idle)
+                } else {
+                    let head_timeout = Duration::from_millis(limits.request_head_timeout_ms);
+                    let head_started = *head_started.get_or_insert_with(tokio::time::Instant::now);
+                    (head_started + head_timeout, Expired::RequestHead)
+                };
+                let read = tokio::select! {
+                    biased;
+                    read = read_more(&mut app, &mut buffers.from_app) => read,
+                    () = watchdog.until(deadline) => {
+                        context.metrics.timed_out(Direction::Outbound, expiry);
+                        return;
+                    }
+                };
+                match read {
                     Ok(0) | Err(_) => return,
                     Ok(_) => continue,
                 }
             }
             Step::HandOver => {
                 drop(loaded);
-                return hand_over(context, app, buffers.from_app, original).await;
+                return hand_over(context, app, buffers.from_app, original, started).await;
             }
         };
+        head_started = None;
         // The request leaves the read buffer: its head and the body bytes already read go to
         // the peer in one write; what follows them is the next request's.
         let in_buffer = (buffers.from_app.len() - taken.head_len).min(taken.body_len as usize);
@@ -150,7 +178,9 @@ pub async fn serve(
             to_head: taken.to_head,
             started,
         };
-        match exchange.run(taken.plan, &mut app, &mut buffers).await {
+        let outcome = exchange.run(taken.plan, &mut app, &mut buffers).await;
+        idle_since = tokio::time::Instant::now();
+        match outcome {
             Ok(true) => {}
             Ok(false) | Err(Failed::Broken) => return,
             Err(Failed::Answer(failure)) => {
@@ -182,8 +212,15 @@ fn config_for(context: &Context, original: SocketAddr) -> Option<(Arc<Loaded>, T
 }
 
 /// The rest of the connection goes to hyper, the bytes read so far first.
-async fn hand_over(context: Arc<Context>, app: TcpStream, read: Vec<u8>, original: SocketAddr) {
-    http::serve(context, Prefixed::new(read, app), original, Detected::Http1).await;
+async fn hand_over(
+    context: Arc<Context>,
+    app: TcpStream,
+    read: Vec<u8>,
+    original: SocketAddr,
+    started: tokio::time::Instant,
+) {
+    let app = Prefixed::new(read, app);
+    http::serve(context, app, original, Detected::Http1, started).await;
 }
 
 /// How a request failed.

@@ -124,7 +124,13 @@ impl App {
             .expect("connect");
         let (served, _) = listener.accept().await.expect("accept");
         let original = ORIGINAL.parse().expect("addr");
-        tokio::spawn(serve(context.clone(), served, original, Vec::new()));
+        tokio::spawn(serve(
+            context.clone(),
+            served,
+            original,
+            Vec::new(),
+            tokio::time::Instant::now(),
+        ));
         Self {
             stream,
             buf: Vec::new(),
@@ -203,6 +209,21 @@ where
 {
     let (addr, connections) = peer(handler);
     (App::connect(&context(addr, None)).await, connections)
+}
+
+/// An application connection towards a peer that answers every request `200 ok`; the
+/// requests as the peer read them.
+async fn app_to_recording_peer() -> (App, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let (app, _) = app_to(move |_, mut stream| {
+        while let Some(request) = read_request(&mut stream) {
+            log.lock().expect("log").push(request);
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        }
+    })
+    .await;
+    (app, seen)
 }
 
 const GET: &str = "GET /a HTTP/1.1\r\nhost: svc\r\n\r\n";
@@ -399,15 +420,7 @@ async fn a_post_that_meets_a_connection_closed_under_it_is_not_sent_again() {
 
 #[tokio::test(flavor = "current_thread")]
 async fn a_chunked_upload_goes_on_under_hyper() {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let (mut app, _) = app_to(move |_, mut stream| {
-        while let Some(request) = read_request(&mut stream) {
-            log.lock().expect("log").push(request);
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
-        }
-    })
-    .await;
+    let (mut app, seen) = app_to_recording_peer().await;
     app.send(
         "POST /u HTTP/1.1\r\nhost: svc\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
     )
@@ -499,3 +512,6 @@ async fn no_response_within_the_request_timeout_is_a_504() {
         "the request was read whole"
     );
 }
+
+#[path = "h1_forward_limits_tests.rs"]
+mod limits;

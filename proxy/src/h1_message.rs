@@ -81,12 +81,22 @@ impl Request<'_, '_> {
     }
 
     /// Appends the head to send to the peer: the same request line and headers, without the
-    /// hop-by-hop ones. `TE: trailers` is kept (gRPC needs it end to end).
+    /// hop-by-hop ones. `TE: trailers` is kept (gRPC needs it end to end). Agreeing
+    /// `Content-Length` fields (`5, 5`, or the field twice) are folded into one, so that no
+    /// server behind can read them otherwise.
     pub fn encode(&self, out: &mut Vec<u8>) {
         for part in [self.method, " ", self.target, " HTTP/1.1\r\n"] {
             out.extend_from_slice(part.as_bytes());
         }
+        let mut length_written = false;
         for h in self.headers {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                if !length_written {
+                    let _ = write!(ByteWriter(out), "{}: {}\r\n", h.name, self.body_len);
+                    length_written = true;
+                }
+                continue;
+            }
             let hop_by_hop = is_hop_by_hop(h.name)
                 || (h.name.eq_ignore_ascii_case("te")
                     && !h.value.eq_ignore_ascii_case(b"trailers"));
@@ -300,7 +310,9 @@ pub fn parse_response<'h, 'b>(
         Ok(httparse::Status::Partial) => return Err(BadResponse::TooLarge),
         Err(_) => return Err(BadResponse::Malformed),
     };
-    let (Some(version), Some(status)) = (response.version, response.code) else {
+    // A status is three digits, 100 to 599 in use (RFC 9110 §15); `000` would be forwarded as
+    // `0`, which no client parses.
+    let (Some(version), Some(status @ 100..=999)) = (response.version, response.code) else {
         return Err(BadResponse::Malformed);
     };
     if status == 101 {
@@ -524,6 +536,26 @@ mod tests {
     }
 
     #[test]
+    fn agreeing_content_lengths_are_forwarded_as_one() {
+        for raw in [
+            &b"POST /p HTTP/1.1\r\nContent-Length: 3\r\nx: y\r\ncontent-length: 3\r\n\r\nabc"[..],
+            b"POST /p HTTP/1.1\r\nContent-Length: 3, 3\r\nx: y\r\n\r\nabc",
+        ] {
+            request(raw, |parsed| {
+                let Parse::Done(r) = parsed else {
+                    panic!("not taken: {parsed:?}")
+                };
+                let mut out = Vec::new();
+                r.encode(&mut out);
+                assert_eq!(
+                    String::from_utf8(out).expect("text"),
+                    "POST /p HTTP/1.1\r\nContent-Length: 3\r\nx: y\r\n\r\n"
+                );
+            });
+        }
+    }
+
+    #[test]
     fn anything_but_a_plain_request_goes_to_hyper() {
         for raw in [
             &b"GET / HTTP/1.0\r\n\r\n"[..],
@@ -621,6 +653,11 @@ mod tests {
         assert_eq!(response(b"HTTP/1.1 200 OK\r\n", false), Ok(None));
         assert_eq!(
             response(b"HTTX/1.1 200\r\n\r\n", false),
+            Err(BadResponse::Malformed)
+        );
+        // Found by the response-head fuzz target: `000` went on as `HTTP/1.1 0`.
+        assert_eq!(
+            response(b"HTTP/1.1 000 Continue\r\n\r\n", false),
             Err(BadResponse::Malformed)
         );
         assert_eq!(

@@ -17,11 +17,12 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode, Version};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::balance;
 use crate::context::Context;
+use crate::deadline::{HeadWatch, Watch, Watched};
 use crate::detect::Detected;
 use crate::h1_message::HOP_BY_HOP;
 use crate::routing::{RequestFacts, Target};
@@ -46,6 +47,10 @@ pub(crate) enum Failure {
     Timeout(u64),
     #[error("fault injected")]
     Abort(u16),
+    /// The client's request was malformed (its body, for one): the client's fault, not the
+    /// peer's.
+    #[error("malformed request: {0}")]
+    BadRequest(String),
 }
 
 impl Failure {
@@ -56,9 +61,19 @@ impl Failure {
             }
             Self::Gone(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Abort(status) => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
+        }
+    }
+
+    /// The failure of sending a request to its peer: the client's when reading the client's
+    /// request body failed (a malformed chunk, a body cut short), else the peer's.
+    fn of_upstream(error: UpstreamError) -> Self {
+        match &error {
+            UpstreamError::Http(e) if request_body_failed(e) => Self::BadRequest(e.to_string()),
+            _ => Self::Upstream(error),
         }
     }
 
@@ -74,29 +89,56 @@ impl Failure {
     }
 }
 
-/// Serves one application connection to `original` as HTTP of the detected version.
-pub async fn serve<S>(context: Arc<Context>, stream: S, original: SocketAddr, version: Detected)
-where
+/// Serves one application connection to `original` as HTTP of the detected version, until it
+/// ends or a deadline passes: hyper's own for HTTP/1.1 request heads (which also counts the
+/// wait for the next request on a keep-alive connection), and the idle time, with no byte
+/// either way, for both versions. The connection started at `started`.
+pub async fn serve<S>(
+    context: Arc<Context>,
+    stream: S,
+    original: SocketAddr,
+    version: Detected,
+    started: tokio::time::Instant,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request| {
+    let limits = context.limits();
+    let watch = Arc::new(Watch::new(started));
+    let service = {
         let context = context.clone();
-        async move { Ok::<_, Infallible>(handle(&context, original, request).await) }
-    });
-    let io = TokioIo::new(stream);
-    let _ = match version {
-        Detected::Http2 => {
-            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(io, service)
-                .await
-        }
-        _ => {
-            hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .with_upgrades()
-                .await
-        }
+        hyper::service::service_fn(move |request| {
+            let context = context.clone();
+            async move { Ok::<_, Infallible>(handle(&context, original, request).await) }
+        })
     };
+    let io = TokioIo::new(Watched::client(
+        stream,
+        watch.clone(),
+        HeadWatch::released(),
+    ));
+    let served = async {
+        let _ = match version {
+            Detected::Http2 => {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await
+            }
+            _ => {
+                hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_millis(limits.request_head_timeout_ms))
+                    .serve_connection(io, service)
+                    .with_upgrades()
+                    .await
+            }
+        };
+    };
+    tokio::select! {
+        () = served => {}
+        expired = watch.expired(&limits) => {
+            context.metrics.timed_out(crate::metrics::Direction::Outbound, expired);
+        }
+    }
 }
 
 async fn handle(
@@ -113,6 +155,12 @@ async fn handle(
         .metrics
         .response(response.status().as_u16(), started.elapsed());
     response
+}
+
+/// Whether hyper's client failed because the request body it was sending did: that body is
+/// the application's request as hyper's server reads it, so its error is a hyper error too.
+fn request_body_failed(error: &hyper::Error) -> bool {
+    std::error::Error::source(error).is_some_and(|cause| cause.is::<hyper::Error>())
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -183,8 +231,9 @@ async fn forward(
     let mut response = match timeout_ms {
         Some(ms) => tokio::time::timeout(Duration::from_millis(ms), send)
             .await
-            .map_err(|_| Failure::Timeout(ms))??,
-        None => send.await?,
+            .map_err(|_| Failure::Timeout(ms))?
+            .map_err(Failure::of_upstream)?,
+        None => send.await.map_err(Failure::of_upstream)?,
     };
     drop(in_flight);
     if let Some(downstream) = downstream_upgrade

@@ -11,14 +11,16 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use braid_proxy_config::MtlsMode;
+use braid_proxy_config::{Limits, MtlsMode};
 use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use crate::context::Context;
+use crate::deadline::{Expired, HeadWatch, splice};
 use crate::identity::{MESH_ALPN, spiffe_id};
+use crate::listen;
 use crate::metrics::{Direction, InboundKind};
-use crate::outbound::{original_destination, splice};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -73,23 +75,17 @@ async fn from_mesh_peer(stream: &TcpStream, timeout: Duration) -> bool {
     matches!(answer, Ok(Some(true)))
 }
 
-/// Accepts inbound connections until `listener` fails.
+/// Accepts inbound connections until `listener` fails ([`listen::serve`]).
 pub async fn serve(listener: TcpListener, context: Arc<Context>) {
-    loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
-        };
-        let context = context.clone();
-        tokio::spawn(async move {
-            let Ok(original) = original_destination(&stream) else {
-                return;
-            };
-            let _ = stream.set_nodelay(true);
-            context.metrics.opened(Direction::Inbound);
-            let (received, sent) = handle(&context, stream, peer, original).await;
-            context.metrics.closed(Direction::Inbound, received, sent);
-        });
-    }
+    listen::serve(
+        listener,
+        Direction::Inbound,
+        context,
+        |context, stream, peer, original| async move {
+            handle(&context, stream, peer, original).await
+        },
+    )
+    .await;
 }
 
 async fn handle(
@@ -98,7 +94,24 @@ async fn handle(
     peer: SocketAddr,
     original: SocketAddr,
 ) -> (u64, u64) {
+    let started = Instant::now();
     let app = SocketAddr::from((Ipv4Addr::LOCALHOST, original.port()));
+    let (limits, mode, opaque) = match context.config.current() {
+        Some(loaded) => (
+            loaded.config.limits,
+            loaded.config.inbound.mtls_mode,
+            loaded.config.opaque_ports.contains(&original.port()),
+        ),
+        None => (Limits::default(), MtlsMode::Strict, false),
+    };
+    // A server-speaks-first port has no request head to wait for.
+    let head = || {
+        if opaque {
+            HeadWatch::released()
+        } else {
+            HeadWatch::new()
+        }
+    };
     let mut first = [0u8; 1];
     // A client that says nothing (a server-speaks-first protocol) is plaintext.
     let opens_with_tls = matches!(
@@ -111,11 +124,21 @@ async fn handle(
             return (0, 0);
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(identity.server.clone());
-        let mut tls = match acceptor.accept(stream).await {
-            Ok(tls) => tls,
-            Err(error) => {
+        // The handshake is held to the request head's deadline: a peer that stalls in it
+        // holds a descriptor like a slow head does.
+        let head_deadline = started + Duration::from_millis(limits.request_head_timeout_ms);
+        let mut tls = match tokio::time::timeout_at(head_deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
                 context.metrics.inbound(InboundKind::Refused);
                 tracing::warn!("inbound mTLS from {peer} refused: {error}");
+                return (0, 0);
+            }
+            Err(_) => {
+                context.metrics.inbound(InboundKind::Refused);
+                context
+                    .metrics
+                    .timed_out(Direction::Inbound, Expired::RequestHead);
                 return (0, 0);
             }
         };
@@ -129,25 +152,48 @@ async fn handle(
             .and_then(|chain| chain.first())
             .and_then(|leaf| spiffe_id(leaf).ok())
             .map_or_else(|| "an unidentified peer".to_string(), |(id, _)| id);
-        let copied = splice(&mut tls, app).await.unwrap_or_else(|error| {
-            tracing::warn!("inbound from {caller}: application on {app}: {error}");
-            (0, 0)
-        });
+        let copied = to_application(context, &mut tls, app, &limits, started, head())
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!("inbound from {caller}: application on {app}: {error}");
+                (0, 0)
+            });
         let _ = tls.shutdown().await;
         return copied;
     }
     // Plaintext, or the TLS of a client outside the mesh: the bytes go to the application as they
     // are, when the mode allows (the metric counts both as plaintext: not mesh-authenticated).
-    let mode = context
-        .config
-        .current()
-        .map_or(MtlsMode::Strict, |loaded| loaded.config.inbound.mtls_mode);
     if mode == MtlsMode::Strict {
         context.metrics.inbound(InboundKind::Refused);
         return (0, 0);
     }
     context.metrics.inbound(InboundKind::Plaintext);
-    splice(&mut stream, app).await.unwrap_or((0, 0))
+    to_application(context, &mut stream, app, &limits, started, head())
+        .await
+        .unwrap_or((0, 0))
+}
+
+/// Connects to the application on `app` over loopback and copies bytes both ways until either
+/// side closes or a deadline passes; fails only if the connection cannot be made.
+async fn to_application<S>(
+    context: &Context,
+    client: &mut S,
+    app: SocketAddr,
+    limits: &Limits,
+    started: Instant,
+    head: HeadWatch,
+) -> std::io::Result<(u64, u64)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut upstream = TcpStream::connect(app).await?;
+    // Bytes are passed on as they come (Nagle would hold small writes up to 40 ms).
+    upstream.set_nodelay(true)?;
+    let spliced = splice(client, &mut upstream, limits, started, head).await;
+    if let Some(expired) = spliced.expired {
+        context.metrics.timed_out(Direction::Inbound, expired);
+    }
+    Ok((spliced.received, spliced.sent))
 }
 
 #[cfg(test)]

@@ -10,13 +10,17 @@
 pub mod admin;
 pub mod balance;
 pub mod context;
+pub mod deadline;
 pub mod detect;
+pub mod fuzzing;
 pub mod h1_forward;
 pub mod h1_message;
 pub mod http;
 pub mod identity;
 pub mod inbound;
+pub mod init;
 pub mod iptables;
+pub mod listen;
 pub mod metrics;
 pub mod outbound;
 pub mod prefixed;

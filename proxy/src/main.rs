@@ -30,85 +30,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use braid_proxy::iptables::{self, Backend, Redirect};
+use braid_proxy::iptables;
 use std::time::Duration;
 
 use braid_proxy::context::{Context, close_idle_connections, forget_removed_endpoints};
-use braid_proxy::{admin, inbound, outbound, reload};
-
-struct Init {
-    redirect: Redirect,
-    backend: Option<Backend>,
-    dry_run: bool,
-}
-
-fn parse_init(args: &[String]) -> Result<Init, Vec<String>> {
-    let mut init = Init {
-        redirect: Redirect::default(),
-        backend: None,
-        dry_run: false,
-    };
-    let mut errors = Vec::new();
-    let number = |flag: &str, value: &str| {
-        value
-            .parse::<u32>()
-            .map_err(|_| format!("{flag}: {value:?} is not a number"))
-    };
-    let port = |flag: &str, value: &str| match value.parse::<u16>() {
-        Ok(port) if port > 0 => Ok(port),
-        _ => Err(format!("{flag}: {value:?} is not a port")),
-    };
-    for arg in args {
-        let (flag, value) = arg.split_once('=').unwrap_or((arg.as_str(), ""));
-        let redirect = &mut init.redirect;
-        let result = match flag {
-            "--proxy-uid" => number(flag, value).map(|v| redirect.proxy_uid = v),
-            "--inbound-port" => port(flag, value).map(|v| redirect.inbound_port = v),
-            "--outbound-port" => port(flag, value).map(|v| redirect.outbound_port = v),
-            "--exclude-inbound-ports" => iptables::parse_ports(flag, value)
-                .map(|v| redirect.exclude_inbound_ports = v)
-                .map_err(|e| e.to_string()),
-            "--exclude-outbound-ports" => iptables::parse_ports(flag, value)
-                .map(|v| redirect.exclude_outbound_ports = v)
-                .map_err(|e| e.to_string()),
-            "--exclude-outbound-cidrs" => iptables::parse_cidrs(flag, value)
-                .map(|v| redirect.exclude_outbound_cidrs = v)
-                .map_err(|e| e.to_string()),
-            "--exclude-uids" => value
-                .split(',')
-                .filter(|v| !v.is_empty())
-                .map(|v| number(flag, v))
-                .collect::<Result<Vec<_>, _>>()
-                .map(|v| redirect.exclude_uids = v),
-            "--backend" => match value {
-                "auto" | "nft" | "legacy" => {
-                    init.backend = match value {
-                        "nft" => Some(Backend::Nft),
-                        "legacy" => Some(Backend::Legacy),
-                        _ => None,
-                    };
-                    Ok(())
-                }
-                other => Err(format!(
-                    "--backend: {other:?}: expected auto, nft or legacy"
-                )),
-            },
-            "--dry-run" => {
-                init.dry_run = true;
-                Ok(())
-            }
-            _ => Err(format!("unknown flag {arg:?}")),
-        };
-        if let Err(error) = result {
-            errors.push(error);
-        }
-    }
-    if errors.is_empty() {
-        Ok(init)
-    } else {
-        Err(errors)
-    }
-}
+use braid_proxy::{admin, inbound, init, listen, outbound, reload};
 
 fn output(program: &str, args: &[&str]) -> String {
     Command::new(program)
@@ -119,7 +45,7 @@ fn output(program: &str, args: &[&str]) -> String {
         .unwrap_or_default()
 }
 
-fn init(init: Init) -> Result<(), String> {
+fn init(init: init::Init) -> Result<(), String> {
     let backend = init.backend.unwrap_or_else(|| {
         iptables::detect_backend(
             &output("iptables-legacy-save", &[]),
@@ -247,7 +173,22 @@ fn run(settings: RunSettings) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async {
-        let context = Context::new(settings.detect_timeout);
+        let own_ports = [
+            settings.outbound_addr,
+            settings.inbound_addr,
+            settings.admin_addr,
+        ]
+        .map(|addr| addr.port())
+        .to_vec();
+        let descriptor_limit = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|limits| listen::descriptor_limit(&limits))
+            .unwrap_or(u64::MAX);
+        let context = Context::with_listeners(settings.detect_timeout, own_ports, descriptor_limit);
+        tracing::info!(
+            "open-file limit {descriptor_limit}: at most {} connections per listener",
+            listen::connection_cap(context.limits().max_connections, descriptor_limit)
+        );
         let admin_listener = bind(settings.admin_addr).await?;
         let inbound_listener = bind(settings.inbound_addr).await?;
         let outbound_listener = bind(settings.outbound_addr).await?;
@@ -341,7 +282,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Some("init") => match parse_init(&args[1..]) {
+        Some("init") => match init::parse(&args[1..]) {
             Err(errors) => {
                 for error in errors {
                     eprintln!("braid-proxy init: {error}");
@@ -402,19 +343,6 @@ mod tests {
         );
         assert!(
             errors[1].starts_with("BRAID_DRAIN_MS") && errors[2].starts_with("BRAID_APP_PROBES")
-        );
-    }
-
-    #[test]
-    fn init_reports_every_bad_flag() {
-        let args: Vec<String> = ["--outbound-port=0", "--exclude-uids=root", "--colour"]
-            .map(String::from)
-            .to_vec();
-        let errors = parse_init(&args).err().expect("refused");
-        assert_eq!(errors.len(), 3, "{errors:?}");
-        assert!(
-            errors[0].starts_with("--outbound-port") && errors[1].starts_with("--exclude-uids"),
-            "{errors:?}"
         );
     }
 }

@@ -19,6 +19,18 @@ pub enum Direction {
 
 const DIRECTIONS: [&str; 2] = ["inbound", "outbound"];
 
+/// Why a listener refused a connection as soon as it accepted it.
+#[derive(Clone, Copy, Debug)]
+pub enum Refusal {
+    /// Its original destination is one of the proxy's own ports: it would loop.
+    Loop = 0,
+    /// The listener is at its connection cap.
+    Limit = 1,
+}
+
+const REFUSALS: [&str; 2] = ["loop", "limit"];
+const EXPIRIES: [&str; 2] = ["request_head", "idle"];
+
 /// Every counter of the data path.
 #[derive(Debug)]
 pub struct Metrics {
@@ -33,6 +45,9 @@ pub struct Metrics {
     inbound_tls: AtomicU64,
     inbound_plaintext: AtomicU64,
     inbound_refused: AtomicU64,
+    refused: [[AtomicU64; 2]; 2],
+    accept_failures: [AtomicU64; 2],
+    timed_out: [[AtomicU64; 2]; 2],
 }
 
 impl Default for Metrics {
@@ -49,6 +64,9 @@ impl Default for Metrics {
             inbound_tls: AtomicU64::new(0),
             inbound_plaintext: AtomicU64::new(0),
             inbound_refused: AtomicU64::new(0),
+            refused: Default::default(),
+            accept_failures: Default::default(),
+            timed_out: Default::default(),
         }
     }
 }
@@ -99,15 +117,32 @@ impl Metrics {
         bump(&self.bytes_sent[d], sent);
     }
 
+    /// Connections open now on one listener.
+    pub fn open(&self, direction: Direction) -> u64 {
+        let d = direction as usize;
+        self.connections_opened[d]
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.connections_closed[d].load(Ordering::Relaxed))
+    }
+
     /// Connections open now on both listeners.
     pub fn open_connections(&self) -> u64 {
-        (0..2)
-            .map(|d| {
-                self.connections_opened[d]
-                    .load(Ordering::Relaxed)
-                    .saturating_sub(self.connections_closed[d].load(Ordering::Relaxed))
-            })
-            .sum()
+        self.open(Direction::Inbound) + self.open(Direction::Outbound)
+    }
+
+    /// A connection was refused as soon as it was accepted.
+    pub fn refused(&self, direction: Direction, why: Refusal) {
+        bump(&self.refused[direction as usize][why as usize], 1);
+    }
+
+    /// Accepting a connection failed (out of file descriptors, for one).
+    pub fn accept_failed(&self, direction: Direction) {
+        bump(&self.accept_failures[direction as usize], 1);
+    }
+
+    /// A client connection was closed by a deadline.
+    pub fn timed_out(&self, direction: Direction, deadline: crate::deadline::Expired) {
+        bump(&self.timed_out[direction as usize][deadline as usize], 1);
     }
 
     /// How an inbound connection was accepted.
@@ -207,6 +242,51 @@ impl Metrics {
             get(&self.inbound_plaintext),
             get(&self.inbound_refused)
         );
+        let pairs = |out: &mut String,
+                     name: &str,
+                     help: &str,
+                     label: &str,
+                     values: &[&str],
+                     counters: &[[AtomicU64; 2]; 2]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (d, direction) in DIRECTIONS.iter().enumerate() {
+                for (v, value) in values.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{direction=\"{direction}\",{label}=\"{value}\"}} {}",
+                        get(&counters[d][v])
+                    );
+                }
+            }
+        };
+        pairs(
+            out,
+            "braid_proxy_tcp_connections_refused_total",
+            "Connections closed as soon as they were accepted: their destination was the proxy itself (loop), or the listener was at its cap (limit).",
+            "reason",
+            &REFUSALS,
+            &self.refused,
+        );
+        pairs(
+            out,
+            "braid_proxy_tcp_connections_timed_out_total",
+            "Client connections closed by a deadline: a request head not sent in time, or idle too long.",
+            "deadline",
+            &EXPIRIES,
+            &self.timed_out,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP braid_proxy_accept_failures_total Failed accepts (out of file descriptors, for one); the listener backs off.\n\
+             # TYPE braid_proxy_accept_failures_total counter"
+        );
+        for (d, direction) in DIRECTIONS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "braid_proxy_accept_failures_total{{direction=\"{direction}\"}} {}",
+                get(&self.accept_failures[d])
+            );
+        }
     }
 }
 
@@ -224,6 +304,9 @@ mod tests {
         metrics.closed(Direction::Outbound, 10, 20);
         metrics.opened(Direction::Inbound);
         assert_eq!(metrics.open_connections(), 1);
+        metrics.refused(Direction::Inbound, Refusal::Loop);
+        metrics.timed_out(Direction::Outbound, crate::deadline::Expired::RequestHead);
+        metrics.accept_failed(Direction::Inbound);
         let mut text = String::new();
         metrics.render(&mut text);
         for line in [
@@ -234,6 +317,9 @@ mod tests {
             "braid_proxy_request_duration_seconds_bucket{le=\"1\"} 2",
             "braid_proxy_request_duration_seconds_count 2",
             "braid_proxy_tcp_sent_bytes_total{direction=\"outbound\"} 20",
+            "braid_proxy_tcp_connections_refused_total{direction=\"inbound\",reason=\"loop\"} 1",
+            "braid_proxy_tcp_connections_timed_out_total{direction=\"outbound\",deadline=\"request_head\"} 1",
+            "braid_proxy_accept_failures_total{direction=\"inbound\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
         }

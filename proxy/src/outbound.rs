@@ -10,53 +10,32 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use crate::context::Context;
+use crate::deadline::{HeadWatch, splice};
 use crate::detect::{Detected, detect};
-use crate::h1_forward;
 use crate::http::{self, choose_endpoint};
 use crate::metrics::Direction;
 use crate::prefixed::Prefixed;
+use crate::{h1_forward, listen};
 
 /// The most bytes read to detect a protocol (the HTTP/2 preface is 24).
 const DETECT_BYTES: usize = 64;
 
-/// The address a redirected connection was meant for (SO_ORIGINAL_DST).
-pub fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
-    let socket = socket2::SockRef::from(stream);
-    let addr = match stream.local_addr()? {
-        SocketAddr::V4(_) => socket.original_dst_v4()?,
-        SocketAddr::V6(_) => socket.original_dst_v6()?,
-    };
-    addr.as_socket()
-        .ok_or_else(|| std::io::Error::other("original destination is not an IP address"))
-}
-
-/// Accepts outbound connections until `listener` fails.
+/// Accepts outbound connections until `listener` fails ([`listen::serve`]).
 pub async fn serve(listener: TcpListener, context: Arc<Context>) {
-    let own = listener.local_addr().ok();
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let context = context.clone();
-        tokio::spawn(async move {
-            let Ok(original) = original_destination(&stream) else {
-                return;
-            };
-            // A connection redirected to the listener's own address would loop: refuse it.
-            if Some(original) == own {
-                return;
-            }
-            let _ = stream.set_nodelay(true);
-            context.metrics.opened(Direction::Outbound);
-            let (received, sent) = handle(&context, stream, original).await;
-            context.metrics.closed(Direction::Outbound, received, sent);
-        });
-    }
+    listen::serve(
+        listener,
+        Direction::Outbound,
+        context,
+        |context, stream, _peer, original| async move { handle(&context, stream, original).await },
+    )
+    .await;
 }
 
 async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketAddr) -> (u64, u64) {
+    let started = Instant::now();
     let target = context.config.current().and_then(|loaded| {
         loaded
             .table
@@ -64,7 +43,7 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
             .map(|t| (t, loaded.table.is_opaque(t)))
     });
     let Some((target, opaque)) = target else {
-        return passthrough(stream, original).await;
+        return passthrough(context, stream, original, started).await;
     };
     let mut prefix = Vec::new();
     let mut protocol = Detected::Opaque;
@@ -92,41 +71,52 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
     // HTTP connections are counted in requests and responses, opaque ones in bytes.
     match protocol {
         Detected::Http1 => {
-            h1_forward::serve(context.clone(), stream, original, prefix).await;
+            h1_forward::serve(context.clone(), stream, original, prefix, started).await;
             (0, 0)
         }
         Detected::Http2 => {
             let stream = Prefixed::new(prefix, stream);
-            http::serve(context.clone(), stream, original, protocol).await;
+            http::serve(context.clone(), stream, original, protocol, started).await;
             (0, 0)
         }
         _ => {
+            // What detection read may be a slow HTTP/1 head (it waits only so long).
+            let mut head = HeadWatch::new();
+            head.feed(&prefix);
             let mut stream = Prefixed::new(prefix, stream);
-            opaque_to_mesh(context, &mut stream, target).await;
+            opaque_to_mesh(context, &mut stream, target, started, head).await;
             (stream.received, stream.sent)
         }
     }
 }
 
 /// Connects to `original` directly (it is not meshed) and copies both ways.
-async fn passthrough(mut stream: TcpStream, original: SocketAddr) -> (u64, u64) {
-    splice(&mut stream, original).await.unwrap_or((0, 0))
-}
-
-/// Connects to `to` in plain TCP and copies bytes both ways until either side closes; the bytes
-/// received from and sent to `client`. Fails only if the connection cannot be made.
-pub(crate) async fn splice<S>(client: &mut S, to: SocketAddr) -> std::io::Result<(u64, u64)>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    let mut upstream = TcpStream::connect(to).await?;
+async fn passthrough(
+    context: &Context,
+    mut stream: TcpStream,
+    original: SocketAddr,
+    started: Instant,
+) -> (u64, u64) {
+    let Ok(mut upstream) = TcpStream::connect(original).await else {
+        return (0, 0);
+    };
     // Bytes are passed on as they come: Nagle's algorithm would hold a small write back until
     // the previous one is acknowledged, up to the peer's delayed-ACK timer (40 ms), which stalled
     // multiplexed HTTP/2 streams.
-    upstream.set_nodelay(true)?;
-    Ok(tokio::io::copy_bidirectional(client, &mut upstream)
-        .await
-        .unwrap_or((0, 0)))
+    let _ = upstream.set_nodelay(true);
+    let limits = context.limits();
+    let spliced = splice(
+        &mut stream,
+        &mut upstream,
+        &limits,
+        started,
+        HeadWatch::new(),
+    )
+    .await;
+    if let Some(expired) = spliced.expired {
+        context.metrics.timed_out(Direction::Outbound, expired);
+    }
+    (spliced.received, spliced.sent)
 }
 
 /// Opaque TCP to a meshed destination: one endpoint per connection, over mTLS.
@@ -134,9 +124,11 @@ async fn opaque_to_mesh(
     context: &Arc<Context>,
     stream: &mut Prefixed<TcpStream>,
     target: crate::routing::Target,
+    started: Instant,
+    head: HeadWatch,
 ) {
     // The config is not held for the connection's life (it would keep a replaced one alive).
-    let (addr, identity, timeout, stats) = {
+    let (addr, identity, timeout, stats, limits) = {
         let Some(loaded) = context.config.current() else {
             return;
         };
@@ -144,7 +136,8 @@ async fn opaque_to_mesh(
             return;
         };
         let addr = SocketAddr::new(endpoint.ip, endpoint.port);
-        (addr, endpoint.identity.clone(), timeout, stats)
+        let limits = loaded.config.limits;
+        (addr, endpoint.identity.clone(), timeout, stats, limits)
     };
     let _in_flight = stats.start();
     match context
@@ -153,7 +146,10 @@ async fn opaque_to_mesh(
         .await
     {
         Ok(mut upstream) => {
-            let _ = tokio::io::copy_bidirectional(stream, &mut upstream).await;
+            let spliced = splice(stream, &mut upstream, &limits, started, head).await;
+            if let Some(expired) = spliced.expired {
+                context.metrics.timed_out(Direction::Outbound, expired);
+            }
             let _ = upstream.shutdown().await;
         }
         Err(error) => tracing::warn!("outbound to {addr}: {error}"),

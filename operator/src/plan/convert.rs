@@ -28,6 +28,27 @@ fn optional_millis(value: Option<&String>, field: &str) -> Result<Option<u64>, S
     value.map(|v| millis(v, field)).transpose()
 }
 
+/// The listener limits the Mesh asks for; unset fields take the proxy's defaults. The CRD
+/// schema refuses a malformed duration, so one that still fails to parse keeps the default.
+pub fn limits(mesh: &braid_api::ProxyLimits) -> config::Limits {
+    let defaults = config::Limits::default();
+    let ms = |value: &Option<String>, default: u64| {
+        value
+            .as_deref()
+            .and_then(|v| duration::parse(v).ok())
+            .map_or(default, |d| {
+                u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+            })
+    };
+    config::Limits {
+        request_head_timeout_ms: ms(&mesh.request_head_timeout, defaults.request_head_timeout_ms),
+        idle_timeout_ms: ms(&mesh.idle_timeout, defaults.idle_timeout_ms),
+        max_connections: mesh
+            .max_connections
+            .map_or(defaults.max_connections, |n| n.max(1)),
+    }
+}
+
 /// The client-side policy a MeshPolicy asks for; unset fields take Braid's defaults.
 pub fn client_policy(
     spec: &MeshPolicySpec,

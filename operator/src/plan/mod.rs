@@ -98,6 +98,7 @@ impl Plan {
                 collector: t.collector.clone(),
                 sampling_percent: t.sampling_percent,
             }),
+            limits: convert::limits(&snapshot.mesh.proxy.limits),
         })
     }
 }

@@ -400,3 +400,33 @@ fn order_proxy_json_matches_the_golden_file() {
     braid_proxy_config::ProxyConfig::from_json(rendered.as_bytes())
         .expect("the proxy accepts what the operator writes");
 }
+
+#[test]
+fn the_mesh_limits_reach_every_config_and_unset_ones_are_left_out() {
+    let mut snapshot = shop();
+    let written = plan(&snapshot)
+        .config_for(&key("order"), &snapshot)
+        .expect("a config");
+    assert_eq!(written.limits, config::Limits::default());
+    assert!(
+        !written.to_json().contains("limits"),
+        "defaults are omitted"
+    );
+
+    snapshot.mesh.proxy.limits = braid_api::ProxyLimits {
+        request_head_timeout: Some("2.5s".into()),
+        idle_timeout: None,
+        max_connections: Some(500),
+    };
+    let written = plan(&snapshot)
+        .config_for(&key("order"), &snapshot)
+        .expect("a config");
+    assert_eq!(
+        written.limits,
+        config::Limits {
+            request_head_timeout_ms: 2_500,
+            idle_timeout_ms: config::Limits::default().idle_timeout_ms,
+            max_connections: 500,
+        }
+    );
+}

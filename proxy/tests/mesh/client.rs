@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::apps::ChannelBody;
+use crate::attack;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().expect("host:port")
@@ -378,6 +379,19 @@ pub async fn run(args: &[String]) {
         "plain" => plain(addr(arg(1)), arg(2)).await,
         "tls" => tls(addr(arg(1)), arg(2)).await,
         "load" => load(addr(arg(1)), arg(2).parse().expect("seconds")).await,
+        "raw" => attack::raw(addr(arg(1))).await,
+        "slowloris" => {
+            let (count, seconds) = (arg(2).parse().expect("count"), arg(3).parse().expect("s"));
+            attack::slowloris(addr(arg(1)), count, seconds).await
+        }
+        "steady" => attack::steady(addr(arg(1)), arg(2).parse().expect("seconds")).await,
+        "flood" => {
+            let (hold, extra) = (
+                arg(2).parse().expect("hold"),
+                arg(3).parse().expect("extra"),
+            );
+            attack::flood(addr(arg(1)), hold, extra).await
+        }
         other => format!("unknown command {other}"),
     };
     // One line, whatever the result holds (admin bodies are multi-line).

@@ -14,10 +14,13 @@
 //! meshed calls; the wrong peer identity is refused; STRICT refuses a caller without a certificate
 //! and one from another CA, PERMISSIVE serves plaintext; a weight change 100/0 → 80/20 in the file
 //! applies without a restart within ±5 points over 1,000 requests; a corrupt file is refused,
-//! counted, and the old config kept; rotating both pods' certificates under load fails nothing.
+//! counted, and the old config kept; rotating both pods' certificates under load fails nothing;
+//! and the proxy holds against careless and hostile peers ([`hardening`]).
 
 mod apps;
+mod attack;
 mod client;
+mod hardening;
 mod pods;
 
 use std::io::{BufRead as _, BufReader};
@@ -443,6 +446,15 @@ fn scenario(root: &Path) {
     assert!(
         rotated.contains(&format!("peer-expiry={}", new_year(2031))),
         "new handshakes must get the new certificate: {rotated}"
+    );
+
+    hardening::check(
+        &client,
+        &server,
+        server_config,
+        &client_config(100, 0),
+        &ours,
+        10,
     );
     for pod in [&client, &server] {
         let threads: Vec<String> = pod

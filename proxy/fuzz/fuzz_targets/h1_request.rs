@@ -1,0 +1,4 @@
+//! Fuzzes `braid_proxy::fuzzing::h1_request` (its checks are documented there).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| braid_proxy::fuzzing::h1_request(data));
