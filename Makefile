@@ -61,10 +61,24 @@ endif
 	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-webhook
 	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-operator
 
+# BASELINE=<git revision>: the proxy of that revision is measured beside this one, in the same
+# run (its binary is built once in a worktree and cached outside the clone, by revision).
+BASELINE ?=
+BASELINE_DIR := /var/cache/braid/baseline
+
 .PHONY: bench-proxy
-bench-proxy: test-deps ## The proxy against direct, HAProxy and nginx, in network namespaces (root); bench/results/proxy.md.
+bench-proxy: test-deps ## The proxy against direct, HAProxy and nginx (and BASELINE=<rev>'s build), in network namespaces (root); bench/results/proxy.md.
 	$(call apt_install,haproxy nginx-light nghttp2-client curl)
+ifneq ($(BASELINE),)
+	@rev=$$(git rev-parse --short $(BASELINE)) && bin=$(BASELINE_DIR)/braid-proxy-$$rev && \
+	if [ ! -x $$bin ]; then \
+	  rm -rf $(BASELINE_DIR)/src && git worktree add -f --detach $(BASELINE_DIR)/src $$rev && \
+	  (cd $(BASELINE_DIR)/src && CARGO_TARGET_DIR=$(BASELINE_DIR)/target $(CARGO) build --release -p braid-proxy) && \
+	  cp $(BASELINE_DIR)/target/release/braid-proxy $$bin && git worktree remove --force $(BASELINE_DIR)/src; fi
+	BRAID_BASELINE_PROXY=$(BASELINE_DIR)/braid-proxy-$$(git rev-parse --short $(BASELINE)) $(CARGO) bench -p braid-proxy --bench proxy
+else
 	$(CARGO) bench -p braid-proxy --bench proxy
+endif
 
 # Fuzz targets (cargo fuzz, libFuzzer): the proxy's parsers (proxy/fuzz/) and the webhook's
 # AdmissionReview parser (webhook/fuzz/). Their build is cached outside the clone.
@@ -121,6 +135,7 @@ images: ## Build release binaries and pack them as OCI image archives under targ
 
 .PHONY: demo
 demo: ## The local cluster (started if needed), images, Braid from manifests, then the demo shop through the mesh.
+	@$(CLUSTER)/plan.sh
 	$(MAKE) cluster-up
 	$(MAKE) install
 	KUBECTL="$(KUBECTL)" examples/shop/demo.sh

@@ -13,6 +13,7 @@ pub mod condition;
 pub mod duration;
 mod mesh;
 mod policy;
+pub mod prose;
 mod route;
 mod traffic;
 

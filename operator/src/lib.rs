@@ -10,6 +10,7 @@
 pub mod certs;
 pub mod leader;
 pub mod metrics;
+pub mod nudge;
 pub mod plan;
 pub mod run;
 pub mod select;

@@ -39,6 +39,8 @@ const WRITE_CONCURRENCY: usize = 16;
 pub struct Written {
     /// ConfigMaps created or updated.
     pub configs: usize,
+    /// Pods annotated so that the kubelet swaps their new config in at once ([`crate::nudge`]).
+    pub nudged: usize,
     /// Certificates issued.
     pub certificates: usize,
     /// Objects deleted because their workload is gone.
@@ -94,10 +96,11 @@ pub async fn sync_configs(
         let hash = sha256_hex(json.as_bytes());
         let name = proxy_config_map_name(&key.name);
         let unchanged = existing_hashes.get(&(key.namespace.clone(), name.clone())) == Some(&hash);
-        (!unchanged).then(|| (key.namespace.clone(), name, json, hash))
+        (!unchanged).then_some((key, name, json, hash))
     });
     let mut writes = futures::stream::iter(changed)
-        .map(|(namespace, name, json, hash)| async move {
+        .map(|(workload, name, json, hash)| async move {
+            let namespace = workload.namespace.clone();
             let key = "proxy.json".to_owned();
             let (data, binary_data) = match encoding::encode(json) {
                 Stored::Text(json) => (Some([(key, json)].into()), None),
@@ -107,7 +110,7 @@ pub async fn sync_configs(
                 metadata: managed_metadata(
                     name.clone(),
                     &namespace,
-                    [(HASH.to_owned(), hash)].into(),
+                    [(HASH.to_owned(), hash.clone())].into(),
                 ),
                 data,
                 binary_data,
@@ -119,11 +122,13 @@ pub async fn sync_configs(
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&config_map),
             )
-            .await
+            .await?;
+            // The pods get the new file now, not at the kubelet's next periodic sync.
+            Ok::<_, kube::Error>(crate::nudge::nudge(client, &snapshot.pods, workload, &hash).await)
         })
         .buffer_unordered(WRITE_CONCURRENCY);
     while let Some(result) = writes.next().await {
-        result?;
+        written.nudged += result?;
         written.configs += 1;
     }
     let workload_configs: Vec<Arc<PartialObjectMeta<ConfigMap>>> = existing

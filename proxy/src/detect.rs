@@ -35,7 +35,10 @@ pub fn detect(prefix: &[u8]) -> Detected {
     // An HTTP/1 method is a token of upper-case letters followed by a space.
     let method_len = prefix.iter().take_while(|b| b.is_ascii_uppercase()).count();
     match prefix.get(method_len) {
-        Some(b' ') if method_len > 0 => Detected::Http1,
+        // A method longer than MAX_METHOD is opaque whether or not its space has arrived yet
+        // (found by the detection fuzz target: 17 letters read alone were opaque, with the
+        // space after them HTTP/1).
+        Some(b' ') if method_len > 0 && method_len <= MAX_METHOD => Detected::Http1,
         Some(_) => Detected::Opaque,
         None if method_len > MAX_METHOD => Detected::Opaque,
         None => Detected::NeedMore,
@@ -79,5 +82,8 @@ mod tests {
         // Diverging from the preface after "PRI " makes it an (odd) HTTP/1 method.
         assert_eq!(detect(b"PRI * HTTP/1.1\r\n"), Detected::Http1);
         assert_eq!(detect(&[b'A'; 40]), Detected::Opaque);
+        // However the bytes arrive, a too-long method is opaque.
+        assert_eq!(detect(b"GEGETGDDDGDDDDDDDE T"), Detected::Opaque);
+        assert_eq!(detect(b"GEGETGDDDGDDDDDDD"), Detected::Opaque);
     }
 }

@@ -120,6 +120,7 @@ pub async fn serve(
     let mut watchdog = Watchdog::new(started + head_timeout);
     let mut head_started = Some(started);
     let mut idle_since = started;
+    let mut hold_until = None;
     loop {
         // The config in force, for this request only: it is not held while the connection
         // waits for the next one (an idle connection would keep a replaced config alive).
@@ -158,6 +159,23 @@ pub async fn serve(
                 return hand_over(context, app, buffers.from_app, original, started).await;
             }
         };
+        // A backend whose endpoints this config does not list yet (a new Service, pods just
+        // Ready, the config on its way): the request waits for the next config, up to
+        // HOLD_FOR_ENDPOINTS, instead of failing at once; its head is still in the buffer.
+        let no_endpoint =
+            matches!(&taken.plan, Ok(plan) if loaded.table.endpoints(plan.backend).is_empty());
+        if no_endpoint {
+            let deadline = *hold_until
+                .get_or_insert_with(|| tokio::time::Instant::now() + http::HOLD_FOR_ENDPOINTS);
+            if tokio::time::Instant::now() < deadline {
+                let generation = loaded.generation;
+                drop(taken);
+                drop(loaded);
+                context.config.newer_than(generation, deadline).await;
+                continue;
+            }
+        }
+        hold_until = None;
         head_started = None;
         // The request leaves the read buffer: its head and the body bytes already read go to
         // the peer in one write; what follows them is the next request's.

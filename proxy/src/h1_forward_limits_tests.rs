@@ -100,3 +100,41 @@ async fn agreeing_content_lengths_reach_the_peer_as_one() {
     assert_eq!(seen[0].matches("content-length").count(), 1, "{seen:?}");
     assert!(seen[0].ends_with("\r\n\r\nabc"), "{seen:?}");
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_request_waits_for_the_config_that_lists_its_endpoints() {
+    let peer = ok_peer();
+    let mut empty: serde_json::Value = serde_json::from_slice(&config(peer, None)).expect("json");
+    empty["destinations"][0]["ports"][0]["endpoints"] = serde_json::json!([]);
+    let context = Context::new(Duration::from_millis(100));
+    context
+        .config
+        .offer(empty.to_string().as_bytes())
+        .expect("valid config");
+    let mut app = App::connect(&context).await;
+    let asked = Instant::now();
+    app.send(GET).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    context
+        .config
+        .offer(&config(peer, None))
+        .expect("valid config");
+    let got = app.response(false).await;
+    assert_eq!((got.status, got.body.as_str()), (200, "ok"), "{got:?}");
+    assert!(asked.elapsed() >= Duration::from_millis(300));
+
+    // With no such config on its way, the request fails once the hold is over.
+    context
+        .config
+        .offer(empty.to_string().as_bytes())
+        .expect("valid config");
+    let asked = Instant::now();
+    app.send(GET).await;
+    let got = app.response(false).await;
+    assert_eq!(got.status, 503, "{got:?}");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(2_900),
+        "{:?}",
+        asked.elapsed()
+    );
+}

@@ -30,6 +30,11 @@ use crate::upstream::UpstreamError;
 
 pub use crate::upstream::ProxyBody;
 
+/// How long a request to a backend with no endpoint listed yet waits for a config that lists
+/// one before it fails with 503 (Linkerd queues such requests for up to 3 s too): the endpoint
+/// list lags pod readiness by the operator's write and the kubelet's volume sync.
+pub(crate) const HOLD_FOR_ENDPOINTS: Duration = Duration::from_secs(3);
+
 /// Why the proxy answered a request itself.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum Failure {
@@ -176,79 +181,91 @@ async fn forward(
     original: SocketAddr,
     mut request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Failure> {
-    let loaded = context.config.current().ok_or(Failure::NotReady)?;
-    let table = &loaded.table;
-    let target = table.lookup(original).ok_or(Failure::Gone(original))?;
+    let hold_until = tokio::time::Instant::now() + HOLD_FOR_ENDPOINTS;
+    loop {
+        let loaded = context.config.current().ok_or(Failure::NotReady)?;
+        let table = &loaded.table;
+        let target = table.lookup(original).ok_or(Failure::Gone(original))?;
 
-    let Plan {
-        backend,
-        timeout_ms,
-        fault,
-    } = {
-        let headers = request.headers();
-        let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        let facts = RequestFacts {
-            method: request.method().as_str(),
-            path: request.uri().path(),
-            header: &header_value,
+        let Plan {
+            backend,
+            timeout_ms,
+            fault,
+        } = {
+            let headers = request.headers();
+            let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let facts = RequestFacts {
+                method: request.method().as_str(),
+                path: request.uri().path(),
+                header: &header_value,
+            };
+            plan(table, target, &facts)?
         };
-        plan(table, target, &facts)?
-    };
-    inject(fault).await?;
+        // No endpoint listed yet for the backend: wait for the next config (see the fast path).
+        if table.endpoints(backend).is_empty() && tokio::time::Instant::now() < hold_until {
+            let generation = loaded.generation;
+            drop(loaded);
+            context.config.newer_than(generation, hold_until).await;
+            continue;
+        }
+        inject(fault).await?;
 
-    let (endpoint, connect_timeout, stats) = choose_endpoint(context, table, backend)?;
-    let addr = SocketAddr::new(endpoint.ip, endpoint.port);
-    let identity = endpoint.identity.as_deref();
-    let in_flight = stats.start();
+        let (endpoint, connect_timeout, stats) = choose_endpoint(context, table, backend)?;
+        let addr = SocketAddr::new(endpoint.ip, endpoint.port);
+        let identity = endpoint.identity.as_deref();
+        let in_flight = stats.start();
 
-    let upgrade = request.version() != Version::HTTP_2 && is_upgrade(request.headers());
-    if !upgrade {
-        let headers = request.headers_mut();
-        for name in HOP_BY_HOP {
-            headers.remove(name);
-        }
-        if headers
-            .get(header::TE)
-            .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-        {
-            headers.remove(header::TE);
-        }
-    }
-    let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-    let upstreams = context.upstreams.clone();
-    let send = async {
-        if request.version() == Version::HTTP_2 {
-            upstreams
-                .send_http2(addr, identity, connect_timeout, request)
-                .await
-                .map(|response| response.map(Either::Left))
-        } else {
-            upstreams
-                .send_http1(addr, identity, connect_timeout, request, upgrade)
-                .await
-        }
-    };
-    let mut response = match timeout_ms {
-        Some(ms) => tokio::time::timeout(Duration::from_millis(ms), send)
-            .await
-            .map_err(|_| Failure::Timeout(ms))?
-            .map_err(Failure::of_upstream)?,
-        None => send.await.map_err(Failure::of_upstream)?,
-    };
-    drop(in_flight);
-    if let Some(downstream) = downstream_upgrade
-        && response.status() == StatusCode::SWITCHING_PROTOCOLS
-    {
-        let upstream = hyper::upgrade::on(&mut response);
-        tokio::spawn(async move {
-            if let (Ok(down), Ok(up)) = (downstream.await, upstream.await) {
-                let _ =
-                    tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut TokioIo::new(up))
-                        .await;
+        let upgrade = request.version() != Version::HTTP_2 && is_upgrade(request.headers());
+        if !upgrade {
+            let headers = request.headers_mut();
+            for name in HOP_BY_HOP {
+                headers.remove(name);
             }
-        });
+            if headers
+                .get(header::TE)
+                .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            {
+                headers.remove(header::TE);
+            }
+        }
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let upstreams = context.upstreams.clone();
+        let send = async {
+            if request.version() == Version::HTTP_2 {
+                upstreams
+                    .send_http2(addr, identity, connect_timeout, request)
+                    .await
+                    .map(|response| response.map(Either::Left))
+            } else {
+                upstreams
+                    .send_http1(addr, identity, connect_timeout, request, upgrade)
+                    .await
+            }
+        };
+        let mut response = match timeout_ms {
+            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), send)
+                .await
+                .map_err(|_| Failure::Timeout(ms))?
+                .map_err(Failure::of_upstream)?,
+            None => send.await.map_err(Failure::of_upstream)?,
+        };
+        drop(in_flight);
+        if let Some(downstream) = downstream_upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(down), Ok(up)) = (downstream.await, upstream.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(down),
+                        &mut TokioIo::new(up),
+                    )
+                    .await;
+                }
+            });
+        }
+        return Ok(response);
     }
-    Ok(response)
 }
 
 /// What the config says for one request to a meshed destination.

@@ -36,13 +36,11 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
 
 async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketAddr) -> (u64, u64) {
     let started = Instant::now();
-    let target = context.config.current().and_then(|loaded| {
-        loaded
-            .table
-            .lookup(original)
-            .map(|t| (t, loaded.table.is_opaque(t)))
+    let opaque = context.config.current().and_then(|loaded| {
+        let target = loaded.table.lookup(original)?;
+        Some(loaded.table.is_opaque(target))
     });
-    let Some((target, opaque)) = target else {
+    let Some(opaque) = opaque else {
         return passthrough(context, stream, original, started).await;
     };
     let mut prefix = Vec::new();
@@ -84,7 +82,7 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
             let mut head = HeadWatch::new();
             head.feed(&prefix);
             let mut stream = Prefixed::new(prefix, stream);
-            opaque_to_mesh(context, &mut stream, target, started, head).await;
+            opaque_to_mesh(context, &mut stream, original, started, head).await;
             (stream.received, stream.sent)
         }
     }
@@ -123,21 +121,33 @@ async fn passthrough(
 async fn opaque_to_mesh(
     context: &Arc<Context>,
     stream: &mut Prefixed<TcpStream>,
-    target: crate::routing::Target,
+    original: SocketAddr,
     started: Instant,
     head: HeadWatch,
 ) {
     // The config is not held for the connection's life (it would keep a replaced one alive).
-    let (addr, identity, timeout, stats, limits) = {
+    // With no endpoint listed yet, the connection waits for the next config (as HTTP does).
+    let hold_until = Instant::now() + http::HOLD_FOR_ENDPOINTS;
+    let (addr, identity, timeout, stats, limits) = loop {
         let Some(loaded) = context.config.current() else {
             return;
         };
+        // Looked up again in this config: a destination's index in another one may differ.
+        let Some(target) = loaded.table.lookup(original) else {
+            return;
+        };
+        if loaded.table.endpoints(target).is_empty() && Instant::now() < hold_until {
+            let generation = loaded.generation;
+            drop(loaded);
+            context.config.newer_than(generation, hold_until).await;
+            continue;
+        }
         let Ok((endpoint, timeout, stats)) = choose_endpoint(context, &loaded.table, target) else {
             return;
         };
         let addr = SocketAddr::new(endpoint.ip, endpoint.port);
         let limits = loaded.config.limits;
-        (addr, endpoint.identity.clone(), timeout, stats, limits)
+        break (addr, endpoint.identity.clone(), timeout, stats, limits);
     };
     let _in_flight = stats.start();
     match context

@@ -67,6 +67,21 @@ impl ConfigState {
         self.current.subscribe()
     }
 
+    /// Waits until a config newer than `generation` is in force, at most until `deadline`;
+    /// whether one is. (A request to a destination whose endpoints the config does not list
+    /// yet waits here for the next config rather than failing at once.)
+    pub async fn newer_than(&self, generation: u64, deadline: tokio::time::Instant) -> bool {
+        let mut swaps = self.current.subscribe();
+        let newer = |loaded: &Option<Arc<Loaded>>| {
+            loaded
+                .as_ref()
+                .is_some_and(|loaded| loaded.generation > generation)
+        };
+        tokio::time::timeout_at(deadline, swaps.wait_for(newer))
+            .await
+            .is_ok_and(|seen| seen.is_ok())
+    }
+
     /// Parses `bytes` and, when valid, puts it in force. Returns the error otherwise.
     pub fn offer(&self, bytes: &[u8]) -> Result<u64, String> {
         let compiled = ProxyConfig::from_file(bytes)

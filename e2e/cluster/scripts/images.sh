@@ -25,7 +25,23 @@ case ${1:-} in
     name=$2
     shift 2
     file=$(echo "${name#*/}" | tr ':/' '--').tar
-    "$here/oci-pack.py" "$name" "$IMAGES_DIR/$file" "$@"
+    # Release binaries keep line tables (for backtraces on this machine); the image gets a copy
+    # without debug information. The debug information is kept beside the archives
+    # (debug/<binary>.debug, which the stripped binary names by GNU debuglink) to symbolize a
+    # crash report.
+    work=$(mktemp -d)
+    args=()
+    for arg in "$@"; do
+      if [[ $arg == --* ]]; then args+=("$arg"); continue; fi
+      base=$(basename "$arg")
+      mkdir -p "$IMAGES_DIR/debug"
+      objcopy --only-keep-debug "$arg" "$IMAGES_DIR/debug/$base.debug"
+      objcopy --strip-debug --add-gnu-debuglink="$IMAGES_DIR/debug/$base.debug" "$arg" "$work/$base"
+      args+=("$work/$base")
+      log "$base: $(( $(stat -c %s "$arg") / 1024 )) KiB built, $(( $(stat -c %s "$work/$base") / 1024 )) KiB in the image"
+    done
+    "$here/oci-pack.py" "$name" "$IMAGES_DIR/$file" "${args[@]}"
+    rm -rf "$work"
     ;;
   import)
     for archive in "$IMAGES_DIR"/*.tar; do

@@ -133,7 +133,7 @@ def main():
             info.size, info.mtime = len(data), 0
             archive.addfile(info, io.BytesIO(data))
     os.replace(out + ".tmp", out)
-    print(f"{name} -> {out} ({len(compressed)} bytes compressed)")
+    print(f"{name} -> {out}: {len(compressed) / 1e6:.1f} MB compressed, {len(layer) / 1e6:.1f} MB unpacked")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,25 @@ fn spawn(pod: &mut Pod, as_proxy: bool, program: &str, args: &[&str], log: &str)
     pid
 }
 
+/// The baseline build of braid-proxy to measure beside this one, from `BRAID_BASELINE_PROXY`
+/// (`make bench BASELINE=<git revision>` builds and sets it).
+pub fn baseline() -> Option<String> {
+    std::env::var("BRAID_BASELINE_PROXY")
+        .ok()
+        .filter(|path| !path.is_empty())
+}
+
+/// Which process of a setup is measured.
+#[derive(Clone, Copy)]
+enum Process {
+    /// The client pod's braid-proxy, whichever build runs.
+    ClientProxy,
+    /// The server pod's braid-proxy.
+    ServerProxy,
+    /// Another process.
+    Pid(u32),
+}
+
 fn bench(root: &Path) -> Vec<Measured> {
     let proxy = env!("CARGO_BIN_EXE_braid-proxy");
     let me = std::env::current_exe()
@@ -174,12 +193,15 @@ fn bench(root: &Path) -> Vec<Measured> {
     pods::init(&client, proxy, &[]);
     pods::init(&server, proxy, &["--exclude-inbound-ports=9080"]);
     spawn(&mut server, false, &me, &["upstream"], "upstream.log");
-    let start_proxy = |pod: &mut Pod| {
-        pod.start_proxy();
+    let start_proxy = |pod: &mut Pod, binary: &str| {
+        pod.start_proxy_binary(binary);
         pod.children.last().map_or(0, Child::id)
     };
-    let client_proxy = start_proxy(&mut client);
-    let server_proxy = start_proxy(&mut server);
+    let mut running = proxy.to_string();
+    let mut proxies = [
+        start_proxy(&mut client, proxy),
+        start_proxy(&mut server, proxy),
+    ];
 
     let haproxy_cfg = client.dir.join("haproxy.cfg");
     std::fs::write(
@@ -239,40 +261,98 @@ fn bench(root: &Path) -> Vec<Measured> {
     // How each setup is reached: its HTTP/1.1 and its HTTP/2 address, whether the load runs as
     // UID 1337 (the direct path must not be redirected to braid), the proxy processes.
     let direct = format!("{SERVER_IP}:9080");
-    let setups = [
-        (Setup::Direct, [direct.as_str(), &direct], true, vec![]),
+    let pair = [
+        ("braid client hop", Process::ClientProxy),
+        ("braid server hop", Process::ServerProxy),
+    ];
+    let mut setups = vec![
+        (
+            Setup::Direct,
+            [direct.as_str(), &direct],
+            true,
+            vec![],
+            proxy,
+        ),
         (
             Setup::BraidPair,
             ["10.96.0.10:80", "10.96.0.10:80"],
             false,
-            vec![
-                ("braid client hop", client_proxy),
-                ("braid server hop", server_proxy),
-            ],
+            pair.to_vec(),
+            proxy,
         ),
         (
             Setup::BraidHop,
             ["10.96.0.11:80", "10.96.0.11:80"],
             false,
-            vec![("braid", client_proxy)],
+            vec![("braid", Process::ClientProxy)],
+            proxy,
         ),
         (
             Setup::Haproxy,
             ["127.0.0.1:8181", "127.0.0.1:8183"],
             false,
-            vec![("haproxy", haproxy)],
+            vec![("haproxy", Process::Pid(haproxy))],
+            proxy,
         ),
         (
             Setup::Nginx,
             ["127.0.0.1:8282", "127.0.0.1:8283"],
             false,
-            vec![("nginx", nginx)],
+            vec![("nginx", Process::Pid(nginx))],
+            proxy,
         ),
     ];
+    let baseline = baseline();
+    if let Some(baseline) = &baseline {
+        setups.push((
+            Setup::BaselinePair,
+            ["10.96.0.10:80", "10.96.0.10:80"],
+            false,
+            pair.to_vec(),
+            baseline.as_str(),
+        ));
+        setups.push((
+            Setup::BaselineHop,
+            ["10.96.0.11:80", "10.96.0.11:80"],
+            false,
+            vec![("braid", Process::ClientProxy)],
+            baseline.as_str(),
+        ));
+    }
     let mut runs = Vec::new();
     for round in 1..=ROUNDS {
-        for (setup, [target, h2_target], as_proxy, processes) in &setups {
+        for (setup, [target, h2_target], as_proxy, processes, binary) in &setups {
             let (setup, as_proxy) = (*setup, *as_proxy);
+            let swap = !processes.is_empty() && running != *binary;
+            if swap {
+                // Both pods' proxies become the other build (same config, same identity).
+                let [client_pid, server_pid] = &mut proxies;
+                for (pod, pid) in [(&mut client, client_pid), (&mut server, server_pid)] {
+                    run("kill", &[&pid.to_string()]);
+                    if let Some(child) = pod.children.iter_mut().find(|c| c.id() == *pid) {
+                        let _ = child.wait();
+                    }
+                    pod.children.retain(|c| c.id() != *pid);
+                    *pid = start_proxy(pod, binary);
+                }
+                for pod in [&client, &server] {
+                    eventually("the proxy to be ready", || {
+                        pod.admin("/ready").starts_with("HTTP/1.1 200")
+                    });
+                }
+                running = binary.to_string();
+            }
+            let processes: Vec<(&str, u32)> = processes
+                .iter()
+                .map(|(name, process)| {
+                    let pid = match process {
+                        Process::ClientProxy => proxies[0],
+                        Process::ServerProxy => proxies[1],
+                        Process::Pid(pid) => *pid,
+                    };
+                    (*name, pid)
+                })
+                .collect();
             let load = |connections: usize, rate: u64, seconds: f64| {
                 let output = client
                     .command(as_proxy, &me)
@@ -287,7 +367,7 @@ fn bench(root: &Path) -> Vec<Measured> {
                     .and_then(load::Outcome::from_line)
                     .unwrap_or_else(|| panic!("no outcome from the load: {stdout}"))
             };
-            if round == 1 {
+            if round == 1 || swap {
                 let warmup = load(10, 0, 1.0);
                 assert!(warmup.ok > 0, "{setup:?} answered nothing during warm-up");
             }

@@ -14,6 +14,10 @@ pub enum Setup {
     /// The braid client proxy alone, to an upstream outside the mesh (plain HTTP on its side):
     /// the same work and the same chain of processes as HAProxy's and nginx's.
     BraidHop,
+    /// [`Setup::BraidPair`] with the baseline build of braid-proxy (`BRAID_BASELINE_PROXY`).
+    BaselinePair,
+    /// [`Setup::BraidHop`] with the baseline build.
+    BaselineHop,
     /// HAProxy, one thread.
     Haproxy,
     /// nginx, one worker.
@@ -26,6 +30,8 @@ impl Setup {
             Self::Direct => "direct",
             Self::BraidPair => "braid pair (mTLS)",
             Self::BraidHop => "braid one hop",
+            Self::BaselinePair => "braid pair, baseline build",
+            Self::BaselineHop => "braid one hop, baseline build",
             Self::Haproxy => "HAProxy",
             Self::Nginx => "nginx",
         }
@@ -41,6 +47,16 @@ pub enum Load {
     Closed,
     /// HTTP/2 (h2c from the client) at a fixed concurrency, with h2load.
     Http2,
+}
+
+impl Load {
+    fn title(self) -> &'static str {
+        match self {
+            Self::FixedRate => "HTTP/1.1 at a fixed rate",
+            Self::Closed => "HTTP/1.1 closed loop",
+            Self::Http2 => "HTTP/2",
+        }
+    }
 }
 
 /// One proxy process's cost during a run.
@@ -397,6 +413,43 @@ pub fn markdown(all: &[Measured]) -> String {
             braid.connections,
             each_process(braid, |p| format!("{:.1} MiB", mib(p.peak_rss_kib)))
         );
+    }
+    if let Some(baseline) = &crate::baseline() {
+        let _ = writeln!(
+            out,
+            "\n## Against the baseline build\n\nThe same setups with `{baseline}` \
+             (`BRAID_BASELINE_PROXY`), in the same run, in turns: CPU per request of this build \
+             and of the baseline (ratio).\n"
+        );
+        for load in [Load::FixedRate, Load::Closed, Load::Http2] {
+            let pairs = [
+                ("one hop", Setup::BraidHop, Setup::BaselineHop),
+                ("pair", Setup::BraidPair, Setup::BaselinePair),
+            ];
+            let text: Vec<String> = pairs
+                .iter()
+                .flat_map(|(name, now, before)| {
+                    let (now, before) = (cost(*now, load), cost(*before, load));
+                    let hops = if now.len() == 2 {
+                        vec!["client hop", "server hop"]
+                    } else {
+                        vec![""]
+                    };
+                    now.into_iter()
+                        .zip(before)
+                        .zip(hops)
+                        .map(move |((n, b), hop)| {
+                            let what = if hop.is_empty() {
+                                name.to_string()
+                            } else {
+                                format!("{name} {hop}")
+                            };
+                            format!("{what} {n:.1} vs {b:.1} µs (×{:.3})", n / b)
+                        })
+                })
+                .collect();
+            let _ = writeln!(out, "- {}: {}.", load.title(), text.join("; "));
+        }
     }
     out.push_str("\nPlot: [proxy.svg](proxy.svg).\n");
     out

@@ -134,9 +134,14 @@ impl Pod {
     }
 
     pub fn start_proxy(&mut self) {
+        self.start_proxy_binary(env!("CARGO_BIN_EXE_braid-proxy"));
+    }
+
+    /// Starts `binary run` as the pod's proxy (a build of braid-proxy: this one's, or another).
+    pub fn start_proxy_binary(&mut self, binary: &str) {
         let log = std::fs::File::create(self.dir.join("proxy.log")).expect("log");
         let child = self
-            .command(true, env!("CARGO_BIN_EXE_braid-proxy"))
+            .command(true, binary)
             .arg("run")
             .env("BRAID_CONFIG_DIR", self.dir.join("config"))
             .env("BRAID_IDENTITY_DIR", self.dir.join("identity"))

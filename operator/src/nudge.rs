@@ -1,0 +1,100 @@
+//! Config that is live in seconds: after a workload's `proxy.json` changed, the operator
+//! annotates each of its pods with the new document's hash (`braid.dev/config-hash`). The
+//! kubelet re-syncs a pod's volumes when the pod object changes, so the mounted file is swapped
+//! within a second, instead of at the kubelet's next periodic sync (a minute and more on a stock
+//! kubelet). It costs one merge patch per pod per changed document; a pod that already carries
+//! the hash is skipped, so a pass that changes nothing writes nothing. A failed nudge is logged,
+//! never fatal: the periodic sync still delivers the file.
+
+use std::sync::Arc;
+
+use braid_api::WORKLOAD_LABEL;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+
+use crate::workload::{WorkloadKey, workload_of};
+
+/// The pod annotation that carries the hash of the `proxy.json` the pod should run.
+pub const CONFIG_HASH_ANNOTATION: &str = "braid.dev/config-hash";
+
+/// The live pods of `workload` that do not carry `hash` yet.
+pub fn pods_to_nudge<'a>(pods: &'a [Arc<Pod>], workload: &WorkloadKey, hash: &str) -> Vec<&'a str> {
+    pods.iter()
+        .filter(|pod| workload_of(pod).as_ref() == Some(workload))
+        .filter(|pod| {
+            pod.metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
+                .map(String::as_str)
+                != Some(hash)
+        })
+        .filter_map(|pod| pod.metadata.name.as_deref())
+        .collect()
+}
+
+/// Annotates the pods of `workload` with `hash`; how many were patched.
+pub async fn nudge(
+    client: &kube::Client,
+    pods: &[Arc<Pod>],
+    workload: &WorkloadKey,
+    hash: &str,
+) -> usize {
+    let api: Api<Pod> = Api::namespaced(client.clone(), &workload.namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}});
+    let mut patched = 0;
+    for name in pods_to_nudge(pods, workload, hash) {
+        match api
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => patched += 1,
+            // Gone since the snapshot: nothing to nudge.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => tracing::warn!(
+                "nudging pod {}/{name} ({WORKLOAD_LABEL}={}) to reload its config failed: {error}",
+                workload.namespace,
+                workload.name
+            ),
+        }
+    }
+    patched
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn pod(name: &str, workload: &str, hash: Option<&str>) -> Arc<Pod> {
+        Arc::new(Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("shop".into()),
+                labels: Some(BTreeMap::from([(WORKLOAD_LABEL.into(), workload.into())])),
+                annotations: hash
+                    .map(|h| BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), h.into())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn only_the_workloads_pods_without_the_new_hash_are_nudged() {
+        let pods = [
+            pod("order-1", "order", None),
+            pod("order-2", "order", Some("old")),
+            pod("order-3", "order", Some("new")),
+            pod("payment-1", "payment", None),
+        ];
+        let order = WorkloadKey {
+            namespace: "shop".into(),
+            name: "order".into(),
+        };
+        assert_eq!(pods_to_nudge(&pods, &order, "new"), ["order-1", "order-2"]);
+    }
+}
