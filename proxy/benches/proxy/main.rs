@@ -14,6 +14,7 @@
 //! generator, braid's client proxy, HAProxy and nginx; the server pod runs the upstream on 8080
 //! (behind braid's inbound) and on 9080 (excluded from redirection: the direct path).
 
+mod baseline_report;
 mod load;
 #[path = "../../tests/mesh/pods.rs"]
 #[allow(dead_code)]

@@ -50,7 +50,7 @@ pub enum Load {
 }
 
 impl Load {
-    fn title(self) -> &'static str {
+    pub fn title(self) -> &'static str {
         match self {
             Self::FixedRate => "HTTP/1.1 at a fixed rate",
             Self::Closed => "HTTP/1.1 closed loop",
@@ -415,41 +415,7 @@ pub fn markdown(all: &[Measured]) -> String {
         );
     }
     if let Some(baseline) = &crate::baseline() {
-        let _ = writeln!(
-            out,
-            "\n## Against the baseline build\n\nThe same setups with `{baseline}` \
-             (`BRAID_BASELINE_PROXY`), in the same run, in turns: CPU per request of this build \
-             and of the baseline (ratio).\n"
-        );
-        for load in [Load::FixedRate, Load::Closed, Load::Http2] {
-            let pairs = [
-                ("one hop", Setup::BraidHop, Setup::BaselineHop),
-                ("pair", Setup::BraidPair, Setup::BaselinePair),
-            ];
-            let text: Vec<String> = pairs
-                .iter()
-                .flat_map(|(name, now, before)| {
-                    let (now, before) = (cost(*now, load), cost(*before, load));
-                    let hops = if now.len() == 2 {
-                        vec!["client hop", "server hop"]
-                    } else {
-                        vec![""]
-                    };
-                    now.into_iter()
-                        .zip(before)
-                        .zip(hops)
-                        .map(move |((n, b), hop)| {
-                            let what = if hop.is_empty() {
-                                name.to_string()
-                            } else {
-                                format!("{name} {hop}")
-                            };
-                            format!("{what} {n:.1} vs {b:.1} µs (×{:.3})", n / b)
-                        })
-                })
-                .collect();
-            let _ = writeln!(out, "- {}: {}.", load.title(), text.join("; "));
-        }
+        out.push_str(&crate::baseline_report::section(baseline, all));
     }
     out.push_str("\nPlot: [proxy.svg](proxy.svg).\n");
     out
