@@ -8,35 +8,29 @@
 
 pub mod encoding;
 mod model;
+mod skew;
 mod validate;
 
 pub use model::*;
+pub use skew::{MIN_VERSION, Read, VERSION};
 pub use validate::ConfigError;
-
-/// The version of the document this crate reads and writes.
-pub const VERSION: u32 = 1;
 
 impl ProxyConfig {
     /// Parses and validates a `proxy.json` file as the operator stores it: plain JSON or, for a
     /// large document, gzip of it ([`encoding`]).
-    pub fn from_file(bytes: &[u8]) -> Result<Self, ConfigError> {
+    /// Fields it does not know are ignored ([`ProxyConfig::read`]).
+    pub fn from_file(bytes: &[u8]) -> Result<Read, ConfigError> {
         let json = encoding::decode(bytes).map_err(|message| ConfigError::Parse {
             field: ".".into(),
             message,
         })?;
-        Self::from_json(&json)
+        Self::read(&json)
     }
 
-    /// Parses and validates a document; refuses it whole on the first error.
+    /// Parses and validates a document; refuses it whole on the first error. Fields it does
+    /// not know are ignored ([`ProxyConfig::read`] says which).
     pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
-        let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-        let config: Self =
-            serde_path_to_error::deserialize(deserializer).map_err(|error| ConfigError::Parse {
-                field: error.path().to_string(),
-                message: error.inner().to_string(),
-            })?;
-        config.validate()?;
-        Ok(config)
+        Self::read(bytes).map(|read| read.config)
     }
 
     /// The document as the operator writes it: pretty, with a stable field order, so that equal

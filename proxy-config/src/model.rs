@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// One workload's complete proxy configuration.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ProxyConfig {
     /// Version of this document's format; this crate reads version [`crate::VERSION`].
     pub version: u32,
@@ -35,7 +35,7 @@ pub struct ProxyConfig {
 /// Deadlines and caps that keep a careless or hostile client from holding the proxy's
 /// descriptors and memory. They apply to both listeners (inbound 15006, outbound 15001).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Limits {
     /// Time a client has to send a whole HTTP/1.1 request head, counted from the head's first
     /// byte (for a connection's first request, from its start); past it the connection is
@@ -75,7 +75,7 @@ fn default_max_connections() -> u32 {
 
 /// The workload this proxy serves.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Workload {
     /// Namespace of the workload.
     pub namespace: String,
@@ -87,7 +87,7 @@ pub struct Workload {
 
 /// How the workload accepts traffic.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Inbound {
     /// Whether plaintext is accepted.
     pub mtls_mode: MtlsMode,
@@ -117,7 +117,7 @@ pub enum MtlsMode {
 
 /// An allow rule; an empty list in a field matches everything.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AuthorizationRule {
     /// Caller SPIFFE IDs; a trailing `*` matches a prefix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -138,7 +138,7 @@ pub struct AuthorizationRule {
 
 /// A token bucket.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Sustained rate.
     pub requests_per_second: u32,
@@ -148,7 +148,7 @@ pub struct RateLimit {
 
 /// A meshed Service this workload may call.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Destination {
     /// `<service>.<namespace>`, unique in the document; routes name backends by it.
     pub name: String,
@@ -171,7 +171,7 @@ fn is_default<T: Default + PartialEq>(value: &T) -> bool {
 
 /// One port of a destination.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DestinationPort {
     /// The Service port clients call.
     pub port: u16,
@@ -200,7 +200,7 @@ pub enum Protocol {
 
 /// A ready endpoint.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Endpoint {
     /// Pod IP.
     pub ip: IpAddr,
@@ -214,7 +214,7 @@ pub struct Endpoint {
 
 /// Client-side behaviour towards a destination.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ClientPolicy {
     /// Endpoint choice.
     pub load_balancer: LoadBalancer,
@@ -277,7 +277,7 @@ pub enum LoadBalancer {
 
 /// Retries.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub attempts: u32,
@@ -300,7 +300,7 @@ pub struct RetryPolicy {
 
 /// Fail-fast limits.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
     /// Open connections.
     pub max_connections: u32,
@@ -322,7 +322,7 @@ impl Default for CircuitBreaker {
 
 /// Outlier ejection.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
     /// Consecutive failures that eject.
     pub consecutive_errors: u32,
@@ -334,7 +334,7 @@ pub struct OutlierDetection {
 
 /// Injected faults.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Fault {
     /// Delay `delay_percent` of requests by `delay_ms`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -346,7 +346,7 @@ pub struct Fault {
 
 /// A delay fault.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct DelayFault {
     /// Share of requests, percent.
     pub percent: u32,
@@ -356,7 +356,7 @@ pub struct DelayFault {
 
 /// An abort fault.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct AbortFault {
     /// Share of requests, percent.
     pub percent: u32,
@@ -366,7 +366,7 @@ pub struct AbortFault {
 
 /// A MeshRoute rule.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Route {
     /// Any of these must fit; empty matches every request.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -386,7 +386,7 @@ pub struct Route {
 
 /// Conditions on a request; all that are set must hold.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RouteMatch {
     /// Path condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -401,7 +401,7 @@ pub struct RouteMatch {
 
 /// A header condition.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct HeaderMatch {
     /// Lower-case header name.
     pub name: String,
@@ -423,7 +423,7 @@ pub enum StringMatch {
 
 /// A weighted backend: another destination of this document.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct WeightedBackend {
     /// The [`Destination::name`] of the backend.
     pub destination: String,
@@ -436,7 +436,7 @@ pub struct WeightedBackend {
 
 /// Trace export.
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct Tracing {
     /// Collector `host:port`.
     pub collector: String,

@@ -5,7 +5,6 @@
 //! webhook rewrote it to point here, see `BRAID_APP_PROBES`) over loopback and answers with its
 //! status.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -17,32 +16,14 @@ use http_body_util::{Empty, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use serde::Deserialize;
 use tokio::net::{TcpListener, TcpStream};
+
+use braid_sidecar::{AppProbe, AppProbes};
 
 use crate::context::Context;
 
 /// How long an application probe may take.
 const APP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// An application's original HTTP probe (from `BRAID_APP_PROBES`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-pub struct AppProbe {
-    /// Port on loopback.
-    pub port: u16,
-    /// Path and query.
-    pub path: String,
-    /// `HTTP` or `HTTPS`.
-    pub scheme: String,
-}
-
-/// The probes by `<container>/<kind>`.
-pub type AppProbes = HashMap<String, AppProbe>;
-
-/// Parses `BRAID_APP_PROBES`.
-pub fn parse_app_probes(json: &str) -> Result<AppProbes, String> {
-    serde_json::from_str(json).map_err(|e| format!("BRAID_APP_PROBES: {e}"))
-}
 
 fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
@@ -102,6 +83,7 @@ pub async fn answer(context: &Context, probes: &AppProbes, path: &str) -> Respon
                 Some(loaded) => serde_json::json!({
                     "hash": loaded.hash,
                     "generation": loaded.generation,
+                    "ignoredFields": loaded.ignored,
                     "workload": loaded.config.workload,
                     "mtlsMode": loaded.config.inbound.mtls_mode,
                     "destinations": loaded.config.destinations.len(),
@@ -202,17 +184,6 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>, probes: Arc<App
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn app_probes_parse_as_the_webhook_writes_them() {
-        let probes = parse_app_probes(
-            r#"{"shop/readiness":{"port":8080,"path":"/healthz?full=1","scheme":"HTTP"}}"#,
-        )
-        .expect("parses");
-        assert_eq!(probes["shop/readiness"].path, "/healthz?full=1");
-        let error = parse_app_probes(r#"{"shop/readiness":{"port":"x"}}"#).expect_err("refused");
-        assert!(error.starts_with("BRAID_APP_PROBES: "), "{error}");
-    }
 
     #[tokio::test]
     async fn ready_needs_both_config_and_identity() {

@@ -33,12 +33,7 @@ impl Context {
     /// A context with nothing loaded yet, for a proxy on the standard ports with no
     /// descriptor limit.
     pub fn new(detect_timeout: Duration) -> Arc<Self> {
-        let ports = vec![
-            crate::iptables::OUTBOUND_PORT,
-            crate::iptables::INBOUND_PORT,
-            crate::iptables::ADMIN_PORT,
-        ];
-        Self::with_listeners(detect_timeout, ports, u64::MAX)
+        Self::with_listeners(detect_timeout, braid_sidecar::OWN_PORTS.to_vec(), u64::MAX)
     }
 
     /// A context with nothing loaded yet, for a proxy listening on `own_ports`.

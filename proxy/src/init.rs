@@ -1,7 +1,9 @@
 //! The flags of `braid-proxy init`, parsed by a pure function that reports every bad flag
 //! (the exit code is then 64), so that a pod's init container says all that is wrong at once.
 
-use crate::iptables::{self, Backend, Redirect};
+use braid_sidecar::{parse_cidrs, parse_ports};
+
+use crate::iptables::{Backend, Redirect};
 
 /// What `init` was asked to do.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,15 +40,15 @@ pub fn parse(args: &[String]) -> Result<Init, Vec<String>> {
             "--proxy-uid" => number(flag, value).map(|v| redirect.proxy_uid = v),
             "--inbound-port" => port(flag, value).map(|v| redirect.inbound_port = v),
             "--outbound-port" => port(flag, value).map(|v| redirect.outbound_port = v),
-            "--exclude-inbound-ports" => iptables::parse_ports(flag, value)
+            "--exclude-inbound-ports" => parse_ports(value)
                 .map(|v| redirect.exclude_inbound_ports = v)
-                .map_err(|e| e.to_string()),
-            "--exclude-outbound-ports" => iptables::parse_ports(flag, value)
+                .map_err(|e| format!("{flag}: {e}")),
+            "--exclude-outbound-ports" => parse_ports(value)
                 .map(|v| redirect.exclude_outbound_ports = v)
-                .map_err(|e| e.to_string()),
-            "--exclude-outbound-cidrs" => iptables::parse_cidrs(flag, value)
+                .map_err(|e| format!("{flag}: {e}")),
+            "--exclude-outbound-cidrs" => parse_cidrs(value)
                 .map(|v| redirect.exclude_outbound_cidrs = v)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| format!("{flag}: {e}")),
             "--exclude-uids" => value
                 .split(',')
                 .filter(|v| !v.is_empty())
@@ -113,5 +115,30 @@ mod tests {
         assert_eq!(init.redirect.inbound_port, 16006);
         assert_eq!(init.redirect.exclude_inbound_ports, [9100, 9101]);
         assert!(init.dry_run && init.backend.is_none());
+    }
+
+    #[test]
+    fn bad_exclusion_lists_name_the_flag_and_the_item() {
+        let args: Vec<String> = [
+            "--exclude-outbound-ports=80,http",
+            "--exclude-outbound-cidrs=10.0.0.0/33",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            parse(&args).expect_err("refused"),
+            [
+                "--exclude-outbound-ports: \"http\" is not a port (1 to 65535)",
+                "--exclude-outbound-cidrs: \"10.0.0.0/33\" has a bad prefix length",
+            ]
+        );
+        let args = vec!["--exclude-outbound-cidrs=10.0.0.0/8, fd00::/8".to_string()];
+        assert_eq!(
+            parse(&args).expect("valid").redirect.exclude_outbound_cidrs,
+            [
+                ("10.0.0.0".parse().expect("ip"), 8),
+                ("fd00::".parse().expect("ip"), 8)
+            ]
+        );
     }
 }

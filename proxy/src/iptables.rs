@@ -33,17 +33,12 @@ pub struct Redirect {
     pub exclude_uids: Vec<u32>,
 }
 
-/// The proxy's admin port: probes and metrics reach it directly.
-pub const ADMIN_PORT: u16 = 15020;
-/// The proxy's inbound port, where inbound TCP is redirected.
-pub const INBOUND_PORT: u16 = 15006;
-/// The proxy's outbound port, where the application's outbound TCP is redirected.
-pub const OUTBOUND_PORT: u16 = 15001;
+pub use braid_sidecar::{ADMIN_PORT, INBOUND_PORT, OUTBOUND_PORT};
 
 impl Default for Redirect {
     fn default() -> Self {
         Self {
-            proxy_uid: 1337,
+            proxy_uid: braid_sidecar::PROXY_UID,
             inbound_port: INBOUND_PORT,
             outbound_port: OUTBOUND_PORT,
             exclude_inbound_ports: Vec::new(),
@@ -231,56 +226,6 @@ pub fn detect_backend(legacy_saved: &str, nft_saved: &str) -> Backend {
     }
 }
 
-/// Why a flag value was refused; names the flag.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{flag}: {message}")]
-pub struct FlagError {
-    /// The flag.
-    pub flag: String,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// Parses a comma-separated list of ports.
-pub fn parse_ports(flag: &str, value: &str) -> Result<Vec<u16>, FlagError> {
-    split(value)
-        .map(|p| match p.parse::<u16>() {
-            Ok(port) if port > 0 => Ok(port),
-            _ => Err(FlagError {
-                flag: flag.into(),
-                message: format!("{p:?} is not a port (1 to 65535)"),
-            }),
-        })
-        .collect()
-}
-
-/// Parses a comma-separated list of CIDRs.
-pub fn parse_cidrs(flag: &str, value: &str) -> Result<Vec<(IpAddr, u8)>, FlagError> {
-    let fail = |message: String| FlagError {
-        flag: flag.into(),
-        message,
-    };
-    split(value)
-        .map(|cidr| {
-            let (address, prefix) = cidr
-                .split_once('/')
-                .ok_or_else(|| fail(format!("{cidr:?} is not address/prefix")))?;
-            let address: IpAddr = address
-                .parse()
-                .map_err(|_| fail(format!("{cidr:?} has no valid address")))?;
-            let max = if address.is_ipv4() { 32 } else { 128 };
-            match prefix.parse::<u8>() {
-                Ok(bits) if bits <= max => Ok((address, bits)),
-                _ => Err(fail(format!("{cidr:?} has a bad prefix length"))),
-            }
-        })
-        .collect()
-}
-
-fn split(value: &str) -> impl Iterator<Item = &str> {
-    value.split(',').map(str::trim).filter(|v| !v.is_empty())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -362,27 +307,6 @@ mod tests {
         assert_eq!(
             detect_backend("*nat\n", "*nat\n-A KUBE-X -j RETURN\n"),
             Backend::Nft
-        );
-    }
-
-    #[test]
-    fn bad_flags_name_the_flag() {
-        assert_eq!(
-            parse_ports("--exclude-inbound-ports", "80, 443"),
-            Ok(vec![80, 443])
-        );
-        let error =
-            parse_ports("--exclude-outbound-ports", "80,http").expect_err("http is no port");
-        assert!(
-            error
-                .to_string()
-                .starts_with("--exclude-outbound-ports: \"http\""),
-            "{error}"
-        );
-        assert!(parse_cidrs("--exclude-outbound-cidrs", "10.0.0.0/33").is_err());
-        assert_eq!(
-            parse_cidrs("x", "10.0.0.0/8").expect("cidr"),
-            vec![("10.0.0.0".parse().expect("ip"), 8)]
         );
     }
 }

@@ -175,7 +175,7 @@ impl Drop for Open {
 mod tests {
     use super::*;
 
-    const OWN: [u16; 3] = [15001, 15006, 15020];
+    const OWN: [u16; 3] = braid_sidecar::OWN_PORTS;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().expect("addr")

@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use braid_proxy::iptables;
+use braid_sidecar::{ADMIN_PORT, AppProbes, INBOUND_PORT, OUTBOUND_PORT, env};
 use std::time::Duration;
 
 use braid_proxy::context::{Context, close_idle_connections, forget_removed_endpoints};
@@ -93,22 +94,31 @@ struct RunSettings {
     outbound_addr: SocketAddr,
     detect_timeout: Duration,
     drain: Duration,
-    app_probes: admin::AppProbes,
+    app_probes: AppProbes,
     log: tracing_subscriber::EnvFilter,
 }
 
 fn run_settings(var: impl Fn(&str) -> Option<String>) -> Result<RunSettings, Vec<String>> {
     let mut errors = Vec::new();
-    let mut addr = |name: &str, default: &str| {
-        let value = var(name).unwrap_or_else(|| default.into());
-        value.parse().unwrap_or_else(|_| {
+    let mut addr = |name: &str, default: SocketAddr| match var(name) {
+        None => default,
+        Some(value) => value.parse().unwrap_or_else(|_| {
             errors.push(format!("{name}={value:?} is not host:port"));
-            SocketAddr::from(([0, 0, 0, 0], 0))
-        })
+            default
+        }),
     };
-    let admin_addr = addr("BRAID_ADMIN_ADDR", "0.0.0.0:15020");
-    let inbound_addr = addr("BRAID_INBOUND_ADDR", "0.0.0.0:15006");
-    let outbound_addr = addr("BRAID_OUTBOUND_ADDR", "127.0.0.1:15001");
+    let admin_addr = addr(
+        env::ADMIN_ADDR,
+        SocketAddr::from(([0, 0, 0, 0], ADMIN_PORT)),
+    );
+    let inbound_addr = addr(
+        env::INBOUND_ADDR,
+        SocketAddr::from(([0, 0, 0, 0], INBOUND_PORT)),
+    );
+    let outbound_addr = addr(
+        env::OUTBOUND_ADDR,
+        SocketAddr::from(([127, 0, 0, 1], OUTBOUND_PORT)),
+    );
     let mut millis = |name: &str, default: u64| match var(name) {
         None => Duration::from_millis(default),
         Some(value) => value
@@ -119,19 +129,20 @@ fn run_settings(var: impl Fn(&str) -> Option<String>) -> Result<RunSettings, Vec
                 Duration::ZERO
             }),
     };
-    let detect_timeout = millis("BRAID_DETECT_TIMEOUT_MS", 250);
-    let drain = millis("BRAID_DRAIN_MS", 5_000);
-    let app_probes = match var("BRAID_APP_PROBES") {
-        None => admin::AppProbes::new(),
-        Some(json) => admin::parse_app_probes(&json).unwrap_or_else(|error| {
+    let detect_timeout = millis(env::DETECT_TIMEOUT_MS, 250);
+    let drain = millis(env::DRAIN_MS, 5_000);
+    let app_probes = match var(env::APP_PROBES) {
+        None => AppProbes::new(),
+        Some(json) => braid_sidecar::parse_app_probes(&json).unwrap_or_else(|error| {
             errors.push(error);
-            admin::AppProbes::new()
+            AppProbes::new()
         }),
     };
-    let log_filter = var("BRAID_LOG").unwrap_or_else(|| "info".into());
+    let log_filter = var(env::LOG).unwrap_or_else(|| "info".into());
     let log = tracing_subscriber::EnvFilter::try_new(&log_filter).unwrap_or_else(|error| {
         errors.push(format!(
-            "BRAID_LOG={log_filter:?} is not a log filter: {error}"
+            "{}={log_filter:?} is not a log filter: {error}",
+            env::LOG
         ));
         tracing_subscriber::EnvFilter::default()
     });
@@ -139,8 +150,8 @@ fn run_settings(var: impl Fn(&str) -> Option<String>) -> Result<RunSettings, Vec
         |name: &str, default: &str| PathBuf::from(var(name).unwrap_or_else(|| default.into()));
     if errors.is_empty() {
         Ok(RunSettings {
-            config_file: dir("BRAID_CONFIG_DIR", "/etc/braid/config").join("proxy.json"),
-            identity_dir: dir("BRAID_IDENTITY_DIR", "/etc/braid/identity"),
+            config_file: dir(env::CONFIG_DIR, "/etc/braid/config").join("proxy.json"),
+            identity_dir: dir(env::IDENTITY_DIR, "/etc/braid/identity"),
             admin_addr,
             inbound_addr,
             outbound_addr,

@@ -34,6 +34,9 @@ pub struct Loaded {
     pub hash: String,
     /// 1 for the first config loaded, then one more per reload.
     pub generation: u64,
+    /// Fields of the document this release does not know and ignored (a newer operator's,
+    /// see `braid_proxy_config::Read`).
+    pub ignored: Vec<String>,
 }
 
 /// The current config and the reload counters, shared by the data path and the admin server.
@@ -86,19 +89,27 @@ impl ConfigState {
     pub fn offer(&self, bytes: &[u8]) -> Result<u64, String> {
         let compiled = ProxyConfig::from_file(bytes)
             .map_err(|e| e.to_string())
-            .and_then(|config| Table::compile(&config).map(|table| (config, table)));
+            .and_then(|read| Table::compile(&read.config).map(|table| (read, table)));
         match compiled {
-            Ok((config, table)) => {
+            Ok((braid_proxy_config::Read { config, ignored }, table)) => {
                 let generation = self.current().map_or(1, |c| c.generation + 1);
                 let hash = Sha256::digest(bytes)
                     .iter()
                     .map(|b| format!("{b:02x}"))
                     .collect();
+                if !ignored.is_empty() {
+                    tracing::info!(
+                        "proxy.json generation {generation}: ignoring fields this proxy does not \
+                         know (a newer operator's): {}",
+                        ignored.join(", ")
+                    );
+                }
                 self.current.send_replace(Some(Arc::new(Loaded {
                     config,
                     table,
                     hash,
                     generation,
+                    ignored,
                 })));
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(generation)

@@ -163,5 +163,46 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
         "still ready on the last good config"
     );
 
+    // Version skew: a newer operator's document loads, its unknown fields named; one of a
+    // version this proxy does not read is refused for its version.
+    let newer = config("STRICT").replace(
+        r#""inbound": {"#,
+        r#""authorizationDefaults": {"mode": "mesh"}, "inbound": {"dryRun": true, "#,
+    );
+    publish(&dir, 4, &newer);
+    until("the newer operator's config", async || {
+        state.current().is_some_and(|c| c.generation == 3)
+    })
+    .await;
+    let (_, summary) = get(addr, "/config").await;
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
+    assert_eq!(summary["mtlsMode"], "STRICT", "{summary}");
+    assert_eq!(
+        summary["ignoredFields"],
+        serde_json::json!(["authorizationDefaults", "inbound.dryRun"]),
+        "{summary}"
+    );
+    publish(
+        &dir,
+        5,
+        &config("PERMISSIVE").replace(r#""version": 1"#, r#""version": 2"#),
+    );
+    until("the refusal of version 2", async || {
+        state
+            .reload_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 2
+    })
+    .await;
+    let (_, summary) = get(addr, "/config").await;
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
+    assert_eq!(summary["generation"], 3, "{summary}");
+    assert!(
+        summary["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("version: version 2 is not read by this proxy")),
+        "{summary}"
+    );
+
     let _ = std::fs::remove_dir_all(&dir);
 }

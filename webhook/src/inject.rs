@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use braid_api::{INJECT_ANNOTATION, WORKLOAD_LABEL, identity_secret_name, proxy_config_map_name};
+use braid_sidecar::env;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod,
@@ -21,10 +22,11 @@ pub const PROXY_CONTAINER: &str = "braid-proxy";
 pub const INIT_CONTAINER: &str = "braid-init";
 /// Annotation recording what was injected, by which version.
 pub const INJECTED_ANNOTATION: &str = "braid.dev/injected";
-/// The proxy's UID and GID; its own traffic is exempt from redirection.
-pub const PROXY_UID: i64 = 1337;
-/// The proxy's admin port (`/live`, `/ready`, `/metrics`, `/app-health/...`).
-pub const ADMIN_PORT: i32 = 15020;
+/// The proxy's UID and GID (as Kubernetes types them); its own traffic is exempt from
+/// redirection.
+const PROXY_UID: i64 = braid_sidecar::PROXY_UID as i64;
+/// The proxy's admin port (as Kubernetes types it).
+const ADMIN_PORT: i32 = braid_sidecar::ADMIN_PORT as i32;
 
 /// What the mesh says about the injected containers.
 #[derive(Clone, Debug, PartialEq)]
@@ -201,67 +203,20 @@ pub fn workload_name(pod: &Pod) -> String {
 /// `braid-proxy init` flags from the pod's exclusion annotations.
 fn init_args(annotations: &BTreeMap<String, String>) -> Result<Vec<String>, InjectError> {
     let mut args = vec!["init".into(), format!("--proxy-uid={PROXY_UID}")];
-    for (annotation, flag, check) in [
-        (
-            "braid.dev/exclude-inbound-ports",
-            "--exclude-inbound-ports",
-            check_ports as fn(&str) -> Result<(), String>,
-        ),
-        (
-            "braid.dev/exclude-outbound-ports",
-            "--exclude-outbound-ports",
-            check_ports,
-        ),
-        (
-            "braid.dev/exclude-outbound-cidrs",
-            "--exclude-outbound-cidrs",
-            check_cidrs,
-        ),
-    ] {
-        if let Some(value) = annotations.get(annotation) {
-            let value: String = value
-                .split(',')
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .collect::<Vec<_>>()
-                .join(",");
-            check(&value).map_err(|message| InjectError::BadAnnotation {
-                annotation: annotation.into(),
-                message,
-            })?;
+    for exclusion in braid_sidecar::EXCLUSIONS {
+        if let Some(value) = annotations.get(exclusion.annotation) {
+            let value = exclusion
+                .normalize(value)
+                .map_err(|error| InjectError::BadAnnotation {
+                    annotation: exclusion.annotation.into(),
+                    message: error.to_string(),
+                })?;
             if !value.is_empty() {
-                args.push(format!("{flag}={value}"));
+                args.push(format!("{}={value}", exclusion.flag));
             }
         }
     }
     Ok(args)
-}
-
-fn check_ports(list: &str) -> Result<(), String> {
-    list.split(',')
-        .filter(|p| !p.is_empty())
-        .try_for_each(|p| match p.parse::<u16>() {
-            Ok(port) if port > 0 => Ok(()),
-            _ => Err(format!("{p:?} is not a port (1 to 65535)")),
-        })
-}
-
-fn check_cidrs(list: &str) -> Result<(), String> {
-    list.split(',')
-        .filter(|c| !c.is_empty())
-        .try_for_each(|cidr| {
-            let (ip, prefix) = cidr
-                .split_once('/')
-                .ok_or_else(|| format!("{cidr:?} is not a CIDR like 10.0.0.0/8"))?;
-            let ip: std::net::IpAddr = ip
-                .parse()
-                .map_err(|_| format!("{cidr:?} has no valid address"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            match prefix.parse::<u8>() {
-                Ok(bits) if bits <= max => Ok(()),
-                _ => Err(format!("{cidr:?} has a bad prefix length")),
-            }
-        })
 }
 
 fn init_container(settings: &InjectSettings, args: Vec<String>) -> Container {
@@ -297,29 +252,29 @@ fn proxy_container(settings: &InjectSettings, workload: &str, app_probes: &str) 
     };
     let mut env = vec![
         EnvVar {
-            name: "POD_NAME".into(),
+            name: env::POD_NAME.into(),
             value_from: Some(field("metadata.name")),
             ..Default::default()
         },
         EnvVar {
-            name: "POD_NAMESPACE".into(),
+            name: env::POD_NAMESPACE.into(),
             value_from: Some(field("metadata.namespace")),
             ..Default::default()
         },
         EnvVar {
-            name: "BRAID_WORKLOAD".into(),
+            name: env::WORKLOAD.into(),
             value: Some(workload.into()),
             ..Default::default()
         },
         EnvVar {
-            name: "BRAID_LOG".into(),
+            name: env::LOG.into(),
             value: Some(settings.log_level.clone()),
             ..Default::default()
         },
     ];
     if !app_probes.is_empty() {
         env.push(EnvVar {
-            name: "BRAID_APP_PROBES".into(),
+            name: env::APP_PROBES.into(),
             value: Some(app_probes.into()),
             ..Default::default()
         });

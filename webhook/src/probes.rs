@@ -6,27 +6,14 @@
 //! TCP, gRPC and exec probes are left alone: exec runs inside the container, and a TCP connect is
 //! answered by the proxy's inbound listener.
 
-use std::collections::BTreeMap;
-
+use braid_sidecar::{AppProbe, AppProbes};
 use k8s_openapi::api::core::v1::{Container, PodSpec, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde::Serialize;
-
-/// An application's original HTTP probe, as the proxy needs it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct AppProbe {
-    /// Port on loopback.
-    pub port: i32,
-    /// Path and query.
-    pub path: String,
-    /// `HTTP` or `HTTPS`.
-    pub scheme: String,
-}
 
 /// Rewrites every HTTP probe of the pod's containers and returns the originals as JSON
 /// (`{"<container>/<kind>": {port, path, scheme}}`), or an empty string when there were none.
 pub fn rewrite(spec: &mut PodSpec, admin_port: i32) -> String {
-    let mut originals = BTreeMap::new();
+    let mut originals = AppProbes::new();
     for container in &mut spec.containers {
         let ports = container.ports.clone().unwrap_or_default();
         let name = container.name.clone();
@@ -73,6 +60,8 @@ fn rewrite_one(
                 .container_port
         }
     };
+    // A port Kubernetes would not accept leaves the probe as it is.
+    let port = u16::try_from(port).ok()?;
     let original = AppProbe {
         port,
         path: get.path.clone().unwrap_or_else(|| "/".into()),
