@@ -3,8 +3,10 @@
 //! keeps the live numbers (outstanding requests, peak-EWMA latency) per endpoint address; they
 //! outlive config reloads because they are keyed by address, not by config generation.
 
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use braid_proxy_config::LoadBalancer;
@@ -101,7 +103,7 @@ impl EndpointStats {
     pub fn load(&self) -> Load {
         Load {
             outstanding: self.outstanding.load(Ordering::Relaxed),
-            latency_ns: self.latency.lock().unwrap_or_else(|e| e.into_inner()).0,
+            latency_ns: lock(&self.latency).0,
         }
     }
 
@@ -116,6 +118,41 @@ impl EndpointStats {
     }
 }
 
+/// The live numbers of every endpoint, by address: a config compiles its endpoints with the
+/// entries found here ([`crate::routing::Table::compile_with`]), so that an endpoint listed again
+/// keeps its numbers across reloads, and nothing is looked up per request.
+#[derive(Debug, Default)]
+pub struct EndpointRegistry {
+    stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
+}
+
+impl EndpointRegistry {
+    /// The numbers of the endpoint at `addr`, made when first asked for.
+    pub fn stats(&self, addr: SocketAddr) -> Arc<EndpointStats> {
+        lock(&self.stats).entry(addr).or_default().clone()
+    }
+
+    /// Forgets every endpoint not in `keep` (compiled tables keep the entries they hold).
+    pub fn forget_all_but(&self, keep: &HashSet<SocketAddr>) {
+        lock(&self.stats).retain(|addr, _| keep.contains(addr));
+    }
+
+    /// Endpoints with numbers kept.
+    pub fn len(&self) -> usize {
+        lock(&self.stats).len()
+    }
+
+    /// Whether no endpoint has numbers kept.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A lock that a panicked holder did not poison (the data are plain numbers).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A request in flight to one endpoint.
 #[derive(Debug)]
 pub struct InFlight<'a> {
@@ -128,7 +165,7 @@ impl Drop for InFlight<'_> {
         self.stats.outstanding.fetch_sub(1, Ordering::Relaxed);
         let now = Instant::now();
         let sample = now.duration_since(self.started).as_nanos() as f64;
-        let mut latency = self.stats.latency.lock().unwrap_or_else(|e| e.into_inner());
+        let mut latency = lock(&self.stats.latency);
         let (average, at) = *latency;
         *latency = (
             peak_ewma(average, now.duration_since(at), sample, EWMA_DECAY),

@@ -74,6 +74,7 @@ pub fn forget_removed_endpoints(context: Arc<Context>) -> impl Future<Output = (
                 .as_ref()
                 .map(|loaded| loaded.table.endpoint_addrs());
             if let Some(keep) = keep {
+                context.config.endpoints.forget_all_but(&keep);
                 context.upstreams.forget_all_but(&keep);
             }
         }
@@ -127,19 +128,31 @@ mod tests {
             .config
             .offer(&config(&["10.0.0.1", "10.0.0.2"]))
             .expect("valid");
-        for ip in ["10.0.0.1", "10.0.0.2"] {
-            context.upstreams.stats(addr(ip)).start();
-        }
-        assert_eq!(context.upstreams.known_endpoints(), 2);
+        let endpoints = &context.config.endpoints;
+        let first = endpoints.stats(addr("10.0.0.2"));
+        assert_eq!(endpoints.len(), 2);
 
         context
             .config
             .offer(&config(&["10.0.0.2", "10.0.0.3"]))
             .expect("valid");
         tokio::task::yield_now().await;
-        assert_eq!(context.upstreams.known_endpoints(), 1, "10.0.0.1 is gone");
-        // The one that stayed kept its numbers: the same entry, not a fresh one.
-        let kept = context.upstreams.stats(addr("10.0.0.2"));
-        assert_eq!(std::sync::Arc::strong_count(&kept), 2);
+        assert_eq!(endpoints.len(), 2, "10.0.0.1 is gone, 10.0.0.3 came");
+        // The one that stayed kept its numbers: the same entry, not a fresh one, and the
+        // config in force holds it.
+        let kept = endpoints.stats(addr("10.0.0.2"));
+        assert!(std::sync::Arc::ptr_eq(&first, &kept));
+        let loaded = context.config.current().expect("a config");
+        let target = loaded
+            .table
+            .lookup("10.96.0.10:80".parse().expect("addr"))
+            .expect("meshed");
+        assert!(
+            loaded
+                .table
+                .endpoints(target)
+                .iter()
+                .any(|e| std::sync::Arc::ptr_eq(&e.stats, &kept))
+        );
     }
 }

@@ -1,16 +1,11 @@
-//! One request on the HTTP/1.1 fast path ([`super::serve`]): send its head and body to a peer
-//! (pooled or new, replayed once when a pooled connection closed under an idempotent request),
-//! read the response head, pass the response on, and give the connection back to the pool.
+//! One request on the HTTP/1.1 fast path ([`super::serve`]), as the request driver sees it
+//! ([`crate::pipeline::Exchange`]): its facts come from the head still in the read buffer, and
+//! its send writes head and body to a peer (pooled or new, replayed once when a pooled
+//! connection closed under an idempotent request) and reads the response head. The driver
+//! returns; [`Exchange::pass_on`] then passes the response on and gives the connection back to
+//! the pool.
 
 use super::*;
-
-/// How a request failed.
-pub(super) enum Failed {
-    /// Nothing was sent to the application yet: it gets the failure's response.
-    Answer(Failure),
-    /// A response was under way, or the application went away: the connection closes.
-    Broken,
-}
 
 /// Why an attempt at sending a request and reading its response head failed.
 enum Attempt {
@@ -18,41 +13,58 @@ enum Attempt {
     NoAnswer(Failure),
     /// The exchange failed otherwise, before the final response head.
     Failed(Failure),
-    /// The application's connection failed.
-    AppGone,
+}
+
+impl From<Attempt> for Failure {
+    fn from(attempt: Attempt) -> Self {
+        match attempt {
+            Attempt::NoAnswer(failure) | Attempt::Failed(failure) => failure,
+        }
+    }
 }
 
 /// One request on the fast path.
 pub(super) struct Exchange<'a> {
     pub(super) context: &'a Arc<Context>,
-    pub(super) table: &'a Table,
-    /// Request body bytes still to read from the application.
-    pub(super) body_left: u64,
+    pub(super) app: &'a mut TcpStream,
+    pub(super) buffers: &'a mut Buffers,
+    /// The plan made when the head was parsed, for the driver's first question.
+    pub(super) first_plan: Option<Result<Plan, Failure>>,
+    /// The head's length in `buffers.from_app`, until it is consumed.
+    pub(super) head_len: usize,
+    pub(super) body_len: u64,
+    /// Request body bytes still to read from the application, once the head is consumed.
+    pub(super) body_left: Option<u64>,
     pub(super) keep_alive: bool,
     pub(super) replayable: bool,
     pub(super) to_head: bool,
-    pub(super) started: Instant,
 }
 
 /// A peer connection in use, with the identity it was verified as.
-struct Peer {
+pub(super) struct Peer {
     stream: PeerStream,
     identity: Option<String>,
     addr: SocketAddr,
 }
 
 impl Peer {
-    fn error(&self, message: impl std::fmt::Display) -> Failure {
+    fn error(&self, cause: ExchangeCause) -> Failure {
         Failure::Upstream(UpstreamError::Exchange {
             addr: self.addr,
-            message: message.to_string(),
+            cause,
         })
     }
 }
 
+/// A response head ready to go to the application, and the connection it came on.
+pub(super) struct Answer {
+    pub(super) head: Head,
+    peer: Peer,
+}
+
 /// A final response head ready to go to the application (in `Buffers::out`).
-struct Head {
-    status: u16,
+pub(super) struct Head {
+    pub(super) status: u16,
     framing: Framing,
     /// Body bytes passed on so far.
     body_sent: u64,
@@ -84,35 +96,43 @@ impl Head {
     }
 }
 
-impl Exchange<'_> {
-    /// Forwards the request in `buffers.out` (and the rest of its body) and its response;
-    /// `Ok(keep_alive)` once the response went whole to the application.
-    pub(super) async fn run(
-        &mut self,
-        plan: Result<Plan<'_>, Failure>,
-        app: &mut TcpStream,
-        buffers: &mut Buffers,
-    ) -> Result<bool, Failed> {
-        let plan = plan.map_err(Failed::Answer)?;
-        http::inject(plan.fault).await.map_err(Failed::Answer)?;
-        let (endpoint, connect_timeout, stats) =
-            http::choose_endpoint(self.context, self.table, plan.backend)
-                .map_err(Failed::Answer)?;
-        let addr = SocketAddr::new(endpoint.ip, endpoint.port);
-        let identity = endpoint.identity.as_deref();
-        let in_flight = stats.start();
+impl crate::pipeline::Exchange for Exchange<'_> {
+    type Response = Answer;
 
+    fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure> {
+        if let Some(first) = self.first_plan.take() {
+            return first;
+        }
+        // Asked again (the request waited for a newer config): the head is still in the buffer.
+        let mut headers = [HEADER_SLOT; MAX_HEADERS];
+        let Parse::Done(request) = h1_message::parse_request(&self.buffers.from_app, &mut headers)
+        else {
+            return Err(Failure::BadRequest("request head changed".into()));
+        };
+        let header = |name: &str| request.header(name);
+        let facts = RequestFacts {
+            method: request.method,
+            path: request.path(),
+            header: &header,
+        };
+        decide::plan(table, target, &facts, Rolls::draw())
+    }
+
+    async fn send(
+        &mut self,
+        picked: &Picked,
+        deadline: Option<Deadline>,
+    ) -> Result<Answer, Failure> {
+        self.consume_head();
+        let addr = picked.endpoint.addr;
+        let identity = picked.endpoint.identity.as_deref();
         let upstreams = &self.context.upstreams;
-        // The request timeout runs from here: connecting, sending, and the response head.
-        let deadline = plan
-            .timeout_ms
-            .map(|ms| (tokio::time::Instant::now() + Duration::from_millis(ms), ms));
         // Opening a connection is boxed: its future (TCP connect, TLS handshake) is large.
         let connect = || {
-            within(deadline, async {
-                Box::pin(upstreams.connect(addr, identity, connect_timeout))
+            Deadline::bound(deadline, async {
+                Box::pin(upstreams.connect(addr, identity, picked.connect_timeout))
                     .await
-                    .map_err(|e| Attempt::Failed(e.into()))
+                    .map_err(Failure::from)
             })
         };
         let (mut peer, idle_for) = match upstreams.take_idle_stream(addr, identity) {
@@ -136,44 +156,75 @@ impl Exchange<'_> {
         // A pooled connection idle a while may have been closed by its peer just now (its FIN
         // not read yet): a request that can safely go twice goes once more on a new one.
         let mut may_replay = self.replayable && idle_for >= REPLAY_AFTER_IDLE;
-        let mut head = loop {
-            match within(deadline, self.send_and_read_head(&mut peer, app, buffers)).await {
-                Ok(head) => break head,
+        loop {
+            let attempt = Deadline::bound(deadline, async {
+                Ok(self.send_and_read_head(&mut peer).await)
+            })
+            .await?;
+            match attempt {
+                Ok(head) => return Ok(Answer { head, peer }),
                 Err(Attempt::NoAnswer(_)) if may_replay => {
                     may_replay = false;
                     peer.stream = connect().await?;
                 }
                 Err(failed) => return Err(failed.into()),
             }
-        };
-        drop(in_flight);
-        self.context
-            .metrics
-            .response(head.status, self.started.elapsed());
-        app.write_all(&buffers.out)
-            .await
-            .map_err(|_| Failed::Broken)?;
+        }
+    }
+}
 
+impl Exchange<'_> {
+    /// Takes the request out of the read buffer (once): its head and the body bytes already
+    /// read go to `buffers.out`, after the head the parse wrote there; what follows them is the
+    /// next request's. Returns the body bytes still to read from the application.
+    pub(super) fn consume_head(&mut self) -> u64 {
+        if let Some(left) = self.body_left {
+            return left;
+        }
+        let buffers = &mut *self.buffers;
+        let in_buffer = (buffers.from_app.len() - self.head_len).min(self.body_len as usize);
+        let sent = self.head_len + in_buffer;
+        buffers
+            .out
+            .extend_from_slice(&buffers.from_app[self.head_len..sent]);
+        buffers.from_app.drain(..sent);
+        let left = self.body_len - in_buffer as u64;
+        self.body_left = Some(left);
+        left
+    }
+
+    /// Passes the response whose head is in `buffers.out` on to the application, its body as
+    /// it comes; `Ok(keep_alive)` once it went whole.
+    pub(super) async fn pass_on(&mut self, answer: Answer) -> Result<bool, Failure> {
+        let Answer { mut head, mut peer } = answer;
+        let buffers = &mut *self.buffers;
+        self.app
+            .write_all(&buffers.out)
+            .await
+            .map_err(|_| Failure::ClientGone)?;
         while !head.body_done {
             if buffers.from_peer.is_empty() {
                 match read_more(&mut peer.stream, &mut buffers.from_peer).await {
                     Ok(0) if head.framing == Framing::UntilClose => break,
-                    Ok(0) | Err(_) => return Err(Failed::Broken),
+                    Ok(0) | Err(_) => return Err(Failure::ClientGone),
                     Ok(_) => {}
                 }
             }
             let (take, done) = head
                 .body_part(&buffers.from_peer)
-                .map_err(|_| Failed::Broken)?;
-            app.write_all(&buffers.from_peer[..take])
+                .map_err(|_| Failure::ClientGone)?;
+            self.app
+                .write_all(&buffers.from_peer[..take])
                 .await
-                .map_err(|_| Failed::Broken)?;
+                .map_err(|_| Failure::ClientGone)?;
             buffers.from_peer.drain(..take);
             head.body_done = done;
         }
         // Anything the peer sent past the response is a protocol error: that connection ends.
         if head.reusable && buffers.from_peer.is_empty() {
-            upstreams.return_idle_stream(addr, peer.identity, peer.stream);
+            self.context
+                .upstreams
+                .return_idle_stream(peer.addr, peer.identity, peer.stream);
         }
         buffers.from_peer.clear();
         Ok(!head.close)
@@ -181,33 +232,34 @@ impl Exchange<'_> {
 
     /// Sends the request (`buffers.out`, then the rest of its body from the application) and
     /// reads the final response head, which it leaves in `buffers.out` with the body bytes that
-    /// came with it. Interim (1xx) responses go to the application on the way.
-    async fn send_and_read_head(
-        &mut self,
-        peer: &mut Peer,
-        app: &mut TcpStream,
-        buffers: &mut Buffers,
-    ) -> Result<Head, Attempt> {
-        let no_answer = |e: std::io::Error, peer: &Peer| Attempt::NoAnswer(peer.error(e));
+    /// came with it. Interim (1xx) responses go to the application on the way; an application
+    /// that goes away meanwhile fails it with [`Failure::ClientGone`].
+    async fn send_and_read_head(&mut self, peer: &mut Peer) -> Result<Head, Attempt> {
+        let app_gone = || Attempt::Failed(Failure::ClientGone);
+        let no_answer = |e: std::io::Error, peer: &Peer| Attempt::NoAnswer(peer.error(e.into()));
+        let buffers = &mut *self.buffers;
+        let app = &mut *self.app;
         buffers.from_peer.clear();
         peer.stream
             .write_all(&buffers.out)
             .await
             .map_err(|e| no_answer(e, peer))?;
-        while self.body_left > 0 {
+        let mut body_left = self.body_left.unwrap_or(0);
+        while body_left > 0 {
             if buffers.from_app.is_empty() {
                 match read_more(app, &mut buffers.from_app).await {
-                    Ok(0) | Err(_) => return Err(Attempt::AppGone),
+                    Ok(0) | Err(_) => return Err(app_gone()),
                     Ok(_) => {}
                 }
             }
-            let n = buffers.from_app.len().min(self.body_left as usize);
+            let n = buffers.from_app.len().min(body_left as usize);
             peer.stream
                 .write_all(&buffers.from_app[..n])
                 .await
                 .map_err(|e| no_answer(e, peer))?;
             buffers.from_app.drain(..n);
-            self.body_left -= n as u64;
+            body_left -= n as u64;
+            self.body_left = Some(body_left);
         }
         peer.stream.flush().await.map_err(|e| no_answer(e, peer))?;
 
@@ -240,7 +292,7 @@ impl Exchange<'_> {
             match parsed {
                 Ok(Some((head_len, mut head))) => {
                     let rest = &buffers.from_peer[head_len..];
-                    let (take, done) = head.body_part(rest).map_err(|e| peer_failed(peer, e))?;
+                    let (take, done) = head.body_part(rest).map_err(|e| malformed(peer, e))?;
                     buffers.out.extend_from_slice(&rest[..take]);
                     head.body_done = done;
                     buffers.from_peer.drain(..head_len + take);
@@ -250,12 +302,12 @@ impl Exchange<'_> {
                     // Interim: passed on at once; the final response follows.
                     answered = true;
                     if app.write_all(&buffers.out).await.is_err() {
-                        return Err(Attempt::AppGone);
+                        return Err(app_gone());
                     }
                     continue;
                 }
                 Ok(None) => {}
-                Err(bad) => return Err(peer_failed(peer, bad)),
+                Err(bad) => return Err(malformed(peer, bad)),
             }
             let nothing_yet = !answered && buffers.from_peer.is_empty();
             // While the peer thinks, an application that closes its connection cancels the
@@ -266,45 +318,22 @@ impl Exchange<'_> {
                 biased;
                 read = read_more(&mut peer.stream, &mut buffers.from_peer) => read,
                 read = read_more(app, &mut buffers.from_app), if room => match read {
-                    Ok(0) | Err(_) => return Err(Attempt::AppGone),
+                    Ok(0) | Err(_) => return Err(app_gone()),
                     Ok(_) => continue,
                 },
             };
+            let closed = |when| peer.error(ExchangeCause::Closed(when));
             match read {
-                Ok(0) if nothing_yet => {
-                    return Err(Attempt::NoAnswer(peer.error("closed before responding")));
-                }
-                Ok(0) => return Err(peer_failed(peer, "closed before the response head ended")),
+                Ok(0) if nothing_yet => return Err(Attempt::NoAnswer(closed("before responding"))),
+                Ok(0) => return Err(Attempt::Failed(closed("before the response head ended"))),
                 Ok(_) => {}
                 Err(e) if nothing_yet => return Err(no_answer(e, peer)),
-                Err(e) => return Err(peer_failed(peer, e)),
+                Err(e) => return Err(Attempt::Failed(peer.error(e.into()))),
             }
         }
     }
 }
 
-impl From<Attempt> for Failed {
-    fn from(attempt: Attempt) -> Self {
-        match attempt {
-            Attempt::NoAnswer(failure) | Attempt::Failed(failure) => Self::Answer(failure),
-            Attempt::AppGone => Self::Broken,
-        }
-    }
-}
-
-/// `future`, or a timeout failure at `deadline` (with its milliseconds) if there is one.
-async fn within<T>(
-    deadline: Option<(tokio::time::Instant, u64)>,
-    future: impl Future<Output = Result<T, Attempt>>,
-) -> Result<T, Attempt> {
-    match deadline {
-        Some((at, ms)) => tokio::time::timeout_at(at, future)
-            .await
-            .unwrap_or(Err(Attempt::Failed(Failure::Timeout(ms)))),
-        None => future.await,
-    }
-}
-
-fn peer_failed(peer: &Peer, error: impl std::fmt::Display) -> Attempt {
-    Attempt::Failed(peer.error(error))
+fn malformed(peer: &Peer, error: BadResponse) -> Attempt {
+    Attempt::Failed(peer.error(ExchangeCause::Malformed(error.to_string())))
 }

@@ -1,9 +1,10 @@
 //! The outbound HTTP/1.1 fast path. An application's HTTP/1.1 connection to a meshed
 //! destination is served here, one request after the other, without hyper: the request head is
-//! parsed in place ([`crate::h1_message`]), routed like every request (`http::plan`,
-//! `http::choose_endpoint`), written to a pooled connection to the peer with the hop-by-hop
-//! headers dropped, and the response is passed back as it comes, its body delimited but not
-//! re-encoded. No task, channel or header map per request: the connection's buffers are reused.
+//! parsed in place ([`crate::h1_message`]), goes through the request driver like every request
+//! ([`crate::pipeline::drive`]), is written to a pooled connection to the peer with the
+//! hop-by-hop headers dropped, and the response is passed back as it comes, its body delimited
+//! but not re-encoded. No task, channel or header map per request: the connection's buffers are
+//! reused.
 //!
 //! Only plain requests take this path (HTTP/1.1, origin-form target, no body or a
 //! `Content-Length` one); at the first other one (an upgrade, a chunked upload, `Expect`,
@@ -12,7 +13,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -22,21 +23,24 @@ use crate::deadline::{Expired, Watchdog};
 use crate::detect::Detected;
 use crate::h1_message::{
     self, BadResponse, ChunkedScanner, Framing, HEADER_SLOT, MAX_HEAD_BYTES, MAX_HEADERS, Parse,
-    encode_own_response,
 };
-use crate::http::{self, Failure, Plan};
+use crate::http;
 use crate::metrics::Direction;
+use crate::pipeline::decide::{self, Picked, Plan, Rolls};
+use crate::pipeline::{
+    Deadline, ExchangeCause, Failure, RequestRecord, UpstreamError, drive, respond,
+};
 use crate::prefixed::Prefixed;
 use crate::reload::Loaded;
 use crate::routing::{RequestFacts, Table, Target};
-use crate::upstream::{PeerStream, REPLAY_AFTER_IDLE, UpstreamError};
+use crate::upstream::{PeerStream, REPLAY_AFTER_IDLE};
 
 /// Bytes read at a time, from either side.
 const READ_SIZE: usize = 8 * 1024;
 
 /// A request head taken by the fast path, with what is needed once its bytes are gone.
-struct Taken<'t> {
-    plan: Result<Plan<'t>, Failure>,
+struct Taken {
+    plan: Result<Plan, Failure>,
     head_len: usize,
     body_len: u64,
     keep_alive: bool,
@@ -44,15 +48,15 @@ struct Taken<'t> {
     to_head: bool,
 }
 
-enum Step<'t> {
+enum Step {
     Partial,
     HandOver,
-    Take(Taken<'t>),
+    Take(Taken),
 }
 
 /// Parses the request head at the start of `buf`; when the fast path takes it, plans it and
 /// writes the head to forward into `out`.
-fn take<'t>(table: &'t Table, target: Target, buf: &[u8], out: &mut Vec<u8>) -> Step<'t> {
+fn take(table: &Table, target: Target, buf: &[u8], out: &mut Vec<u8>) -> Step {
     let mut headers = [HEADER_SLOT; MAX_HEADERS];
     let request = match h1_message::parse_request(buf, &mut headers) {
         Parse::Partial => return Step::Partial,
@@ -68,7 +72,7 @@ fn take<'t>(table: &'t Table, target: Target, buf: &[u8], out: &mut Vec<u8>) -> 
     out.clear();
     request.encode(out);
     Step::Take(Taken {
-        plan: http::plan(table, target, &facts),
+        plan: decide::plan(table, target, &facts, Rolls::draw()),
         head_len: request.head_len,
         body_len: request.body_len,
         keep_alive: request.keep_alive,
@@ -120,7 +124,6 @@ pub async fn serve(
     let mut watchdog = Watchdog::new(started + head_timeout);
     let mut head_started = Some(started);
     let mut idle_since = started;
-    let mut hold_until = None;
     loop {
         // The config in force, for this request only: it is not held while the connection
         // waits for the next one (an idle connection would keep a replaced config alive).
@@ -159,61 +162,39 @@ pub async fn serve(
                 return hand_over(context, app, buffers.from_app, original, started).await;
             }
         };
-        // A backend whose endpoints this config does not list yet (a new Service, pods just
-        // Ready, the config on its way): the request waits for the next config, up to
-        // HOLD_FOR_ENDPOINTS, instead of failing at once; its head is still in the buffer.
-        let no_endpoint =
-            matches!(&taken.plan, Ok(plan) if loaded.table.endpoints(plan.backend).is_empty());
-        if no_endpoint {
-            let deadline = *hold_until
-                .get_or_insert_with(|| tokio::time::Instant::now() + http::HOLD_FOR_ENDPOINTS);
-            if tokio::time::Instant::now() < deadline {
-                let generation = loaded.generation;
-                drop(taken);
-                drop(loaded);
-                context.config.newer_than(generation, deadline).await;
-                continue;
-            }
-        }
-        hold_until = None;
         head_started = None;
-        // The request leaves the read buffer: its head and the body bytes already read go to
-        // the peer in one write; what follows them is the next request's.
-        let in_buffer = (buffers.from_app.len() - taken.head_len).min(taken.body_len as usize);
-        let sent = taken.head_len + in_buffer;
-        buffers
-            .out
-            .extend_from_slice(&buffers.from_app[taken.head_len..sent]);
-        buffers.from_app.drain(..sent);
-        let started = Instant::now();
-        context.metrics.request();
+        let mut record = RequestRecord::start(&context.metrics);
         let mut exchange = Exchange {
             context: &context,
-            table: &loaded.table,
-            body_left: taken.body_len - in_buffer as u64,
+            app: &mut app,
+            buffers: &mut buffers,
+            first_plan: Some(taken.plan),
+            head_len: taken.head_len,
+            body_len: taken.body_len,
+            body_left: None,
             keep_alive: taken.keep_alive,
             replayable: taken.replayable,
             to_head: taken.to_head,
-            started,
         };
-        let outcome = exchange.run(taken.plan, &mut app, &mut buffers).await;
+        let outcome = match drive(&context, original, Some(loaded), &mut exchange).await {
+            Ok(answer) => {
+                record.responded(answer.head.status);
+                exchange.pass_on(answer).await
+            }
+            Err(failure) => Err(failure),
+        };
         idle_since = tokio::time::Instant::now();
         match outcome {
             Ok(true) => {}
-            Ok(false) | Err(Failed::Broken) => return,
-            Err(Failed::Answer(failure)) => {
-                let status = failure.status();
-                context.metrics.response(status.as_u16(), started.elapsed());
+            Ok(false) | Err(Failure::ClientGone) => return,
+            Err(failure) => {
                 // A body not read whole would be taken for the next request.
-                let close = !taken.keep_alive || exchange.body_left > 0;
+                let close = !taken.keep_alive || exchange.consume_head() > 0;
+                let status = failure.status().as_u16();
+                record.failed(status, failure.kind());
+                drop(record);
                 buffers.out.clear();
-                encode_own_response(
-                    status.as_u16(),
-                    status.canonical_reason().unwrap_or(""),
-                    &format!("braid-proxy: {failure}\n"),
-                    close,
-                    &mut buffers.out,
-                );
+                respond::encode_h1(&failure, close, &mut buffers.out);
                 if app.write_all(&buffers.out).await.is_err() || close {
                     return;
                 }
@@ -243,7 +224,7 @@ async fn hand_over(
 
 #[path = "h1_exchange.rs"]
 mod exchange;
-use exchange::{Exchange, Failed};
+use exchange::Exchange;
 
 #[cfg(test)]
 #[path = "h1_forward_tests.rs"]

@@ -157,7 +157,7 @@ impl Response<'_, '_> {
 }
 
 /// Writes `fmt` output into a byte vector.
-struct ByteWriter<'a>(&'a mut Vec<u8>);
+pub(crate) struct ByteWriter<'a>(pub(crate) &'a mut Vec<u8>);
 
 impl std::fmt::Write for ByteWriter<'_> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
@@ -356,17 +356,6 @@ pub fn parse_response<'h, 'b>(
         framing,
         reusable,
     }))
-}
-
-/// A response the proxy writes itself: `status`, a one-line text body, and `connection: close`
-/// when `close`.
-pub fn encode_own_response(status: u16, reason: &str, text: &str, close: bool, out: &mut Vec<u8>) {
-    let _ = write!(
-        ByteWriter(out),
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{}\r\n{text}",
-        text.len(),
-        if close { "connection: close\r\n" } else { "" },
-    );
 }
 
 /// Where a chunked body ends, found as its bytes pass by (RFC 9112 §7.1): sizes, extensions,
@@ -667,23 +656,6 @@ mod tests {
         assert_eq!(
             response(b"HTTP/1.1 101 Switching\r\nUpgrade: x\r\n\r\n", false),
             Err(BadResponse::Switch)
-        );
-    }
-
-    #[test]
-    fn own_responses_have_a_length_and_say_when_they_close() {
-        let mut out = Vec::new();
-        encode_own_response(
-            503,
-            "Service Unavailable",
-            "braid-proxy: no\n",
-            true,
-            &mut out,
-        );
-        assert_eq!(
-            String::from_utf8(out).expect("text"),
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 16\r\n\
-             connection: close\r\n\r\nbraid-proxy: no\n"
         );
     }
 

@@ -1,98 +1,32 @@
 //! Outbound HTTP with hyper: serves the application's HTTP/2 connections, and the HTTP/1.1 ones
-//! the fast path ([`crate::h1_forward`]) handed over, and forwards each request on its own: the
-//! route of the config in force at that moment (so a weight change applies to open keep-alive
-//! connections too), a weighted backend, an endpoint chosen by the destination's balancer, fault
-//! injection and the request timeout (`plan`, `inject` and `choose_endpoint`, which the
-//! fast path shares). Upgrades (websockets) are forwarded on a dedicated connection and then
-//! spliced.
+//! the fast path ([`crate::h1_forward`]) handed over. Each request goes through the request
+//! driver ([`crate::pipeline::drive`]) with the config in force at that moment (so a weight
+//! change applies to open keep-alive connections too); this module only reads its facts and
+//! sends it with hyper's client. Upgrades (websockets) are forwarded on a dedicated connection
+//! and then spliced.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{Either, Full};
+use http_body_util::Either;
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{self, HeaderMap};
 use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::balance;
 use crate::context::Context;
 use crate::deadline::{HeadWatch, Watch, Watched};
 use crate::detect::Detected;
 use crate::h1_message::HOP_BY_HOP;
-use crate::routing::{RequestFacts, Target};
-use crate::upstream::UpstreamError;
+use crate::pipeline::decide::{self, Picked, Plan, Rolls};
+use crate::pipeline::{Deadline, Exchange, Failure, Protocol, RequestRecord, drive, respond};
+use crate::routing::{RequestFacts, Table, Target};
+use crate::upstream::Upstreams;
 
 pub use crate::upstream::ProxyBody;
-
-/// How long a request to a backend with no endpoint listed yet waits for a config that lists
-/// one before it fails with 503 (Linkerd queues such requests for up to 3 s too): the endpoint
-/// list lags pod readiness by the operator's write and the kubelet's volume sync.
-pub(crate) const HOLD_FOR_ENDPOINTS: Duration = Duration::from_secs(3);
-
-/// Why the proxy answered a request itself.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Failure {
-    #[error("no proxy config loaded yet")]
-    NotReady,
-    #[error("{0} is no longer a meshed destination")]
-    Gone(SocketAddr),
-    #[error("route of {0} has no backend with weight")]
-    NoBackend(String),
-    #[error("{name} has no endpoint on port {port}")]
-    NoEndpoints { name: String, port: u16 },
-    #[error("upstream: {0}")]
-    Upstream(#[from] UpstreamError),
-    #[error("no response within {0} ms")]
-    Timeout(u64),
-    #[error("fault injected")]
-    Abort(u16),
-    /// The client's request was malformed (its body, for one): the client's fault, not the
-    /// peer's.
-    #[error("malformed request: {0}")]
-    BadRequest(String),
-}
-
-impl Failure {
-    pub(crate) fn status(&self) -> StatusCode {
-        match self {
-            Self::NotReady | Self::NoBackend(_) | Self::NoEndpoints { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Gone(_) | Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::Abort(status) => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            }
-        }
-    }
-
-    /// The failure of sending a request to its peer: the client's when reading the client's
-    /// request body failed (a malformed chunk, a body cut short), else the peer's.
-    fn of_upstream(error: UpstreamError) -> Self {
-        match &error {
-            UpstreamError::Http(e) if request_body_failed(e) => Self::BadRequest(e.to_string()),
-            _ => Self::Upstream(error),
-        }
-    }
-
-    pub(crate) fn response(&self) -> Response<ProxyBody> {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(format!(
-            "braid-proxy: {self}\n"
-        )))));
-        *response.status_mut() = self.status();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-        response
-    }
-}
 
 /// Serves one application connection to `original` as HTTP of the detected version, until it
 /// ends or a deadline passes: hyper's own for HTTP/1.1 request heads (which also counts the
@@ -151,21 +85,23 @@ async fn handle(
     original: SocketAddr,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let started = Instant::now();
-    context.metrics.request();
-    let response = forward(context, original, request)
-        .await
-        .unwrap_or_else(|failure| failure.response());
-    context
-        .metrics
-        .response(response.status().as_u16(), started.elapsed());
-    response
-}
-
-/// Whether hyper's client failed because the request body it was sending did: that body is
-/// the application's request as hyper's server reads it, so its error is a hyper error too.
-fn request_body_failed(error: &hyper::Error) -> bool {
-    std::error::Error::source(error).is_some_and(|cause| cause.is::<hyper::Error>())
+    let mut record = RequestRecord::start(&context.metrics);
+    let protocol = Protocol::of(request.version(), request.headers());
+    let mut exchange = HyperRequest {
+        upstreams: &context.upstreams,
+        request: Some(request),
+    };
+    match drive(context, original, None, &mut exchange).await {
+        Ok(response) => {
+            record.responded(response.status().as_u16());
+            response
+        }
+        Err(failure) => {
+            let response = respond::response(&failure, protocol);
+            record.failed(response.status().as_u16(), failure.kind());
+            response
+        }
+    }
 }
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
@@ -176,45 +112,36 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         })
 }
 
-async fn forward(
-    context: &Arc<Context>,
-    original: SocketAddr,
-    mut request: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Failure> {
-    let hold_until = tokio::time::Instant::now() + HOLD_FOR_ENDPOINTS;
-    loop {
-        let loaded = context.config.current().ok_or(Failure::NotReady)?;
-        let table = &loaded.table;
-        let target = table.lookup(original).ok_or(Failure::Gone(original))?;
+/// One request on hyper's path.
+struct HyperRequest<'c> {
+    upstreams: &'c Arc<Upstreams>,
+    /// The request, until it is sent.
+    request: Option<Request<Incoming>>,
+}
 
-        let Plan {
-            backend,
-            timeout_ms,
-            fault,
-        } = {
-            let headers = request.headers();
-            let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-            let facts = RequestFacts {
-                method: request.method().as_str(),
-                path: request.uri().path(),
-                header: &header_value,
-            };
-            plan(table, target, &facts)?
+impl Exchange for HyperRequest<'_> {
+    type Response = Response<ProxyBody>;
+
+    fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure> {
+        let request = self.request.as_ref().ok_or(Failure::ClientGone)?;
+        let headers = request.headers();
+        let header_value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let facts = RequestFacts {
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            header: &header_value,
         };
-        // No endpoint listed yet for the backend: wait for the next config (see the fast path).
-        if table.endpoints(backend).is_empty() && tokio::time::Instant::now() < hold_until {
-            let generation = loaded.generation;
-            drop(loaded);
-            context.config.newer_than(generation, hold_until).await;
-            continue;
-        }
-        inject(fault).await?;
+        decide::plan(table, target, &facts, Rolls::draw())
+    }
 
-        let (endpoint, connect_timeout, stats) = choose_endpoint(context, table, backend)?;
-        let addr = SocketAddr::new(endpoint.ip, endpoint.port);
-        let identity = endpoint.identity.as_deref();
-        let in_flight = stats.start();
-
+    async fn send(
+        &mut self,
+        peer: &Picked,
+        deadline: Option<Deadline>,
+    ) -> Result<Response<ProxyBody>, Failure> {
+        let mut request = self.request.take().ok_or(Failure::ClientGone)?;
+        let addr = peer.endpoint.addr;
+        let identity = peer.endpoint.identity.as_deref();
         let upgrade = request.version() != Version::HTTP_2 && is_upgrade(request.headers());
         if !upgrade {
             let headers = request.headers_mut();
@@ -229,27 +156,21 @@ async fn forward(
             }
         }
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
-        let upstreams = context.upstreams.clone();
+        let upstreams = self.upstreams;
         let send = async {
-            if request.version() == Version::HTTP_2 {
+            let sent = if request.version() == Version::HTTP_2 {
                 upstreams
-                    .send_http2(addr, identity, connect_timeout, request)
+                    .send_http2(addr, identity, peer.connect_timeout, request)
                     .await
                     .map(|response| response.map(Either::Left))
             } else {
                 upstreams
-                    .send_http1(addr, identity, connect_timeout, request, upgrade)
+                    .send_http1(addr, identity, peer.connect_timeout, request, upgrade)
                     .await
-            }
+            };
+            sent.map_err(Failure::of_upstream)
         };
-        let mut response = match timeout_ms {
-            Some(ms) => tokio::time::timeout(Duration::from_millis(ms), send)
-                .await
-                .map_err(|_| Failure::Timeout(ms))?
-                .map_err(Failure::of_upstream)?,
-            None => send.await.map_err(Failure::of_upstream)?,
-        };
-        drop(in_flight);
+        let mut response = Deadline::bound(deadline, send).await?;
         if let Some(downstream) = downstream_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {
@@ -264,108 +185,112 @@ async fn forward(
                 }
             });
         }
-        return Ok(response);
+        Ok(response)
     }
 }
 
-/// What the config says for one request to a meshed destination.
-pub(crate) struct Plan<'t> {
-    /// Where it goes: the destination itself or a backend of its route.
-    pub backend: Target,
-    /// Its timeout, if any.
-    pub timeout_ms: Option<u64>,
-    /// The fault to inject, if any.
-    pub fault: Option<&'t braid_proxy_config::Fault>,
-}
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use tokio::net::{TcpListener, TcpStream};
 
-/// The route `request` takes to `target`, a backend drawn by weight, its timeout and fault.
-pub(crate) fn plan<'t>(
-    table: &'t crate::routing::Table,
-    target: Target,
-    request: &RequestFacts<'_>,
-) -> Result<Plan<'t>, Failure> {
-    let policy = &table.destinations[target.destination].policy;
-    let Some(route) = table.route(target, request) else {
-        return Ok(Plan {
-            backend: target,
-            timeout_ms: policy.request_timeout_ms,
-            fault: policy.fault.as_ref(),
+    use super::*;
+
+    /// A gRPC call through hyper's path to `original`: its response head and whether its body
+    /// ended at once (trailers-only).
+    async fn call(context: &Arc<Context>, original: &str) -> (Response<Incoming>, bool) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (served, _) = listener.accept().await.expect("accept");
+        let original = original.parse().expect("addr");
+        tokio::spawn(serve(
+            context.clone(),
+            served,
+            original,
+            Detected::Http2,
+            tokio::time::Instant::now(),
+        ));
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(client))
+                .await
+                .expect("h2 handshake");
+        tokio::spawn(connection);
+        let request = Request::post("http://payment.shop/shop.Payment/Charge")
+            .header(header::CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\x02hi")))
+            .expect("request");
+        let response = sender.send_request(request).await.expect("response");
+        let ended = hyper::body::Body::is_end_stream(response.body());
+        (response, ended)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_grpc_caller_gets_the_cause_of_a_proxy_failure_as_its_grpc_status() {
+        // A peer that accepts connections and never answers: the route's timeout passes.
+        let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent_port = silent.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                held.push(stream);
+            }
         });
-    };
-    let total = route.total_weight();
-    let backend = (total > 0)
-        .then(|| route.backend(fastrand::u32(0..total), target.port))
-        .flatten()
-        .ok_or_else(|| Failure::NoBackend(table.destinations[target.destination].name.clone()))?;
-    Ok(Plan {
-        backend,
-        timeout_ms: route.timeout_ms.or(policy.request_timeout_ms),
-        fault: route.fault.as_ref(),
-    })
-}
-
-/// Injects `fault`: an abort is returned as the failure to answer with; a delay is waited out.
-pub(crate) async fn inject(fault: Option<&braid_proxy_config::Fault>) -> Result<(), Failure> {
-    let Some(fault) = fault else { return Ok(()) };
-    if let Some(abort) = &fault.abort
-        && fastrand::u32(0..100) < abort.percent
-    {
-        return Err(Failure::Abort(abort.status));
-    }
-    if let Some(delay) = &fault.delay
-        && fastrand::u32(0..100) < delay.percent
-    {
-        tokio::time::sleep(Duration::from_millis(delay.duration_ms)).await;
-    }
-    Ok(())
-}
-
-/// Picks an endpoint of `backend` with its destination's balancer; with the connect timeout and
-/// the endpoint's live numbers.
-pub(crate) fn choose_endpoint<'t>(
-    context: &Context,
-    table: &'t crate::routing::Table,
-    backend: Target,
-) -> Result<
-    (
-        &'t braid_proxy_config::Endpoint,
-        Duration,
-        Arc<balance::EndpointStats>,
-    ),
-    Failure,
-> {
-    let destination = &table.destinations[backend.destination];
-    let endpoints = table.endpoints(backend);
-    if endpoints.is_empty() {
-        return Err(Failure::NoEndpoints {
-            name: destination.name.clone(),
-            port: backend.port,
+        let config = serde_json::json!({
+            "version": 1,
+            "workload": {"namespace": "shop", "name": "order",
+                         "identity": "spiffe://cluster.local/ns/shop/sa/order"},
+            "inbound": {"mtlsMode": "PERMISSIVE"},
+            "destinations": [
+                {"name": "empty.shop", "clusterIps": ["10.96.0.30"],
+                 "ports": [{"port": 9000, "protocol": "http2", "endpoints": []}]},
+                {"name": "slow.shop", "clusterIps": ["10.96.0.31"],
+                 "ports": [{"port": 9000, "protocol": "http2",
+                            "endpoints": [{"ip": "127.0.0.1", "port": silent_port}]}],
+                 "routes": [{"backends": [{"destination": "slow.shop", "weight": 100}],
+                             "timeoutMs": 100}]},
+            ],
         });
+        let context = Context::new(Duration::from_millis(100));
+        context
+            .config
+            .offer(config.to_string().as_bytes())
+            .expect("valid");
+        for (original, code, message) in [
+            // After the 3 s wait for a config that lists an endpoint.
+            (
+                "10.96.0.30:9000",
+                "14",
+                "empty.shop has no endpoint on port 9000",
+            ),
+            ("10.96.0.31:9000", "4", "no response within 100 ms"),
+        ] {
+            let (response, ended) = call(&context, original).await;
+            assert_eq!(
+                response.status(),
+                StatusCode::OK,
+                "gRPC answers in grpc-status"
+            );
+            let headers = response.headers();
+            assert_eq!(headers["grpc-status"], code, "{original}: {headers:?}");
+            assert_eq!(headers["grpc-message"], message, "{original}");
+            assert_eq!(headers[crate::pipeline::PROXY_ERROR_HEADER], message);
+            assert_eq!(headers[header::CONTENT_TYPE], "application/grpc");
+            assert!(ended, "trailers-only: the stream ends with the head");
+            let body = response.into_body().collect().await.expect("body");
+            assert!(body.to_bytes().is_empty());
+        }
+        let mut metrics = String::new();
+        context.metrics.render(&mut metrics);
+        for line in [
+            "braid_proxy_request_failures_total{response_flag=\"UH\"} 1",
+            "braid_proxy_request_failures_total{response_flag=\"UT\"} 1",
+            "braid_proxy_responses_total{status=\"200\"} 2",
+        ] {
+            assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+        }
     }
-    let balancer = destination.policy.load_balancer;
-    let cursor = destination.cursor.fetch_add(1, Ordering::Relaxed);
-    let load = |i: usize| {
-        let endpoint = &endpoints[i];
-        context
-            .upstreams
-            .stats(SocketAddr::new(endpoint.ip, endpoint.port))
-            .load()
-    };
-    let n = endpoints.len();
-    let chosen = balance::pick(
-        balancer,
-        n,
-        load,
-        cursor,
-        fastrand::usize(..),
-        fastrand::usize(..),
-    );
-    let endpoint = &endpoints[chosen];
-    Ok((
-        endpoint,
-        Duration::from_millis(destination.policy.connect_timeout_ms),
-        context
-            .upstreams
-            .stats(SocketAddr::new(endpoint.ip, endpoint.port)),
-    ))
 }

@@ -23,6 +23,7 @@ pub mod iptables;
 pub mod listen;
 pub mod metrics;
 pub mod outbound;
+pub mod pipeline;
 pub mod prefixed;
 pub mod reload;
 pub mod routing;

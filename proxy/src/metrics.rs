@@ -29,6 +29,10 @@ pub enum Refusal {
 }
 
 const REFUSALS: [&str; 2] = ["loop", "limit"];
+
+/// The response flags of requests the proxy answered itself or could not finish
+/// ([`crate::pipeline::Kind::response_flag`]), in the order of their counters.
+const RESPONSE_FLAGS: [&str; 9] = ["NR", "UH", "UF", "UC", "UPE", "UT", "FI", "DPE", "DC"];
 const EXPIRIES: [&str; 2] = ["request_head", "idle"];
 
 /// Every counter of the data path.
@@ -48,6 +52,8 @@ pub struct Metrics {
     refused: [[AtomicU64; 2]; 2],
     accept_failures: [AtomicU64; 2],
     timed_out: [[AtomicU64; 2]; 2],
+    failures: [AtomicU64; RESPONSE_FLAGS.len()],
+    unanswered: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -67,6 +73,8 @@ impl Default for Metrics {
             refused: Default::default(),
             accept_failures: Default::default(),
             timed_out: Default::default(),
+            failures: Default::default(),
+            unanswered: AtomicU64::new(0),
         }
     }
 }
@@ -102,6 +110,20 @@ impl Metrics {
             bump(&self.latency_buckets[bucket], 1);
         }
         bump(&self.latency_sum_us, elapsed.as_micros() as u64);
+    }
+
+    /// A request failed for a cause of this kind (answered by the proxy, or cut off).
+    pub fn failure(&self, kind: crate::pipeline::Kind) {
+        let flag = kind.response_flag();
+        if let Some(i) = RESPONSE_FLAGS.iter().position(|f| *f == flag) {
+            bump(&self.failures[i], 1);
+        }
+    }
+
+    /// A request ended without a response head to its client (it went away, or the
+    /// connection broke).
+    pub fn unanswered(&self) {
+        bump(&self.unanswered, 1);
     }
 
     /// A connection was accepted.
@@ -199,6 +221,26 @@ impl Metrics {
              braid_proxy_request_duration_seconds_sum {}\n\
              braid_proxy_request_duration_seconds_count {count}",
             get(&self.latency_sum_us) as f64 / 1e6
+        );
+        out.push_str(
+            "# HELP braid_proxy_request_failures_total Outbound HTTP requests the proxy answered \
+             itself or could not finish, by Envoy response flag.\n\
+             # TYPE braid_proxy_request_failures_total counter\n",
+        );
+        for (flag, counter) in RESPONSE_FLAGS.iter().zip(&self.failures) {
+            let _ = writeln!(
+                out,
+                "braid_proxy_request_failures_total{{response_flag=\"{flag}\"}} {}",
+                get(counter)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP braid_proxy_requests_unanswered_total Outbound HTTP requests that ended \
+             without a response head (the client went away, a connection broke).\n\
+             # TYPE braid_proxy_requests_unanswered_total counter\n\
+             braid_proxy_requests_unanswered_total {}",
+            get(&self.unanswered)
         );
         for (name, help, counters) in [
             (

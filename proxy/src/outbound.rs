@@ -15,9 +15,11 @@ use tokio::time::Instant;
 use crate::context::Context;
 use crate::deadline::{HeadWatch, splice};
 use crate::detect::{Detected, detect};
-use crate::http::{self, choose_endpoint};
+use crate::http;
 use crate::metrics::Direction;
+use crate::pipeline::{Deadline, Exchange, Failure, Picked, Plan, drive};
 use crate::prefixed::Prefixed;
+use crate::routing::{Table, Target};
 use crate::{h1_forward, listen};
 
 /// The most bytes read to detect a protocol (the HTTP/2 preface is 24).
@@ -117,7 +119,9 @@ async fn passthrough(
     (spliced.received, spliced.sent)
 }
 
-/// Opaque TCP to a meshed destination: one endpoint per connection, over mTLS.
+/// Opaque TCP to a meshed destination: one endpoint per connection, over mTLS, chosen by the
+/// request driver like a request's (it holds the connection for a config that lists an
+/// endpoint, and lets the config go once one is chosen).
 async fn opaque_to_mesh(
     context: &Arc<Context>,
     stream: &mut Prefixed<TcpStream>,
@@ -125,44 +129,56 @@ async fn opaque_to_mesh(
     started: Instant,
     head: HeadWatch,
 ) {
-    // The config is not held for the connection's life (it would keep a replaced one alive).
-    // With no endpoint listed yet, the connection waits for the next config (as HTTP does).
-    let hold_until = Instant::now() + http::HOLD_FOR_ENDPOINTS;
-    let (addr, identity, timeout, stats, limits) = loop {
-        let Some(loaded) = context.config.current() else {
-            return;
-        };
-        // Looked up again in this config: a destination's index in another one may differ.
-        let Some(target) = loaded.table.lookup(original) else {
-            return;
-        };
-        if loaded.table.endpoints(target).is_empty() && Instant::now() < hold_until {
-            let generation = loaded.generation;
-            drop(loaded);
-            context.config.newer_than(generation, hold_until).await;
-            continue;
-        }
-        let Ok((endpoint, timeout, stats)) = choose_endpoint(context, &loaded.table, target) else {
-            return;
-        };
-        let addr = SocketAddr::new(endpoint.ip, endpoint.port);
-        let limits = loaded.config.limits;
-        break (addr, endpoint.identity.clone(), timeout, stats, limits);
+    let mut connection = Opaque {
+        context,
+        stream,
+        started,
+        head: Some(head),
     };
-    let _in_flight = stats.start();
-    match context
-        .upstreams
-        .connect(addr, identity.as_deref(), timeout)
-        .await
-    {
-        Ok(mut upstream) => {
-            let spliced = splice(stream, &mut upstream, &limits, started, head).await;
-            if let Some(expired) = spliced.expired {
-                context.metrics.timed_out(Direction::Outbound, expired);
-            }
-            let _ = upstream.shutdown().await;
+    if let Err(failure) = drive(context, original, None, &mut connection).await {
+        tracing::warn!("outbound to {original}: {failure}");
+    }
+}
+
+/// An opaque connection, as the request driver sees it.
+struct Opaque<'a> {
+    context: &'a Context,
+    stream: &'a mut Prefixed<TcpStream>,
+    started: Instant,
+    head: Option<HeadWatch>,
+}
+
+impl Exchange for Opaque<'_> {
+    type Response = ();
+
+    fn plan(&mut self, _table: &Table, target: Target) -> Result<Plan, Failure> {
+        // No route applies to a byte stream; a request timeout or fault neither.
+        Ok(Plan {
+            backend: target,
+            timeout: None,
+            fault: None,
+        })
+    }
+
+    async fn send(&mut self, picked: &Picked, _deadline: Option<Deadline>) -> Result<(), Failure> {
+        let endpoint = &picked.endpoint;
+        let mut upstream = self
+            .context
+            .upstreams
+            .connect(
+                endpoint.addr,
+                endpoint.identity.as_deref(),
+                picked.connect_timeout,
+            )
+            .await?;
+        let limits = self.context.limits();
+        let head = self.head.take().unwrap_or_else(HeadWatch::released);
+        let spliced = splice(self.stream, &mut upstream, &limits, self.started, head).await;
+        if let Some(expired) = spliced.expired {
+            self.context.metrics.timed_out(Direction::Outbound, expired);
         }
-        Err(error) => tracing::warn!("outbound to {addr}: {error}"),
+        let _ = upstream.shutdown().await;
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use braid_proxy_config::ProxyConfig;
 
+use crate::balance::EndpointRegistry;
 use crate::identity::{self, Identity};
 use crate::routing::Table;
 use sha2::{Digest, Sha256};
@@ -43,6 +44,8 @@ pub struct Loaded {
 #[derive(Debug)]
 pub struct ConfigState {
     current: watch::Sender<Option<Arc<Loaded>>>,
+    /// The endpoints' live numbers, which compiled configs hold handles to.
+    pub endpoints: EndpointRegistry,
     /// Files refused since start.
     pub reload_errors: AtomicU64,
     /// Why the last file was refused, if the last attempt failed.
@@ -53,6 +56,7 @@ impl Default for ConfigState {
     fn default() -> Self {
         Self {
             current: watch::channel(None).0,
+            endpoints: EndpointRegistry::default(),
             reload_errors: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
         }
@@ -89,7 +93,9 @@ impl ConfigState {
     pub fn offer(&self, bytes: &[u8]) -> Result<u64, String> {
         let compiled = ProxyConfig::from_file(bytes)
             .map_err(|e| e.to_string())
-            .and_then(|read| Table::compile(&read.config).map(|table| (read, table)));
+            .and_then(|read| {
+                Table::compile_with(&read.config, &self.endpoints).map(|table| (read, table))
+            });
         match compiled {
             Ok((braid_proxy_config::Read { config, ignored }, table)) => {
                 let generation = self.current().map_or(1, |c| c.generation + 1);

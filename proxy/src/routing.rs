@@ -5,12 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-use braid_proxy_config::{
-    ClientPolicy, Endpoint, Fault, Protocol, ProxyConfig, RouteMatch, StringMatch,
-};
+use braid_proxy_config::{ClientPolicy, Fault, Protocol, ProxyConfig, RouteMatch, StringMatch};
 use regex::Regex;
+
+use crate::balance::{EndpointRegistry, EndpointStats};
 
 /// A Service port of a destination, found from the address the application dialled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +22,29 @@ pub struct Target {
     pub port: u16,
 }
 
+/// An endpoint ready for requests: where it is, who it must be, and its live numbers (shared
+/// with every config that lists the same address, so that they survive reloads).
+#[derive(Debug)]
+pub struct CompiledEndpoint {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The SPIFFE ID it must prove; `None`: not meshed, reached in plaintext.
+    pub identity: Option<String>,
+    /// Its load and latency.
+    pub stats: Arc<EndpointStats>,
+}
+
+/// A Service port of a destination.
+#[derive(Debug)]
+pub struct CompiledPort {
+    /// The Service port.
+    pub port: u16,
+    /// Its protocol.
+    pub protocol: Protocol,
+    /// Its endpoints.
+    pub endpoints: Vec<Arc<CompiledEndpoint>>,
+}
+
 /// A destination ready for requests.
 #[derive(Debug)]
 pub struct CompiledDestination {
@@ -28,8 +52,8 @@ pub struct CompiledDestination {
     pub name: String,
     /// How clients call it.
     pub policy: ClientPolicy,
-    /// Per Service port: protocol and endpoints.
-    pub ports: HashMap<u16, (Protocol, Vec<Endpoint>)>,
+    /// Its Service ports (a few: a scan beats hashing).
+    pub ports: Vec<CompiledPort>,
     /// Its routes, in order.
     pub routes: Vec<CompiledRoute>,
     /// The round-robin counter of its balancer.
@@ -144,8 +168,15 @@ pub struct Table {
 }
 
 impl Table {
-    /// Compiles `config`; a regex that does not compile refuses the config, naming its field.
+    /// Compiles `config` with endpoint numbers of their own; a regex that does not compile
+    /// refuses the config, naming its field.
     pub fn compile(config: &ProxyConfig) -> Result<Self, String> {
+        Self::compile_with(config, &EndpointRegistry::default())
+    }
+
+    /// Compiles `config`, each endpoint's numbers taken from `registry` (so that an endpoint
+    /// the previous config listed keeps them).
+    pub fn compile_with(config: &ProxyConfig, registry: &EndpointRegistry) -> Result<Self, String> {
         let index: HashMap<&str, usize> = config
             .destinations
             .iter()
@@ -157,7 +188,7 @@ impl Table {
             ..Self::default()
         };
         for (d, destination) in config.destinations.iter().enumerate() {
-            let mut ports = HashMap::new();
+            let mut ports = Vec::new();
             for port in &destination.ports {
                 let target = Target {
                     destination: d,
@@ -175,7 +206,25 @@ impl Table {
                         .entry(SocketAddr::new(endpoint.ip, endpoint.port))
                         .or_insert(target);
                 }
-                ports.insert(port.port, (port.protocol, port.endpoints.clone()));
+                if ports.iter().any(|p: &CompiledPort| p.port == port.port) {
+                    continue;
+                }
+                ports.push(CompiledPort {
+                    port: port.port,
+                    protocol: port.protocol,
+                    endpoints: port
+                        .endpoints
+                        .iter()
+                        .map(|e| {
+                            let addr = SocketAddr::new(e.ip, e.port);
+                            Arc::new(CompiledEndpoint {
+                                addr,
+                                identity: e.identity.clone(),
+                                stats: registry.stats(addr),
+                            })
+                        })
+                        .collect(),
+                });
             }
             let mut routes = Vec::new();
             for (r, route) in destination.routes.iter().enumerate() {
@@ -224,10 +273,9 @@ impl Table {
     /// Whether connections to `target` skip protocol detection.
     pub fn is_opaque(&self, target: Target) -> bool {
         self.opaque_ports.contains(&target.port)
-            || self.destinations[target.destination]
-                .ports
-                .get(&target.port)
-                .is_some_and(|(protocol, _)| *protocol == Protocol::Tcp)
+            || self
+                .port(target)
+                .is_some_and(|port| port.protocol == Protocol::Tcp)
     }
 
     /// The first route of the target's destination that matches, if any.
@@ -244,18 +292,24 @@ impl Table {
     pub fn endpoint_addrs(&self) -> HashSet<SocketAddr> {
         self.destinations
             .iter()
-            .flat_map(|d| d.ports.values())
-            .flat_map(|(_, endpoints)| endpoints)
-            .map(|e| SocketAddr::new(e.ip, e.port))
+            .flat_map(|d| &d.ports)
+            .flat_map(|port| &port.endpoints)
+            .map(|e| e.addr)
             .collect()
     }
 
-    /// The endpoints of a destination's port.
-    pub fn endpoints(&self, target: Target) -> &[Endpoint] {
+    /// The target's Service port.
+    fn port(&self, target: Target) -> Option<&CompiledPort> {
         self.destinations[target.destination]
             .ports
-            .get(&target.port)
-            .map_or(&[], |(_, endpoints)| endpoints.as_slice())
+            .iter()
+            .find(|port| port.port == target.port)
+    }
+
+    /// The endpoints of a destination's port.
+    pub fn endpoints(&self, target: Target) -> &[Arc<CompiledEndpoint>] {
+        self.port(target)
+            .map_or(&[], |port| port.endpoints.as_slice())
     }
 }
 

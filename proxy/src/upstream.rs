@@ -2,8 +2,8 @@
 //! mTLS with the workload's certificate, and the connection is kept only if the peer's SPIFFE ID
 //! is the one the config expects; an endpoint without identity (not meshed) is reached in
 //! plaintext. HTTP/1.1 connections are pooled per endpoint (idle ones reused); HTTP/2 ones are
-//! shared by every request to that endpoint (multiplexed). The live load numbers of each endpoint
-//! ([`EndpointStats`]) live here too, keyed by address so that they survive config reloads.
+//! shared by every request to that endpoint (multiplexed). Failures keep their cause
+//! ([`UpstreamError`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -23,8 +23,10 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::balance::EndpointStats;
+use crate::balance::lock;
 use crate::identity::spiffe_id;
+use crate::pipeline::failure::closed_before_response;
+pub use crate::pipeline::{ConnectCause, UpstreamError};
 use crate::reload::IdentityState;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
@@ -46,51 +48,6 @@ const BUFFER_RESPONSES_UP_TO: u64 = 16 * 1024;
 /// A response body: the peer's as it streams, or one held whole (read from the peer, or written
 /// by the proxy itself).
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
-
-/// Why a peer could not be reached.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    /// TCP connect failed or timed out.
-    #[error("connect to {addr}: {message}")]
-    Connect {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// What failed.
-        message: String,
-    },
-    /// The TLS handshake failed.
-    #[error("mTLS handshake with {addr}: {message}")]
-    Handshake {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// What failed.
-        message: String,
-    },
-    /// The peer presented another identity than the config expects.
-    #[error("{addr} is {found}, expected {expected}")]
-    WrongPeer {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// Its SPIFFE ID.
-        found: String,
-        /// The config's.
-        expected: String,
-    },
-    /// No identity is loaded yet, so no mTLS is possible.
-    #[error("no workload identity loaded yet")]
-    NoIdentity,
-    /// HTTP failed on the connection.
-    #[error("{0}")]
-    Http(#[from] hyper::Error),
-    /// The exchange with the peer failed (HTTP/1.1 fast path).
-    #[error("{addr}: {message}")]
-    Exchange {
-        /// The endpoint.
-        addr: SocketAddr,
-        /// What failed.
-        message: String,
-    },
-}
 
 /// A connection to a peer: mTLS or, for an endpoint outside the mesh, plain TCP.
 pub enum PeerStream {
@@ -191,27 +148,6 @@ fn head_copy(request: &Request<Incoming>) -> Request<ProxyBody> {
     copy
 }
 
-/// Whether the connection was closed under a request before any response came: the peer had
-/// closed it while it was idle.
-fn closed_before_response(error: &hyper::Error) -> bool {
-    if error.is_incomplete_message() || error.is_canceled() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return matches!(
-                io.kind(),
-                io::ErrorKind::ConnectionReset
-                    | io::ErrorKind::BrokenPipe
-                    | io::ErrorKind::ConnectionAborted
-            );
-        }
-        source = cause.source();
-    }
-    false
-}
-
 /// Connections by endpoint, each with the identity it was verified as.
 type Pool<S> = HashMap<SocketAddr, Vec<(Option<String>, S)>>;
 
@@ -265,11 +201,6 @@ pub struct Upstreams {
     /// themselves, which nothing reads while they wait.
     idle_streams: IdlePool<PeerStream>,
     h2: Mutex<Pool<http2::SendRequest<Incoming>>>,
-    stats: Mutex<HashMap<SocketAddr, Arc<EndpointStats>>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Upstreams {
@@ -281,24 +212,13 @@ impl Upstreams {
         }
     }
 
-    /// The live numbers of an endpoint.
-    pub fn stats(&self, addr: SocketAddr) -> Arc<EndpointStats> {
-        lock(&self.stats).entry(addr).or_default().clone()
-    }
-
-    /// Forgets every endpoint not in `keep`: its numbers and its pooled connections (requests
-    /// still in flight hold their own references). Called when a config swap removes endpoints,
-    /// so that a long-lived proxy does not keep one entry per pod that ever existed.
+    /// Forgets the pooled connections of every endpoint not in `keep` (requests still in
+    /// flight hold their own). Called when a config swap removes endpoints, so that a
+    /// long-lived proxy does not keep connections to pods that are gone.
     pub fn forget_all_but(&self, keep: &HashSet<SocketAddr>) {
-        lock(&self.stats).retain(|addr, _| keep.contains(addr));
         lock(&self.idle_h1).retain(|addr, _| keep.contains(addr));
         lock(&self.idle_streams).retain(|addr, _| keep.contains(addr));
         lock(&self.h2).retain(|addr, _| keep.contains(addr));
-    }
-
-    /// Endpoints with numbers kept.
-    pub fn known_endpoints(&self) -> usize {
-        lock(&self.stats).len()
     }
 
     /// Closes the pooled HTTP/1.1 connections idle for `idle` or longer (each holds its TLS and
@@ -347,11 +267,11 @@ impl Upstreams {
         identity: Option<&str>,
         timeout: Duration,
     ) -> Result<PeerStream, UpstreamError> {
-        let connect_error = |message: String| UpstreamError::Connect { addr, message };
+        let connect_error = |cause: ConnectCause| UpstreamError::Connect { addr, cause };
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| connect_error(format!("timed out after {timeout:?}")))?
-            .map_err(|e| connect_error(e.to_string()))?;
+            .map_err(|_| connect_error(ConnectCause::TimedOut(timeout)))?
+            .map_err(|e| connect_error(e.into()))?;
         let _ = tcp.set_nodelay(true);
         let Some(expected) = identity else {
             return Ok(PeerStream::Plain(tcp));

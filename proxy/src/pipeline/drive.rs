@@ -1,0 +1,121 @@
+//! THE request driver: the steps of every request, in one order written in one place, for both
+//! codecs (the HTTP/1.1 fast path and hyper) and for opaque TCP connections:
+//!
+//! 1. the config in force, and the destination the original address belongs to in it;
+//! 2. the plan ([`super::decide`]): route, weighted backend, timeout, fault;
+//! 3. a backend whose endpoints the config does not list yet holds the request for the next
+//!    config, up to [`HOLD_FOR_ENDPOINTS`];
+//! 4. the fault's abort, if one is injected, is the answer;
+//! 5. the endpoint, by the destination's balancer; the config is let go from here on (an open
+//!    connection or a slow request never keeps a replaced config alive); a delay is waited out;
+//! 6. the send, counted as in flight to the endpoint, within the request's deadline.
+//!
+//! What differs per codec — reading the request's facts, sending it — is the [`Exchange`] the
+//! driver is generic over: statically dispatched (`async fn` in a trait, monomorphized per
+//! codec), with no box or `dyn` per request. Authorization and rate limits (server side),
+//! retries and circuit breakers (client side) are the next steps of this list.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::decide::{self, Injected, Picked, Plan};
+use super::failure::Failure;
+use crate::context::Context;
+use crate::reload::Loaded;
+use crate::routing::{Table, Target};
+
+/// How long a request to a backend with no endpoint listed yet waits for a config that lists
+/// one before it fails with 503 (Linkerd queues such requests for up to 3 s too): the endpoint
+/// list lags pod readiness by the operator's write and the kubelet's volume sync.
+pub const HOLD_FOR_ENDPOINTS: Duration = Duration::from_secs(3);
+
+/// When a request's time is up, and what it was (to name it in the failure).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    /// The instant.
+    pub at: Instant,
+    /// The timeout it came from.
+    pub timeout: Duration,
+}
+
+impl Deadline {
+    /// `future`, or [`Failure::Timeout`] at the deadline if there is one.
+    pub async fn bound<T>(
+        deadline: Option<Self>,
+        future: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.at, future)
+                .await
+                .unwrap_or(Err(Failure::Timeout(deadline.timeout))),
+            None => future.await,
+        }
+    }
+}
+
+/// What the driver needs from a codec for one request.
+pub trait Exchange {
+    /// What a successful send yields (a response head, or the end of an opaque connection).
+    type Response;
+
+    /// The plan of the request in `table`, where it is bound for `target`.
+    fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure>;
+
+    /// Sends the request to `peer`; the deadline, when set, bounds the send and the response
+    /// head.
+    fn send(
+        &mut self,
+        peer: &Picked,
+        deadline: Option<Deadline>,
+    ) -> impl Future<Output = Result<Self::Response, Failure>>;
+}
+
+/// Drives one request bound for `original` through the steps above. `loaded` is the config
+/// the caller already holds (the fast path parsed and planned the request in it); `None`:
+/// the one in force.
+pub async fn drive<X: Exchange>(
+    context: &Context,
+    original: SocketAddr,
+    mut loaded: Option<Arc<Loaded>>,
+    exchange: &mut X,
+) -> Result<X::Response, Failure> {
+    let mut hold_until = None;
+    let (plan, picked) = loop {
+        let config = match loaded.take() {
+            Some(config) => config,
+            None => context.config.current().ok_or(Failure::NotReady)?,
+        };
+        // Looked up in this config: a destination's index in another one may differ.
+        let target = config
+            .table
+            .lookup(original)
+            .ok_or(Failure::Gone(original))?;
+        let plan = exchange.plan(&config.table, target)?;
+        if config.table.endpoints(plan.backend).is_empty() {
+            let until = *hold_until.get_or_insert_with(|| Instant::now() + HOLD_FOR_ENDPOINTS);
+            if Instant::now() < until {
+                let generation = config.generation;
+                drop(config);
+                context.config.newer_than(generation, until).await;
+                continue;
+            }
+        }
+        if let Some(Injected::Abort(status)) = plan.fault {
+            return Err(Failure::Abort(status));
+        }
+        break (plan, decide::pick(&config.table, plan.backend)?);
+    };
+    if let Some(Injected::Delay(delay)) = plan.fault {
+        tokio::time::sleep(delay).await;
+    }
+    let _in_flight = picked.endpoint.stats.start();
+    // The deadline runs from here: connecting, sending and the response head.
+    let deadline = plan.timeout.map(|timeout| Deadline {
+        at: Instant::now() + timeout,
+        timeout,
+    });
+    exchange.send(&picked, deadline).await
+}

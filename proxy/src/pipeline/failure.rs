@@ -1,0 +1,368 @@
+//! Why a request failed, with its cause kept: a retry must tell a refused connection from a
+//! reset, the metrics' response flags and the access log must name the cause, and the reply
+//! ([`super::respond`]) depends on it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+/// Why the proxy answered a request itself, or could not finish it.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// No `proxy.json` loaded yet.
+    #[error("no proxy config loaded yet")]
+    NotReady,
+    /// The destination left the config while the connection was open.
+    #[error("{0} is no longer a meshed destination")]
+    Gone(SocketAddr),
+    /// The route's backends all have weight 0 (or name destinations the config lacks).
+    #[error("route of {0} has no backend with weight")]
+    NoBackend(String),
+    /// The backend has no endpoint on the port, and the next config did not bring one in time.
+    #[error("{name} has no endpoint on port {port}")]
+    NoEndpoints {
+        /// The backend.
+        name: String,
+        /// Its port.
+        port: u16,
+    },
+    /// Reaching the peer failed.
+    #[error("upstream: {0}")]
+    Upstream(#[from] UpstreamError),
+    /// No response head within the route's or policy's timeout.
+    #[error("no response within {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// An abort fault was injected.
+    #[error("fault injected")]
+    Abort(u16),
+    /// The client's request was malformed (its body, for one): the client's fault, not the
+    /// peer's.
+    #[error("malformed request: {0}")]
+    BadRequest(String),
+    /// The client went away before its response was complete: nobody to answer.
+    #[error("the client closed its connection")]
+    ClientGone,
+}
+
+/// Why a peer could not be reached or did not answer, by cause.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed or timed out.
+    #[error("connect to {addr}: {cause}")]
+    Connect {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed.
+        cause: ConnectCause,
+    },
+    /// The TLS handshake failed or timed out.
+    #[error("mTLS handshake with {addr}: {message}")]
+    Handshake {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed.
+        message: String,
+    },
+    /// The peer presented another identity than the config expects.
+    #[error("{addr} is {found}, expected {expected}")]
+    WrongPeer {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Its SPIFFE ID.
+        found: String,
+        /// The config's.
+        expected: String,
+    },
+    /// No identity is loaded yet, so no mTLS is possible.
+    #[error("no workload identity loaded yet")]
+    NoIdentity,
+    /// HTTP failed on the connection (hyper's client).
+    #[error("{0}")]
+    Http(#[from] hyper::Error),
+    /// The exchange with the peer failed (HTTP/1.1 fast path).
+    #[error("{addr}: {cause}")]
+    Exchange {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// What failed.
+        cause: ExchangeCause,
+    },
+}
+
+/// Why a TCP connect failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectCause {
+    /// Nothing listens there (RST).
+    #[error("connection refused")]
+    Refused,
+    /// No answer within the connect timeout.
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+    /// Anything else (no route, ...).
+    #[error("{0}")]
+    Other(io::Error),
+}
+
+impl From<io::Error> for ConnectCause {
+    fn from(error: io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::ConnectionRefused => Self::Refused,
+            _ => Self::Other(error),
+        }
+    }
+}
+
+/// Why an exchange on an open connection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeCause {
+    /// The peer reset the connection, or it broke under a write.
+    #[error("connection reset")]
+    Reset,
+    /// The peer closed the connection before the response head was complete.
+    #[error("closed {0}")]
+    Closed(&'static str),
+    /// The peer's response does not parse.
+    #[error("malformed response: {0}")]
+    Malformed(String),
+    /// Another I/O error.
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+impl From<io::Error> for ExchangeCause {
+    fn from(error: io::Error) -> Self {
+        match error.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted => Self::Reset,
+            _ => Self::Io(error),
+        }
+    }
+}
+
+/// A failure's cause, for the decisions and records that depend on it (retries, the response
+/// flag of metrics and access logs, the reply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// No config yet.
+    NotReady,
+    /// No route: the destination is not in the config (any more).
+    NoRoute,
+    /// No backend with weight.
+    NoBackend,
+    /// No endpoint.
+    NoEndpoint,
+    /// TCP connect refused.
+    ConnectRefused,
+    /// TCP connect timed out.
+    ConnectTimeout,
+    /// TCP connect failed otherwise.
+    ConnectFailed,
+    /// TLS handshake failed (or no identity of our own to make one with).
+    Tls,
+    /// The peer is not who the config says.
+    IdentityMismatch,
+    /// The connection was reset or closed before the response head.
+    Reset,
+    /// The peer's response was malformed, or HTTP failed otherwise.
+    BadResponse,
+    /// The request timeout passed.
+    Timeout,
+    /// An abort fault.
+    Fault,
+    /// The client's request was malformed.
+    BadRequest,
+    /// The client went away.
+    ClientGone,
+}
+
+impl Kind {
+    /// The Envoy/Istio response flag for this cause (`response_flags` of Istio's metrics and
+    /// access log).
+    pub fn response_flag(self) -> &'static str {
+        match self {
+            Self::NotReady | Self::NoRoute | Self::NoBackend => "NR",
+            Self::NoEndpoint => "UH",
+            Self::ConnectRefused | Self::ConnectTimeout | Self::ConnectFailed => "UF",
+            Self::Tls | Self::IdentityMismatch => "UF",
+            Self::Reset => "UC",
+            Self::BadResponse => "UPE",
+            Self::Timeout => "UT",
+            Self::Fault => "FI",
+            Self::BadRequest => "DPE",
+            Self::ClientGone => "DC",
+        }
+    }
+
+    /// Whether nothing of the request can have reached the application behind the peer: the
+    /// connection to the peer was never made.
+    pub fn before_connection(self) -> bool {
+        matches!(
+            self,
+            Self::NotReady
+                | Self::NoRoute
+                | Self::NoBackend
+                | Self::NoEndpoint
+                | Self::ConnectRefused
+                | Self::ConnectTimeout
+                | Self::ConnectFailed
+                | Self::Tls
+                | Self::IdentityMismatch
+                | Self::Fault
+        )
+    }
+}
+
+impl Failure {
+    /// Its cause.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::NotReady => Kind::NotReady,
+            Self::Gone(_) => Kind::NoRoute,
+            Self::NoBackend(_) => Kind::NoBackend,
+            Self::NoEndpoints { .. } => Kind::NoEndpoint,
+            Self::Upstream(error) => error.kind(),
+            Self::Timeout(_) => Kind::Timeout,
+            Self::Abort(_) => Kind::Fault,
+            Self::BadRequest(_) => Kind::BadRequest,
+            Self::ClientGone => Kind::ClientGone,
+        }
+    }
+
+    /// The HTTP status the proxy answers it with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotReady | Self::NoBackend(_) | Self::NoEndpoints { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Gone(_) | Self::Upstream(_) | Self::ClientGone => StatusCode::BAD_GATEWAY,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Abort(status) => {
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    }
+
+    /// The failure of sending a request with hyper's client: the client's when reading the
+    /// client's request body failed (a malformed chunk, a body cut short), else the peer's.
+    pub fn of_upstream(error: UpstreamError) -> Self {
+        match &error {
+            UpstreamError::Http(e) if request_body_failed(e) => Self::BadRequest(e.to_string()),
+            _ => Self::Upstream(error),
+        }
+    }
+}
+
+impl UpstreamError {
+    /// Its cause.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Self::Connect { cause, .. } => match cause {
+                ConnectCause::Refused => Kind::ConnectRefused,
+                ConnectCause::TimedOut(_) => Kind::ConnectTimeout,
+                ConnectCause::Other(_) => Kind::ConnectFailed,
+            },
+            Self::Handshake { .. } | Self::NoIdentity => Kind::Tls,
+            Self::WrongPeer { .. } => Kind::IdentityMismatch,
+            Self::Http(error) if closed_before_response(error) => Kind::Reset,
+            Self::Http(_) => Kind::BadResponse,
+            Self::Exchange { cause, .. } => match cause {
+                ExchangeCause::Reset | ExchangeCause::Closed(_) => Kind::Reset,
+                ExchangeCause::Malformed(_) | ExchangeCause::Io(_) => Kind::BadResponse,
+            },
+        }
+    }
+}
+
+/// Whether hyper's client failed because the request body it was sending did: that body is
+/// the application's request as hyper's server reads it, so its error is a hyper error too.
+fn request_body_failed(error: &hyper::Error) -> bool {
+    std::error::Error::source(error).is_some_and(|cause| cause.is::<hyper::Error>())
+}
+
+/// Whether the connection was closed under a request before any response came.
+pub fn closed_before_response(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() || error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(io) = cause.downcast_ref::<io::Error>() {
+            return matches!(
+                ExchangeCause::from(io::Error::from(io.kind())),
+                ExchangeCause::Reset
+            );
+        }
+        source = cause.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr() -> SocketAddr {
+        "10.244.0.7:8080".parse().expect("addr")
+    }
+
+    #[test]
+    fn causes_are_kept_through_the_layers() {
+        let refused = Failure::from(UpstreamError::Connect {
+            addr: addr(),
+            cause: io::Error::from(io::ErrorKind::ConnectionRefused).into(),
+        });
+        assert_eq!(refused.kind(), Kind::ConnectRefused);
+        assert_eq!(
+            refused.to_string(),
+            "upstream: connect to 10.244.0.7:8080: connection refused"
+        );
+        let timed_out = Failure::from(UpstreamError::Connect {
+            addr: addr(),
+            cause: ConnectCause::TimedOut(Duration::from_secs(1)),
+        });
+        assert_eq!(timed_out.kind(), Kind::ConnectTimeout);
+        let reset = Failure::from(UpstreamError::Exchange {
+            addr: addr(),
+            cause: io::Error::from(io::ErrorKind::ConnectionReset).into(),
+        });
+        assert_eq!(reset.kind(), Kind::Reset);
+        let mismatch = Failure::from(UpstreamError::WrongPeer {
+            addr: addr(),
+            found: "spiffe://cluster.local/ns/shop/sa/evil".into(),
+            expected: "spiffe://cluster.local/ns/shop/sa/payment".into(),
+        });
+        assert_eq!(mismatch.kind(), Kind::IdentityMismatch);
+        assert!(mismatch.kind().before_connection() && !reset.kind().before_connection());
+    }
+
+    #[test]
+    fn each_cause_has_its_status_and_response_flag() {
+        let cases = [
+            (Failure::NotReady, 503, "NR"),
+            (
+                Failure::NoEndpoints {
+                    name: "payment.shop".into(),
+                    port: 80,
+                },
+                503,
+                "UH",
+            ),
+            (Failure::Timeout(Duration::from_millis(250)), 504, "UT"),
+            (Failure::Abort(418), 418, "FI"),
+            (Failure::BadRequest("bad chunk".into()), 400, "DPE"),
+            (Failure::Gone(addr()), 502, "NR"),
+        ];
+        for (failure, status, flag) in cases {
+            assert_eq!(failure.status().as_u16(), status, "{failure}");
+            assert_eq!(failure.kind().response_flag(), flag, "{failure}");
+        }
+        assert_eq!(
+            Failure::Timeout(Duration::from_millis(250)).to_string(),
+            "no response within 250 ms"
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! The request pipeline shared by every path through the proxy: the driver ([`drive`]) with
+//! its pure decisions ([`decide`]), failures that keep their cause ([`failure`]), the one place
+//! that answers for the proxy ([`respond`]), and the one record of each request ([`record`]).
+
+pub mod decide;
+pub mod drive;
+pub mod failure;
+pub mod record;
+pub mod respond;
+
+pub use decide::{Injected, Picked, Plan, Rolls};
+pub use drive::{Deadline, Exchange, HOLD_FOR_ENDPOINTS, drive};
+pub use failure::{ConnectCause, ExchangeCause, Failure, Kind, UpstreamError};
+pub use record::RequestRecord;
+pub use respond::{PROXY_ERROR_HEADER, Protocol};

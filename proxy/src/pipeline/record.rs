@@ -1,0 +1,90 @@
+//! One record per request: a guard made when a request starts and finished when its response
+//! head goes out, or dropped without one (the client went away, the connection broke). It is
+//! where a request's outcome is recorded — today the request, response and latency counters;
+//! next Istio's metrics, the access log, the span, and the outlier and budget state, each from
+//! the same place on both codecs.
+
+use std::time::Instant;
+
+use super::failure::Kind;
+use crate::metrics::Metrics;
+
+/// A request under way.
+#[must_use = "a request's record is finished with `responded`, or dropped"]
+pub struct RequestRecord<'m> {
+    metrics: &'m Metrics,
+    started: Instant,
+    answered: bool,
+}
+
+impl<'m> RequestRecord<'m> {
+    /// Starts the record of a request (counted at once).
+    pub fn start(metrics: &'m Metrics) -> Self {
+        metrics.request();
+        Self {
+            metrics,
+            started: Instant::now(),
+            answered: false,
+        }
+    }
+
+    /// The response head with `status` went to the client (the peer's or the proxy's own).
+    pub fn responded(&mut self, status: u16) {
+        if !self.answered {
+            self.answered = true;
+            self.metrics.response(status, self.started.elapsed());
+        }
+    }
+
+    /// The proxy answered itself, for a failure of this cause.
+    pub fn failed(&mut self, status: u16, kind: Kind) {
+        if !self.answered {
+            self.metrics.failure(kind);
+        }
+        self.responded(status);
+    }
+}
+
+impl Drop for RequestRecord<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.metrics.unanswered();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(metrics: &Metrics) -> String {
+        let mut out = String::new();
+        metrics.render(&mut out);
+        out
+    }
+
+    #[test]
+    fn a_request_is_recorded_once_however_it_ends() {
+        let metrics = Metrics::default();
+        {
+            let mut record = RequestRecord::start(&metrics);
+            record.responded(200);
+            record.responded(200);
+        }
+        {
+            let mut record = RequestRecord::start(&metrics);
+            record.failed(504, Kind::Timeout);
+        }
+        drop(RequestRecord::start(&metrics));
+        let text = rendered(&metrics);
+        for line in [
+            "braid_proxy_requests_total 3",
+            "braid_proxy_responses_total{status=\"200\"} 1",
+            "braid_proxy_responses_total{status=\"504\"} 1",
+            "braid_proxy_request_failures_total{response_flag=\"UT\"} 1",
+            "braid_proxy_requests_unanswered_total 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+}
