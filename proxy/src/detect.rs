@@ -1,7 +1,44 @@
-//! Protocol detection from the first bytes a client sends: pure, so that every case is a unit
-//! test. The shell ([`crate::outbound`]) reads until [`detect`] stops answering
-//! [`Detected::NeedMore`], or until the detection timeout, after which the connection is opaque
-//! TCP (a server-speaks-first protocol sends nothing, so it must not wait long).
+//! Protocol detection from the first bytes a client sends: [`detect`] is pure, so that every
+//! case is a unit test. Its shell, [`sniff`] (used by both listeners), reads until [`detect`]
+//! stops answering [`Detected::NeedMore`], or until the detection timeout, after which the
+//! connection is opaque TCP (a server-speaks-first protocol sends nothing, so it must not wait
+//! long).
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt as _};
+
+/// The most bytes read to detect a protocol (the HTTP/2 preface is 24).
+const DETECT_BYTES: usize = 64;
+
+/// Reads the first bytes of `stream` for up to `timeout`: the protocol they show and the bytes
+/// read (to replay); `None` when the client closed (or failed) before saying enough, with the
+/// bytes it sent.
+pub async fn sniff<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: Duration,
+) -> Result<(Detected, Vec<u8>), Vec<u8>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut prefix = Vec::new();
+    let mut buf = [0u8; DETECT_BYTES];
+    loop {
+        let read = tokio::time::timeout_at(
+            deadline,
+            stream.read(&mut buf[..DETECT_BYTES - prefix.len()]),
+        )
+        .await;
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(prefix),
+            Ok(Ok(n)) => prefix.extend_from_slice(&buf[..n]),
+            Err(_) => return Ok((Detected::Opaque, prefix)),
+        }
+        match detect(&prefix) {
+            Detected::NeedMore if prefix.len() < DETECT_BYTES => continue,
+            Detected::NeedMore => return Ok((Detected::Opaque, prefix)),
+            found => return Ok((found, prefix)),
+        }
+    }
+}
 
 /// What the first bytes of a connection are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

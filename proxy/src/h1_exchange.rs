@@ -24,11 +24,12 @@ impl From<Attempt> for Failure {
 }
 
 /// One request on the fast path.
-pub(super) struct Exchange<'a> {
+pub(super) struct Exchange<'a, S> {
     pub(super) context: &'a Arc<Context>,
-    pub(super) app: &'a mut TcpStream,
+    /// The client's connection (the application's outbound, a caller's inbound).
+    pub(super) client: &'a mut S,
     pub(super) buffers: &'a mut Buffers,
-    /// The plan made when the head was parsed, for the driver's first question.
+    /// The plan made when an outbound head was parsed, for the driver's first question.
     pub(super) first_plan: Option<Result<Plan, Failure>>,
     /// The head's length in `buffers.from_app`, until it is consumed.
     pub(super) head_len: usize,
@@ -96,7 +97,7 @@ impl Head {
     }
 }
 
-impl crate::pipeline::Exchange for Exchange<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'_, S> {
     type Response = Answer;
 
     fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure> {
@@ -173,7 +174,7 @@ impl crate::pipeline::Exchange for Exchange<'_> {
     }
 }
 
-impl Exchange<'_> {
+impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
     /// Takes the request out of the read buffer (once): its head and the body bytes already
     /// read go to `buffers.out`, after the head the parse wrote there; what follows them is the
     /// next request's. Returns the body bytes still to read from the application.
@@ -198,7 +199,7 @@ impl Exchange<'_> {
     pub(super) async fn pass_on(&mut self, answer: Answer) -> Result<bool, Failure> {
         let Answer { mut head, mut peer } = answer;
         let buffers = &mut *self.buffers;
-        self.app
+        self.client
             .write_all(&buffers.out)
             .await
             .map_err(|_| Failure::ClientGone)?;
@@ -213,7 +214,7 @@ impl Exchange<'_> {
             let (take, done) = head
                 .body_part(&buffers.from_peer)
                 .map_err(|_| Failure::ClientGone)?;
-            self.app
+            self.client
                 .write_all(&buffers.from_peer[..take])
                 .await
                 .map_err(|_| Failure::ClientGone)?;
@@ -238,7 +239,7 @@ impl Exchange<'_> {
         let app_gone = || Attempt::Failed(Failure::ClientGone);
         let no_answer = |e: std::io::Error, peer: &Peer| Attempt::NoAnswer(peer.error(e.into()));
         let buffers = &mut *self.buffers;
-        let app = &mut *self.app;
+        let app = &mut *self.client;
         buffers.from_peer.clear();
         peer.stream
             .write_all(&buffers.out)

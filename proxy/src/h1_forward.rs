@@ -15,8 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::context::Context;
 use crate::deadline::{Expired, Watchdog};
@@ -25,10 +24,9 @@ use crate::h1_message::{
     self, BadResponse, ChunkedScanner, Framing, HEADER_SLOT, MAX_HEAD_BYTES, MAX_HEADERS, Parse,
 };
 use crate::http;
-use crate::metrics::Direction;
 use crate::pipeline::decide::{self, Picked, Plan, Rolls};
 use crate::pipeline::{
-    Deadline, ExchangeCause, Failure, RequestRecord, UpstreamError, drive, respond,
+    Bound, Deadline, ExchangeCause, Failure, RequestRecord, UpstreamError, drive, respond,
 };
 use crate::prefixed::Prefixed;
 use crate::reload::Loaded;
@@ -40,7 +38,8 @@ const READ_SIZE: usize = 8 * 1024;
 
 /// A request head taken by the fast path, with what is needed once its bytes are gone.
 struct Taken {
-    plan: Result<Plan, Failure>,
+    /// Its plan, for an outbound request.
+    plan: Option<Result<Plan, Failure>>,
     head_len: usize,
     body_len: u64,
     keep_alive: bool,
@@ -51,28 +50,34 @@ struct Taken {
 enum Step {
     Partial,
     HandOver,
+    /// A request that must not be forwarded (its framing is ambiguous): refused with 400.
+    Refuse(&'static str),
     Take(Taken),
 }
 
-/// Parses the request head at the start of `buf`; when the fast path takes it, plans it and
-/// writes the head to forward into `out`.
-fn take(table: &Table, target: Target, buf: &[u8], out: &mut Vec<u8>) -> Step {
+/// Parses the request head at the start of `buf`; when the fast path takes it, plans it (an
+/// outbound one, in `outbound`'s table) and writes the head to forward into `out`.
+fn take(outbound: Option<(&Table, Target)>, buf: &[u8], out: &mut Vec<u8>) -> Step {
     let mut headers = [HEADER_SLOT; MAX_HEADERS];
     let request = match h1_message::parse_request(buf, &mut headers) {
         Parse::Partial => return Step::Partial,
         Parse::HandOver => return Step::HandOver,
+        Parse::Refuse(reason) => return Step::Refuse(reason),
         Parse::Done(request) => request,
     };
-    let header = |name: &str| request.header(name);
-    let facts = RequestFacts {
-        method: request.method,
-        path: request.path(),
-        header: &header,
-    };
+    let plan = outbound.map(|(table, target)| {
+        let header = |name: &str| request.header(name);
+        let facts = RequestFacts {
+            method: request.method,
+            path: request.path(),
+            header: &header,
+        };
+        decide::plan(table, target, &facts, Rolls::draw())
+    });
     out.clear();
     request.encode(out);
     Step::Take(Taken {
-        plan: decide::plan(table, target, &facts, Rolls::draw()),
+        plan,
         head_len: request.head_len,
         body_len: request.body_len,
         keep_alive: request.keep_alive,
@@ -103,20 +108,54 @@ where
     stream.read_buf(buf).await
 }
 
-/// Serves an application's HTTP/1.1 connection to `original`; `prefix` holds the bytes that
-/// protocol detection read.
-pub async fn serve(
+/// Serves a client's HTTP/1.1 connection, its requests bound as `bound` says (the
+/// application's to a meshed destination, or a caller's to the application); `prefix` holds
+/// the bytes that protocol detection read.
+pub async fn serve<S>(
     context: Arc<Context>,
-    mut app: TcpStream,
-    original: SocketAddr,
+    mut client: S,
+    bound: Bound,
     prefix: Vec<u8>,
     started: tokio::time::Instant,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buffers = Buffers {
         from_app: prefix,
         out: Vec::new(),
         from_peer: Vec::new(),
     };
+    match serve_requests(&context, &mut client, &bound, &mut buffers, started).await {
+        Next::HandOver => {
+            hand_over(context, client, buffers.from_app, bound, started).await;
+        }
+        // Ended: an inbound mTLS connection says so (TLS close_notify) before it closes.
+        Next::Close => {
+            let _ = client.shutdown().await;
+        }
+    }
+}
+
+/// What becomes of a connection the fast path stops serving.
+enum Next {
+    /// It goes on under hyper.
+    HandOver,
+    /// It closes.
+    Close,
+}
+
+/// Serves the requests of a connection until it closes or needs hyper.
+async fn serve_requests<S>(
+    context: &Arc<Context>,
+    client: &mut S,
+    bound: &Bound,
+    buffers: &mut Buffers,
+    started: tokio::time::Instant,
+) -> Next
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let direction = bound.direction();
     // One timer for the connection's deadlines ([`crate::deadline`]): the request head's while
     // one is under way (the first one's from the connection's start), else the idle time.
     let limits = context.limits();
@@ -127,15 +166,19 @@ pub async fn serve(
     loop {
         // The config in force, for this request only: it is not held while the connection
         // waits for the next one (an idle connection would keep a replaced config alive).
-        let Some((loaded, target)) = config_for(&context, original) else {
-            // Without a config, or when the destination left it, hyper's path gives the answer.
-            return hand_over(context, app, buffers.from_app, original, started).await;
+        let (loaded, target) = match bound {
+            Bound::Outbound(original) => match config_for(context, *original) {
+                Some((loaded, target)) => (Some(loaded), Some(target)),
+                // Without a config, or when the destination left it, hyper's path answers.
+                None => return Next::HandOver,
+            },
+            Bound::Inbound(_) => (None, None),
         };
-        let taken = match take(&loaded.table, target, &buffers.from_app, &mut buffers.out) {
+        let outbound = loaded.as_ref().zip(target).map(|(l, t)| (&l.table, t));
+        let taken = match take(outbound, &buffers.from_app, &mut buffers.out) {
             Step::Take(taken) => taken,
             Step::Partial => {
-                let limits = loaded.config.limits;
-                drop(loaded);
+                let limits = loaded.map_or_else(|| context.limits(), |l| l.config.limits);
                 let (deadline, expiry) = if head_started.is_none() && buffers.from_app.is_empty() {
                     let idle = Duration::from_millis(limits.idle_timeout_ms);
                     (idle_since + idle, Expired::Idle)
@@ -146,29 +189,35 @@ pub async fn serve(
                 };
                 let read = tokio::select! {
                     biased;
-                    read = read_more(&mut app, &mut buffers.from_app) => read,
+                    read = read_more(client, &mut buffers.from_app) => read,
                     () = watchdog.until(deadline) => {
-                        context.metrics.timed_out(Direction::Outbound, expiry);
-                        return;
+                        context.metrics.timed_out(direction, expiry);
+                        return Next::Close;
                     }
                 };
                 match read {
-                    Ok(0) | Err(_) => return,
+                    Ok(0) | Err(_) => return Next::Close,
                     Ok(_) => continue,
                 }
             }
-            Step::HandOver => {
-                drop(loaded);
-                return hand_over(context, app, buffers.from_app, original, started).await;
+            Step::HandOver => return Next::HandOver,
+            Step::Refuse(reason) => {
+                let mut record = RequestRecord::start(&context.metrics, direction);
+                let failure = Failure::BadRequest(reason.into());
+                record.failed(failure.status().as_u16(), failure.kind());
+                buffers.out.clear();
+                respond::encode_h1(&failure, true, &mut buffers.out);
+                let _ = client.write_all(&buffers.out).await;
+                return Next::Close;
             }
         };
         head_started = None;
-        let mut record = RequestRecord::start(&context.metrics);
+        let mut record = RequestRecord::start(&context.metrics, direction);
         let mut exchange = Exchange {
-            context: &context,
-            app: &mut app,
-            buffers: &mut buffers,
-            first_plan: Some(taken.plan),
+            context,
+            client: &mut *client,
+            buffers: &mut *buffers,
+            first_plan: taken.plan,
             head_len: taken.head_len,
             body_len: taken.body_len,
             body_left: None,
@@ -176,7 +225,7 @@ pub async fn serve(
             replayable: taken.replayable,
             to_head: taken.to_head,
         };
-        let outcome = match drive(&context, original, Some(loaded), &mut exchange).await {
+        let outcome = match drive(context, bound, loaded, &mut exchange).await {
             Ok(answer) => {
                 record.responded(answer.head.status);
                 exchange.pass_on(answer).await
@@ -186,7 +235,7 @@ pub async fn serve(
         idle_since = tokio::time::Instant::now();
         match outcome {
             Ok(true) => {}
-            Ok(false) | Err(Failure::ClientGone) => return,
+            Ok(false) | Err(Failure::ClientGone) => return Next::Close,
             Err(failure) => {
                 // A body not read whole would be taken for the next request.
                 let close = !taken.keep_alive || exchange.consume_head() > 0;
@@ -195,8 +244,8 @@ pub async fn serve(
                 drop(record);
                 buffers.out.clear();
                 respond::encode_h1(&failure, close, &mut buffers.out);
-                if app.write_all(&buffers.out).await.is_err() || close {
-                    return;
+                if client.write_all(&buffers.out).await.is_err() || close {
+                    return Next::Close;
                 }
             }
         }
@@ -211,15 +260,17 @@ fn config_for(context: &Context, original: SocketAddr) -> Option<(Arc<Loaded>, T
 }
 
 /// The rest of the connection goes to hyper, the bytes read so far first.
-async fn hand_over(
+async fn hand_over<S>(
     context: Arc<Context>,
-    app: TcpStream,
+    client: S,
     read: Vec<u8>,
-    original: SocketAddr,
+    bound: Bound,
     started: tokio::time::Instant,
-) {
-    let app = Prefixed::new(read, app);
-    http::serve(context, app, original, Detected::Http1, started).await;
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Prefixed::new(read, client);
+    http::serve(context, client, bound, Detected::Http1, started).await;
 }
 
 #[path = "h1_exchange.rs"]

@@ -127,7 +127,7 @@ impl App {
         tokio::spawn(serve(
             context.clone(),
             served,
-            original,
+            Bound::Outbound(original),
             Vec::new(),
             tokio::time::Instant::now(),
         ));

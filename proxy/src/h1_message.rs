@@ -31,6 +31,9 @@ pub enum Parse<T> {
     Done(T),
     /// Not for the fast path (see the module documentation).
     HandOver,
+    /// A request no proxy may forward: its body's length is ambiguous, so a server behind
+    /// could read it as two requests (RFC 9112 §6.3, request smuggling). Refused with 400.
+    Refuse(&'static str),
 }
 
 /// How a message body is delimited.
@@ -254,13 +257,15 @@ pub fn parse_request<'h, 'b>(
         return Parse::HandOver;
     };
     let headers: &'h [httparse::Header<'b>] = request.headers;
-    let plain = target.starts_with('/')
-        && !has(headers, "transfer-encoding")
-        && !has(headers, "upgrade")
-        && !has(headers, "expect");
+    let coded = has(headers, "transfer-encoding");
+    if coded && has(headers, "content-length") {
+        return Parse::Refuse("both Content-Length and Transfer-Encoding");
+    }
     let Ok(body_len) = content_length(headers) else {
-        return Parse::HandOver;
+        return Parse::Refuse("Content-Length fields that disagree or are not numbers");
     };
+    let plain =
+        target.starts_with('/') && !coded && !has(headers, "upgrade") && !has(headers, "expect");
     if !plain {
         return Parse::HandOver;
     }
@@ -545,6 +550,25 @@ mod tests {
     }
 
     #[test]
+    fn a_request_whose_length_is_ambiguous_is_refused_not_forwarded() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ncontent-length: 1, 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: +1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            request(raw, |parsed| {
+                assert!(
+                    matches!(parsed, Parse::Refuse(_)),
+                    "{}: {parsed:?}",
+                    String::from_utf8_lossy(raw)
+                )
+            });
+        }
+    }
+
+    #[test]
     fn anything_but_a_plain_request_goes_to_hyper() {
         for raw in [
             &b"GET / HTTP/1.0\r\n\r\n"[..],
@@ -553,8 +577,6 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
-            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
-            b"POST / HTTP/1.1\r\ncontent-length: +1\r\n\r\n",
             b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
         ] {
             request(raw, |parsed| {

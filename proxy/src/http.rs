@@ -6,7 +6,6 @@
 //! and then spliced.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,20 +21,22 @@ use crate::deadline::{HeadWatch, Watch, Watched};
 use crate::detect::Detected;
 use crate::h1_message::HOP_BY_HOP;
 use crate::pipeline::decide::{self, Picked, Plan, Rolls};
-use crate::pipeline::{Deadline, Exchange, Failure, Protocol, RequestRecord, drive, respond};
+use crate::pipeline::{
+    Bound, Deadline, Exchange, Failure, Protocol, RequestRecord, drive, respond,
+};
 use crate::routing::{RequestFacts, Table, Target};
 use crate::upstream::Upstreams;
 
 pub use crate::upstream::ProxyBody;
 
-/// Serves one application connection to `original` as HTTP of the detected version, until it
-/// ends or a deadline passes: hyper's own for HTTP/1.1 request heads (which also counts the
-/// wait for the next request on a keep-alive connection), and the idle time, with no byte
-/// either way, for both versions. The connection started at `started`.
+/// Serves one client connection, its requests bound as `bound` says, as HTTP of the detected
+/// version, until it ends or a deadline passes: hyper's own for HTTP/1.1 request heads (which
+/// also counts the wait for the next request on a keep-alive connection), and the idle time,
+/// with no byte either way, for both versions. The connection started at `started`.
 pub async fn serve<S>(
     context: Arc<Context>,
     stream: S,
-    original: SocketAddr,
+    bound: Bound,
     version: Detected,
     started: tokio::time::Instant,
 ) where
@@ -43,11 +44,13 @@ pub async fn serve<S>(
 {
     let limits = context.limits();
     let watch = Arc::new(Watch::new(started));
+    let direction = bound.direction();
     let service = {
         let context = context.clone();
         hyper::service::service_fn(move |request| {
             let context = context.clone();
-            async move { Ok::<_, Infallible>(handle(&context, original, request).await) }
+            let bound = bound.clone();
+            async move { Ok::<_, Infallible>(handle(&context, &bound, request).await) }
         })
     };
     let io = TokioIo::new(Watched::client(
@@ -75,23 +78,23 @@ pub async fn serve<S>(
     tokio::select! {
         () = served => {}
         expired = watch.expired(&limits) => {
-            context.metrics.timed_out(crate::metrics::Direction::Outbound, expired);
+            context.metrics.timed_out(direction, expired);
         }
     }
 }
 
 async fn handle(
     context: &Arc<Context>,
-    original: SocketAddr,
+    bound: &Bound,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
-    let mut record = RequestRecord::start(&context.metrics);
+    let mut record = RequestRecord::start(&context.metrics, bound.direction());
     let protocol = Protocol::of(request.version(), request.headers());
     let mut exchange = HyperRequest {
         upstreams: &context.upstreams,
         request: Some(request),
     };
-    match drive(context, original, None, &mut exchange).await {
+    match drive(context, bound, None, &mut exchange).await {
         Ok(response) => {
             record.responded(response.status().as_u16());
             response
@@ -209,7 +212,7 @@ mod tests {
         tokio::spawn(serve(
             context.clone(),
             served,
-            original,
+            Bound::Outbound(original),
             Detected::Http2,
             tokio::time::Instant::now(),
         ));
@@ -286,9 +289,9 @@ mod tests {
         let mut metrics = String::new();
         context.metrics.render(&mut metrics);
         for line in [
-            "braid_proxy_request_failures_total{response_flag=\"UH\"} 1",
-            "braid_proxy_request_failures_total{response_flag=\"UT\"} 1",
-            "braid_proxy_responses_total{status=\"200\"} 2",
+            "braid_proxy_request_failures_total{direction=\"outbound\",response_flag=\"UH\"} 1",
+            "braid_proxy_request_failures_total{direction=\"outbound\",response_flag=\"UT\"} 1",
+            "braid_proxy_responses_total{direction=\"outbound\",status=\"200\"} 2",
         ] {
             assert!(metrics.contains(line), "{line} missing:\n{metrics}");
         }

@@ -3,9 +3,15 @@
 //! ([`MESH_ALPN`]) is a mesh peer: the handshake requires a certificate of the mesh CA (a foreign
 //! CA or no certificate fails it) and yields the caller's SPIFFE ID. Anything else (plaintext, or
 //! TLS that a client outside the mesh speaks to the application itself) is accepted only when
-//! the workload's mode is PERMISSIVE or DISABLE (and refused before any config is loaded). Either
-//! way the bytes then go to the application on the original port over loopback, untouched: HTTP
-//! stays HTTP end to end, with its keep-alive, HTTP/2 streams and upgrades.
+//! the workload's mode is PERMISSIVE or DISABLE (and refused before any config is loaded).
+//!
+//! Then, on a port the config does not make opaque, the proxy detects the protocol: HTTP/1.1
+//! goes to the fast path ([`crate::h1_forward`]) and HTTP/2 to hyper ([`crate::http`]), each
+//! request through the request driver with the caller's verified SPIFFE ID attached
+//! ([`crate::pipeline::Bound::Inbound`]), forwarded to the application over pooled loopback
+//! connections, the bytes of each request as the caller sent them. Upgrades (websockets) are
+//! forwarded and then spliced. Opaque ports and anything that is not HTTP are copied to the
+//! application byte for byte, as before.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -18,15 +24,23 @@ use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::deadline::{Expired, HeadWatch, splice};
+use crate::detect::{Detected, sniff};
 use crate::identity::{MESH_ALPN, spiffe_id};
-use crate::listen;
 use crate::metrics::{Direction, InboundKind};
+use crate::pipeline::{Bound, InboundTarget, Picked};
+use crate::prefixed::Prefixed;
+use crate::routing::CompiledEndpoint;
+use crate::{h1_forward, http, listen};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
 /// The most bytes peeked at for a ClientHello (a real one is under 2 KiB).
 const CLIENT_HELLO_MAX: usize = 16 * 1024;
+
+/// How long connecting to the application on loopback may take (it answers at once, or
+/// refuses).
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Whether the TLS ClientHello at the start of `bytes` offers [`MESH_ALPN`]: `None` while it is
 /// incomplete, `Some(false)` for one without it or for bytes that are not a ClientHello.
@@ -89,7 +103,7 @@ pub async fn serve(listener: TcpListener, context: Arc<Context>) {
 }
 
 async fn handle(
-    context: &Context,
+    context: &Arc<Context>,
     mut stream: TcpStream,
     peer: SocketAddr,
     original: SocketAddr,
@@ -143,18 +157,21 @@ async fn handle(
             }
         };
         context.metrics.inbound(InboundKind::Tls);
-        // The caller's SPIFFE ID, proven by the handshake. Authorization rules (not enforced
-        // yet) will decide on it; for now it names the caller when the application is down.
+        // The caller's SPIFFE ID, proven by the handshake: every request carries it.
         let caller = tls
             .get_ref()
             .1
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|leaf| spiffe_id(leaf).ok())
-            .map_or_else(|| "an unidentified peer".to_string(), |(id, _)| id);
+            .map(|(id, _)| id);
+        if !opaque {
+            return serve_http(context, tls, app, caller, &limits, started).await;
+        }
         let copied = to_application(context, &mut tls, app, &limits, started, head())
             .await
             .unwrap_or_else(|error| {
+                let caller = caller.as_deref().unwrap_or("an unidentified peer");
                 tracing::warn!("inbound from {caller}: application on {app}: {error}");
                 (0, 0)
             });
@@ -168,9 +185,65 @@ async fn handle(
         return (0, 0);
     }
     context.metrics.inbound(InboundKind::Plaintext);
+    if !opaque {
+        return serve_http(context, stream, app, None, &limits, started).await;
+    }
     to_application(context, &mut stream, app, &limits, started, head())
         .await
         .unwrap_or((0, 0))
+}
+
+/// A caller's connection on a port that is not opaque: HTTP/1.1 and HTTP/2 are served request
+/// by request, anything else is copied to the application as it is.
+async fn serve_http<S>(
+    context: &Arc<Context>,
+    mut client: S,
+    app: SocketAddr,
+    caller: Option<String>,
+    limits: &Limits,
+    started: Instant,
+) -> (u64, u64)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (protocol, prefix) = match sniff(&mut client, context.detect_timeout).await {
+        Ok(found) => found,
+        Err(read) => return (read.len() as u64, 0),
+    };
+    let bound = || {
+        Bound::Inbound(Arc::new(InboundTarget {
+            app: Picked {
+                endpoint: Arc::new(CompiledEndpoint {
+                    addr: app,
+                    identity: None,
+                    stats: context.config.endpoints.stats(app),
+                }),
+                connect_timeout: APP_CONNECT_TIMEOUT,
+            },
+            caller,
+        }))
+    };
+    // HTTP connections are counted in requests and responses, the rest in bytes.
+    match protocol {
+        Detected::Http1 => {
+            h1_forward::serve(context.clone(), client, bound(), prefix, started).await;
+            (0, 0)
+        }
+        Detected::Http2 => {
+            let client = Prefixed::new(prefix, client);
+            http::serve(context.clone(), client, bound(), protocol, started).await;
+            (0, 0)
+        }
+        _ => {
+            // What detection read may be a slow HTTP/1 head (it waits only so long).
+            let mut head = HeadWatch::new();
+            head.feed(&prefix);
+            let mut client = Prefixed::new(prefix, client);
+            let copied = to_application(context, &mut client, app, limits, started, head).await;
+            let _ = client.shutdown().await;
+            copied.map_or((0, 0), |_| (client.received, client.sent))
+        }
+    }
 }
 
 /// Connects to the application on `app` over loopback and copies bytes both ways until either

@@ -38,10 +38,7 @@ const EXPIRIES: [&str; 2] = ["request_head", "idle"];
 /// Every counter of the data path.
 #[derive(Debug)]
 pub struct Metrics {
-    requests: AtomicU64,
-    responses: [AtomicU64; 600],
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
-    latency_sum_us: AtomicU64,
+    http: [HttpCounters; 2],
     connections_opened: [AtomicU64; 2],
     connections_closed: [AtomicU64; 2],
     bytes_received: [AtomicU64; 2],
@@ -52,17 +49,36 @@ pub struct Metrics {
     refused: [[AtomicU64; 2]; 2],
     accept_failures: [AtomicU64; 2],
     timed_out: [[AtomicU64; 2]; 2],
+}
+
+/// The HTTP request counters of one direction.
+#[derive(Debug)]
+struct HttpCounters {
+    requests: AtomicU64,
+    responses: [AtomicU64; 600],
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    latency_sum_us: AtomicU64,
     failures: [AtomicU64; RESPONSE_FLAGS.len()],
     unanswered: AtomicU64,
 }
 
-impl Default for Metrics {
+impl Default for HttpCounters {
     fn default() -> Self {
         Self {
             requests: AtomicU64::new(0),
             responses: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_sum_us: AtomicU64::new(0),
+            failures: Default::default(),
+            unanswered: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            http: Default::default(),
             connections_opened: Default::default(),
             connections_closed: Default::default(),
             bytes_received: Default::default(),
@@ -73,8 +89,6 @@ impl Default for Metrics {
             refused: Default::default(),
             accept_failures: Default::default(),
             timed_out: Default::default(),
-            failures: Default::default(),
-            unanswered: AtomicU64::new(0),
         }
     }
 }
@@ -95,35 +109,36 @@ pub enum InboundKind {
 }
 
 impl Metrics {
-    /// An outbound HTTP request was received.
-    pub fn request(&self) {
-        bump(&self.requests, 1);
+    /// An HTTP request was received.
+    pub fn request(&self, direction: Direction) {
+        bump(&self.http[direction as usize].requests, 1);
     }
 
-    /// An outbound HTTP request was answered with `status` after `elapsed`.
-    pub fn response(&self, status: u16, elapsed: Duration) {
-        if let Some(counter) = self.responses.get(usize::from(status)) {
+    /// An HTTP request was answered with `status` after `elapsed`.
+    pub fn response(&self, direction: Direction, status: u16, elapsed: Duration) {
+        let http = &self.http[direction as usize];
+        if let Some(counter) = http.responses.get(usize::from(status)) {
             bump(counter, 1);
         }
         let ms = elapsed.as_millis() as u64;
         if let Some(bucket) = LATENCY_BUCKETS_MS.iter().position(|&le| ms < le) {
-            bump(&self.latency_buckets[bucket], 1);
+            bump(&http.latency_buckets[bucket], 1);
         }
-        bump(&self.latency_sum_us, elapsed.as_micros() as u64);
+        bump(&http.latency_sum_us, elapsed.as_micros() as u64);
     }
 
     /// A request failed for a cause of this kind (answered by the proxy, or cut off).
-    pub fn failure(&self, kind: crate::pipeline::Kind) {
+    pub fn failure(&self, direction: Direction, kind: crate::pipeline::Kind) {
         let flag = kind.response_flag();
         if let Some(i) = RESPONSE_FLAGS.iter().position(|f| *f == flag) {
-            bump(&self.failures[i], 1);
+            bump(&self.http[direction as usize].failures[i], 1);
         }
     }
 
     /// A request ended without a response head to its client (it went away, or the
     /// connection broke).
-    pub fn unanswered(&self) {
-        bump(&self.unanswered, 1);
+    pub fn unanswered(&self, direction: Direction) {
+        bump(&self.http[direction as usize].unanswered, 1);
     }
 
     /// A connection was accepted.
@@ -179,69 +194,103 @@ impl Metrics {
         );
     }
 
-    /// Appends the Prometheus text of every counter to `out`.
-    pub fn render(&self, out: &mut String) {
+    /// The HTTP request counters, by direction.
+    fn render_http(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let _ = writeln!(
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let directions = || DIRECTIONS.iter().zip(&self.http);
+        family(
             out,
-            "# HELP braid_proxy_requests_total Outbound HTTP requests received from the application.\n\
-             # TYPE braid_proxy_requests_total counter\nbraid_proxy_requests_total {}",
-            get(&self.requests)
+            "braid_proxy_requests_total",
+            "counter",
+            "HTTP requests received.",
         );
-        out.push_str(
-            "# HELP braid_proxy_responses_total Outbound HTTP responses by status.\n\
-             # TYPE braid_proxy_responses_total counter\n",
+        for (direction, http) in directions() {
+            let _ = writeln!(
+                out,
+                "braid_proxy_requests_total{{direction=\"{direction}\"}} {}",
+                get(&http.requests)
+            );
+        }
+        family(
+            out,
+            "braid_proxy_responses_total",
+            "counter",
+            "HTTP responses by status.",
         );
-        for (status, counter) in self.responses.iter().enumerate() {
-            let n = get(counter);
-            if n > 0 {
+        for (direction, http) in directions() {
+            for (status, counter) in http.responses.iter().enumerate() {
+                let n = get(counter);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "braid_proxy_responses_total{{direction=\"{direction}\",status=\"{status}\"}} {n}"
+                    );
+                }
+            }
+        }
+        family(
+            out,
+            "braid_proxy_request_duration_seconds",
+            "histogram",
+            "HTTP request latency, to the response head.",
+        );
+        for (direction, http) in directions() {
+            let mut cumulative = 0;
+            for (le, counter) in LATENCY_BUCKETS_MS.iter().zip(&http.latency_buckets) {
+                cumulative += get(counter);
                 let _ = writeln!(
                     out,
-                    "braid_proxy_responses_total{{status=\"{status}\"}} {n}"
+                    "braid_proxy_request_duration_seconds_bucket{{direction=\"{direction}\",le=\"{}\"}} {cumulative}",
+                    *le as f64 / 1000.0
+                );
+            }
+            let count: u64 = http.responses.iter().map(get).sum();
+            let labels = format!("direction=\"{direction}\"");
+            let _ = writeln!(
+                out,
+                "braid_proxy_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}\n\
+                 braid_proxy_request_duration_seconds_sum{{{labels}}} {}\n\
+                 braid_proxy_request_duration_seconds_count{{{labels}}} {count}",
+                get(&http.latency_sum_us) as f64 / 1e6
+            );
+        }
+        family(
+            out,
+            "braid_proxy_request_failures_total",
+            "counter",
+            "HTTP requests the proxy answered itself or could not finish, by Envoy response flag.",
+        );
+        for (direction, http) in directions() {
+            for (flag, counter) in RESPONSE_FLAGS.iter().zip(&http.failures) {
+                let _ = writeln!(
+                    out,
+                    "braid_proxy_request_failures_total{{direction=\"{direction}\",response_flag=\"{flag}\"}} {}",
+                    get(counter)
                 );
             }
         }
-        out.push_str(
-            "# HELP braid_proxy_request_duration_seconds Outbound HTTP request latency.\n\
-             # TYPE braid_proxy_request_duration_seconds histogram\n",
+        family(
+            out,
+            "braid_proxy_requests_unanswered_total",
+            "counter",
+            "HTTP requests that ended without a response head (the client went away, a connection broke).",
         );
-        let mut cumulative = 0;
-        for (le, counter) in LATENCY_BUCKETS_MS.iter().zip(&self.latency_buckets) {
-            cumulative += get(counter);
+        for (direction, http) in directions() {
             let _ = writeln!(
                 out,
-                "braid_proxy_request_duration_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                *le as f64 / 1000.0
+                "braid_proxy_requests_unanswered_total{{direction=\"{direction}\"}} {}",
+                get(&http.unanswered)
             );
         }
-        let count: u64 = self.responses.iter().map(get).sum();
-        let _ = writeln!(
-            out,
-            "braid_proxy_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             braid_proxy_request_duration_seconds_sum {}\n\
-             braid_proxy_request_duration_seconds_count {count}",
-            get(&self.latency_sum_us) as f64 / 1e6
-        );
-        out.push_str(
-            "# HELP braid_proxy_request_failures_total Outbound HTTP requests the proxy answered \
-             itself or could not finish, by Envoy response flag.\n\
-             # TYPE braid_proxy_request_failures_total counter\n",
-        );
-        for (flag, counter) in RESPONSE_FLAGS.iter().zip(&self.failures) {
-            let _ = writeln!(
-                out,
-                "braid_proxy_request_failures_total{{response_flag=\"{flag}\"}} {}",
-                get(counter)
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP braid_proxy_requests_unanswered_total Outbound HTTP requests that ended \
-             without a response head (the client went away, a connection broke).\n\
-             # TYPE braid_proxy_requests_unanswered_total counter\n\
-             braid_proxy_requests_unanswered_total {}",
-            get(&self.unanswered)
-        );
+    }
+
+    /// Appends the Prometheus text of every counter to `out`.
+    pub fn render(&self, out: &mut String) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        self.render_http(out);
         for (name, help, counters) in [
             (
                 "braid_proxy_tcp_connections_opened_total",
@@ -339,9 +388,11 @@ mod tests {
     #[test]
     fn responses_and_latency_render_as_prometheus_text() {
         let metrics = Metrics::default();
-        metrics.request();
-        metrics.response(200, Duration::from_millis(3));
-        metrics.response(503, Duration::from_millis(700));
+        metrics.request(Direction::Outbound);
+        metrics.response(Direction::Outbound, 200, Duration::from_millis(3));
+        metrics.response(Direction::Outbound, 503, Duration::from_millis(700));
+        metrics.request(Direction::Inbound);
+        metrics.response(Direction::Inbound, 200, Duration::from_millis(3));
         metrics.opened(Direction::Outbound);
         metrics.closed(Direction::Outbound, 10, 20);
         metrics.opened(Direction::Inbound);
@@ -352,12 +403,15 @@ mod tests {
         let mut text = String::new();
         metrics.render(&mut text);
         for line in [
-            "braid_proxy_requests_total 1",
-            "braid_proxy_responses_total{status=\"200\"} 1",
-            "braid_proxy_responses_total{status=\"503\"} 1",
-            "braid_proxy_request_duration_seconds_bucket{le=\"0.005\"} 1",
-            "braid_proxy_request_duration_seconds_bucket{le=\"1\"} 2",
-            "braid_proxy_request_duration_seconds_count 2",
+            "braid_proxy_requests_total{direction=\"outbound\"} 1",
+            "braid_proxy_responses_total{direction=\"outbound\",status=\"200\"} 1",
+            "braid_proxy_responses_total{direction=\"outbound\",status=\"503\"} 1",
+            "braid_proxy_request_duration_seconds_bucket{direction=\"outbound\",le=\"0.005\"} 1",
+            "braid_proxy_request_duration_seconds_bucket{direction=\"outbound\",le=\"1\"} 2",
+            "braid_proxy_request_duration_seconds_count{direction=\"outbound\"} 2",
+            "braid_proxy_requests_total{direction=\"inbound\"} 1",
+            "braid_proxy_responses_total{direction=\"inbound\",status=\"200\"} 1",
+            "braid_proxy_request_duration_seconds_count{direction=\"inbound\"} 1",
             "braid_proxy_tcp_sent_bytes_total{direction=\"outbound\"} 20",
             "braid_proxy_tcp_connections_refused_total{direction=\"inbound\",reason=\"loop\"} 1",
             "braid_proxy_tcp_connections_timed_out_total{direction=\"outbound\",deadline=\"request_head\"} 1",

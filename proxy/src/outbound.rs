@@ -8,22 +8,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::context::Context;
 use crate::deadline::{HeadWatch, splice};
-use crate::detect::{Detected, detect};
+use crate::detect::{Detected, sniff};
 use crate::http;
 use crate::metrics::Direction;
-use crate::pipeline::{Deadline, Exchange, Failure, Picked, Plan, drive};
+use crate::pipeline::{Bound, Deadline, Exchange, Failure, Picked, Plan, drive};
 use crate::prefixed::Prefixed;
 use crate::routing::{Table, Target};
 use crate::{h1_forward, listen};
-
-/// The most bytes read to detect a protocol (the HTTP/2 preface is 24).
-const DETECT_BYTES: usize = 64;
 
 /// Accepts outbound connections until `listener` fails ([`listen::serve`]).
 pub async fn serve(listener: TcpListener, context: Arc<Context>) {
@@ -45,38 +42,37 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
     let Some(opaque) = opaque else {
         return passthrough(context, stream, original, started).await;
     };
-    let mut prefix = Vec::new();
-    let mut protocol = Detected::Opaque;
-    if !opaque {
-        let deadline = tokio::time::Instant::now() + context.detect_timeout;
-        let mut buf = [0u8; DETECT_BYTES];
-        protocol = loop {
-            let read = tokio::time::timeout_at(
-                deadline,
-                stream.read(&mut buf[..DETECT_BYTES - prefix.len()]),
-            )
-            .await;
-            match read {
-                Ok(Ok(0)) | Ok(Err(_)) => return (prefix.len() as u64, 0),
-                Ok(Ok(n)) => prefix.extend_from_slice(&buf[..n]),
-                Err(_) => break Detected::Opaque,
-            }
-            match detect(&prefix) {
-                Detected::NeedMore if prefix.len() < DETECT_BYTES => continue,
-                Detected::NeedMore => break Detected::Opaque,
-                found => break found,
-            }
-        };
-    }
+    let (protocol, prefix) = if opaque {
+        (Detected::Opaque, Vec::new())
+    } else {
+        match sniff(&mut stream, context.detect_timeout).await {
+            Ok(found) => found,
+            Err(read) => return (read.len() as u64, 0),
+        }
+    };
     // HTTP connections are counted in requests and responses, opaque ones in bytes.
     match protocol {
         Detected::Http1 => {
-            h1_forward::serve(context.clone(), stream, original, prefix, started).await;
+            h1_forward::serve(
+                context.clone(),
+                stream,
+                Bound::Outbound(original),
+                prefix,
+                started,
+            )
+            .await;
             (0, 0)
         }
         Detected::Http2 => {
             let stream = Prefixed::new(prefix, stream);
-            http::serve(context.clone(), stream, original, protocol, started).await;
+            http::serve(
+                context.clone(),
+                stream,
+                Bound::Outbound(original),
+                protocol,
+                started,
+            )
+            .await;
             (0, 0)
         }
         _ => {
@@ -135,7 +131,7 @@ async fn opaque_to_mesh(
         started,
         head: Some(head),
     };
-    if let Err(failure) = drive(context, original, None, &mut connection).await {
+    if let Err(failure) = drive(context, &Bound::Outbound(original), None, &mut connection).await {
         tracing::warn!("outbound to {original}: {failure}");
     }
 }
@@ -186,6 +182,8 @@ impl Exchange for Opaque<'_> {
 mod tests {
     use std::io::{Read as _, Write as _};
     use std::time::Duration;
+
+    use tokio::io::AsyncReadExt as _;
 
     use super::*;
 

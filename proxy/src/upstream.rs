@@ -215,10 +215,12 @@ impl Upstreams {
     /// Forgets the pooled connections of every endpoint not in `keep` (requests still in
     /// flight hold their own). Called when a config swap removes endpoints, so that a
     /// long-lived proxy does not keep connections to pods that are gone.
+    /// Connections to the application on loopback (the inbound side's) are always kept.
     pub fn forget_all_but(&self, keep: &HashSet<SocketAddr>) {
-        lock(&self.idle_h1).retain(|addr, _| keep.contains(addr));
-        lock(&self.idle_streams).retain(|addr, _| keep.contains(addr));
-        lock(&self.h2).retain(|addr, _| keep.contains(addr));
+        let kept = |addr: &SocketAddr| addr.ip().is_loopback() || keep.contains(addr);
+        lock(&self.idle_h1).retain(|addr, _| kept(addr));
+        lock(&self.idle_streams).retain(|addr, _| kept(addr));
+        lock(&self.h2).retain(|addr, _| kept(addr));
     }
 
     /// Closes the pooled HTTP/1.1 connections idle for `idle` or longer (each holds its TLS and

@@ -111,7 +111,7 @@ pub fn fault(fault: Option<&Fault>, rolls: Rolls) -> Option<Injected> {
 }
 
 /// An endpoint chosen for a request.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Picked {
     /// The endpoint (it outlives the config it came from).
     pub endpoint: Arc<CompiledEndpoint>,

@@ -1,5 +1,11 @@
 //! THE request driver: the steps of every request, in one order written in one place, for both
-//! codecs (the HTTP/1.1 fast path and hyper) and for opaque TCP connections:
+//! directions, both codecs (the HTTP/1.1 fast path and hyper) and opaque TCP connections.
+//!
+//! Inbound (to the application, [`Bound::Inbound`]): the caller's verified identity is on the
+//! request; authorization and rate limits will decide on it here; the endpoint is the
+//! application on loopback; then the send (step 6).
+//!
+//! Outbound ([`Bound::Outbound`]):
 //!
 //! 1. the config in force, and the destination the original address belongs to in it;
 //! 2. the plan ([`super::decide`]): route, weighted backend, timeout, fault;
@@ -24,6 +30,7 @@ use tokio::time::Instant;
 use super::decide::{self, Injected, Picked, Plan};
 use super::failure::Failure;
 use crate::context::Context;
+use crate::metrics::Direction;
 use crate::reload::Loaded;
 use crate::routing::{Table, Target};
 
@@ -56,12 +63,40 @@ impl Deadline {
     }
 }
 
+/// Where a request is bound.
+#[derive(Clone, Debug)]
+pub enum Bound {
+    /// To a meshed destination: the address the application dialled.
+    Outbound(SocketAddr),
+    /// To the application, from a caller.
+    Inbound(Arc<InboundTarget>),
+}
+
+/// The application behind one inbound connection, and who calls it.
+#[derive(Debug)]
+pub struct InboundTarget {
+    /// The application on loopback, on the port the caller dialled.
+    pub app: Picked,
+    /// The caller's SPIFFE ID, proven by its mTLS handshake; `None`: a plaintext caller.
+    pub caller: Option<String>,
+}
+
+impl Bound {
+    /// The direction of the listener the request came in on.
+    pub fn direction(&self) -> Direction {
+        match self {
+            Self::Outbound(_) => Direction::Outbound,
+            Self::Inbound(_) => Direction::Inbound,
+        }
+    }
+}
+
 /// What the driver needs from a codec for one request.
 pub trait Exchange {
     /// What a successful send yields (a response head, or the end of an opaque connection).
     type Response;
 
-    /// The plan of the request in `table`, where it is bound for `target`.
+    /// The plan of an outbound request in `table`, where it is bound for `target`.
     fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure>;
 
     /// Sends the request to `peer`; the deadline, when set, bounds the send and the response
@@ -73,17 +108,42 @@ pub trait Exchange {
     ) -> impl Future<Output = Result<Self::Response, Failure>>;
 }
 
-/// Drives one request bound for `original` through the steps above. `loaded` is the config
-/// the caller already holds (the fast path parsed and planned the request in it); `None`:
-/// the one in force.
+/// Drives one request through the steps above. `loaded` is the config the caller already
+/// holds (the fast path parsed and planned an outbound request in it); `None`: the one in
+/// force.
 pub async fn drive<X: Exchange>(
+    context: &Context,
+    bound: &Bound,
+    loaded: Option<Arc<Loaded>>,
+    exchange: &mut X,
+) -> Result<X::Response, Failure> {
+    let (plan, picked) = match bound {
+        Bound::Outbound(original) => outbound(context, *original, loaded, exchange).await?,
+        // Authorization and rate limits (issue 13) are decided here, on `inbound.caller`.
+        Bound::Inbound(inbound) => (None, inbound.app.clone()),
+    };
+    let (timeout, fault) = plan.map_or((None, None), |plan: Plan| (plan.timeout, plan.fault));
+    if let Some(Injected::Delay(delay)) = fault {
+        tokio::time::sleep(delay).await;
+    }
+    let _in_flight = picked.endpoint.stats.start();
+    // The deadline runs from here: connecting, sending and the response head.
+    let deadline = timeout.map(|timeout| Deadline {
+        at: Instant::now() + timeout,
+        timeout,
+    });
+    exchange.send(&picked, deadline).await
+}
+
+/// Steps 1 to 5 of an outbound request: its plan and endpoint.
+async fn outbound<X: Exchange>(
     context: &Context,
     original: SocketAddr,
     mut loaded: Option<Arc<Loaded>>,
     exchange: &mut X,
-) -> Result<X::Response, Failure> {
+) -> Result<(Option<Plan>, Picked), Failure> {
     let mut hold_until = None;
-    let (plan, picked) = loop {
+    loop {
         let config = match loaded.take() {
             Some(config) => config,
             None => context.config.current().ok_or(Failure::NotReady)?,
@@ -106,16 +166,6 @@ pub async fn drive<X: Exchange>(
         if let Some(Injected::Abort(status)) = plan.fault {
             return Err(Failure::Abort(status));
         }
-        break (plan, decide::pick(&config.table, plan.backend)?);
-    };
-    if let Some(Injected::Delay(delay)) = plan.fault {
-        tokio::time::sleep(delay).await;
+        return Ok((Some(plan), decide::pick(&config.table, plan.backend)?));
     }
-    let _in_flight = picked.endpoint.stats.start();
-    // The deadline runs from here: connecting, sending and the response head.
-    let deadline = plan.timeout.map(|timeout| Deadline {
-        at: Instant::now() + timeout,
-        timeout,
-    });
-    exchange.send(&picked, deadline).await
 }

@@ -9,7 +9,7 @@ pub mod record;
 pub mod respond;
 
 pub use decide::{Injected, Picked, Plan, Rolls};
-pub use drive::{Deadline, Exchange, HOLD_FOR_ENDPOINTS, drive};
+pub use drive::{Bound, Deadline, Exchange, HOLD_FOR_ENDPOINTS, InboundTarget, drive};
 pub use failure::{ConnectCause, ExchangeCause, Failure, Kind, UpstreamError};
 pub use record::RequestRecord;
 pub use respond::{PROXY_ERROR_HEADER, Protocol};

@@ -7,22 +7,24 @@
 use std::time::Instant;
 
 use super::failure::Kind;
-use crate::metrics::Metrics;
+use crate::metrics::{Direction, Metrics};
 
 /// A request under way.
 #[must_use = "a request's record is finished with `responded`, or dropped"]
 pub struct RequestRecord<'m> {
     metrics: &'m Metrics,
+    direction: Direction,
     started: Instant,
     answered: bool,
 }
 
 impl<'m> RequestRecord<'m> {
-    /// Starts the record of a request (counted at once).
-    pub fn start(metrics: &'m Metrics) -> Self {
-        metrics.request();
+    /// Starts the record of a request in `direction` (counted at once).
+    pub fn start(metrics: &'m Metrics, direction: Direction) -> Self {
+        metrics.request(direction);
         Self {
             metrics,
+            direction,
             started: Instant::now(),
             answered: false,
         }
@@ -32,14 +34,15 @@ impl<'m> RequestRecord<'m> {
     pub fn responded(&mut self, status: u16) {
         if !self.answered {
             self.answered = true;
-            self.metrics.response(status, self.started.elapsed());
+            self.metrics
+                .response(self.direction, status, self.started.elapsed());
         }
     }
 
     /// The proxy answered itself, for a failure of this cause.
     pub fn failed(&mut self, status: u16, kind: Kind) {
         if !self.answered {
-            self.metrics.failure(kind);
+            self.metrics.failure(self.direction, kind);
         }
         self.responded(status);
     }
@@ -48,7 +51,7 @@ impl<'m> RequestRecord<'m> {
 impl Drop for RequestRecord<'_> {
     fn drop(&mut self) {
         if !self.answered {
-            self.metrics.unanswered();
+            self.metrics.unanswered(self.direction);
         }
     }
 }
@@ -67,22 +70,22 @@ mod tests {
     fn a_request_is_recorded_once_however_it_ends() {
         let metrics = Metrics::default();
         {
-            let mut record = RequestRecord::start(&metrics);
+            let mut record = RequestRecord::start(&metrics, Direction::Outbound);
             record.responded(200);
             record.responded(200);
         }
         {
-            let mut record = RequestRecord::start(&metrics);
+            let mut record = RequestRecord::start(&metrics, Direction::Outbound);
             record.failed(504, Kind::Timeout);
         }
-        drop(RequestRecord::start(&metrics));
+        drop(RequestRecord::start(&metrics, Direction::Outbound));
         let text = rendered(&metrics);
         for line in [
-            "braid_proxy_requests_total 3",
-            "braid_proxy_responses_total{status=\"200\"} 1",
-            "braid_proxy_responses_total{status=\"504\"} 1",
-            "braid_proxy_request_failures_total{response_flag=\"UT\"} 1",
-            "braid_proxy_requests_unanswered_total 1",
+            "braid_proxy_requests_total{direction=\"outbound\"} 3",
+            "braid_proxy_responses_total{direction=\"outbound\",status=\"200\"} 1",
+            "braid_proxy_responses_total{direction=\"outbound\",status=\"504\"} 1",
+            "braid_proxy_request_failures_total{direction=\"outbound\",response_flag=\"UT\"} 1",
+            "braid_proxy_requests_unanswered_total{direction=\"outbound\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

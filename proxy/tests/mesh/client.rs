@@ -379,6 +379,10 @@ pub async fn run(args: &[String]) {
         "plain" => plain(addr(arg(1)), arg(2)).await,
         "tls" => tls(addr(arg(1)), arg(2)).await,
         "load" => load(addr(arg(1)), arg(2).parse().expect("seconds")).await,
+        "exchange" => {
+            let count = arg(3).parse().expect("count");
+            crate::inbound::exchange(addr(arg(1)), arg(2), count, arg(4)).await
+        }
         "raw" => attack::raw(addr(arg(1))).await,
         "slowloris" => {
             let (count, seconds) = (arg(2).parse().expect("count"), arg(3).parse().expect("s"));

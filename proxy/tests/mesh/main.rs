@@ -15,12 +15,15 @@
 //! and one from another CA, PERMISSIVE serves plaintext; a weight change 100/0 → 80/20 in the file
 //! applies without a restart within ±5 points over 1,000 requests; a corrupt file is refused,
 //! counted, and the old config kept; rotating both pods' certificates under load fails nothing;
-//! and the proxy holds against careless and hostile peers ([`hardening`]).
+//! the HTTP-aware inbound side forwards pipelined, chunked, HTTP/2, gRPC and websocket traffic
+//! under both modes and refuses smuggling ([`inbound`]); and the proxy holds against careless
+//! and hostile peers ([`hardening`]).
 
 mod apps;
 mod attack;
 mod client;
 mod hardening;
+mod inbound;
 mod pods;
 
 use std::io::{BufRead as _, BufReader};
@@ -224,6 +227,7 @@ fn scenario(root: &Path) {
             && impostor.contains("expected spiffe://cluster.local/ns/shop/sa/someone-else"),
         "a peer with another identity must be refused: {impostor}"
     );
+    inbound::check(&client, &server, &ca, root, "PERMISSIVE");
 
     // A capture between the pods: meshed bytes are TLS; the plaintext control shows it sees all.
     let pcap = root.join("between-pods.pcap");
@@ -329,6 +333,20 @@ fn scenario(root: &Path) {
         client.client(false, &["http", "10.96.0.11:80", "/strict", "5"]),
         "v1=5"
     );
+    // Every HTTP protocol through the HTTP-aware inbound side under STRICT too.
+    let h2 = client.client(false, &["h2", "10.96.0.11:80", "20"]);
+    assert!(h2.starts_with("ok=20 sample=v1 /h2/"), "STRICT h2c: {h2}");
+    assert_eq!(
+        client.client(false, &["grpc", "10.96.0.20:9000"]),
+        "unary=ok stream=ok",
+        "STRICT gRPC"
+    );
+    assert_eq!(
+        client.client(false, &["ws", "10.96.0.21:80"]),
+        "upgraded=true echo=true",
+        "STRICT websockets"
+    );
+    inbound::check(&client, &server, &ca, root, "STRICT");
     let write_client_identity = |name: &str, cert: &str, key: &str| {
         let dir = root.join(name);
         std::fs::create_dir_all(&dir).expect("dir");
