@@ -1,6 +1,7 @@
-//! `make bench` (proxy part): the same upstream application reached five ways, in one run on one
+//! `make bench` (proxy part): the same upstream application reached six ways, in one run on one
 //! machine: direct; through a braid pair (client proxy → mTLS → server proxy, after
-//! `braid-proxy init` installed the real iptables redirect); through the braid client proxy alone
+//! `braid-proxy init` installed the real iptables redirect); through a braid pair to a port the
+//! server makes opaque (its proxy copies bytes: the price of its HTTP parsing); through the braid client proxy alone
 //! to an endpoint outside the mesh (one hop in plain HTTP: the same work, and the same chain of
 //! processes, as the other proxies'); through HAProxy; through nginx (both
 //! Debian packages, as plain reverse proxies with upstream keep-alive, one thread or one process
@@ -12,7 +13,8 @@
 //!
 //! The namespaces are the proxy test's pods (tests/mesh/pods.rs): the client pod runs the load
 //! generator, braid's client proxy, HAProxy and nginx; the server pod runs the upstream on 8080
-//! (behind braid's inbound) and on 9080 (excluded from redirection: the direct path).
+//! (behind braid's inbound), on 8084 (behind it, opaque) and on 9080 (excluded from
+//! redirection: the direct path).
 
 mod baseline_report;
 mod load;
@@ -20,6 +22,7 @@ mod load;
 #[allow(dead_code)]
 mod pods;
 mod report;
+mod svg;
 
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -44,7 +47,7 @@ const H2_STREAMS: usize = 10;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("upstream") => return runtime().block_on(load::upstream(&[8080, 9080])),
+        Some("upstream") => return runtime().block_on(load::upstream(&[8080, 8084, 9080])),
         Some("load") => {
             let target = args[1].parse().expect("target");
             let connections = args[2].parse().expect("connections");
@@ -87,7 +90,7 @@ fn main() {
             std::fs::create_dir_all(&out).expect("results dir");
             let markdown = report::markdown(&measured);
             std::fs::write(out.join("proxy.md"), &markdown).expect("write");
-            std::fs::write(out.join("proxy.svg"), report::svg(&measured)).expect("write");
+            std::fs::write(out.join("proxy.svg"), svg::svg(&measured)).expect("write");
             println!("{markdown}");
         }
         Err(panic) => std::panic::resume_unwind(panic),
@@ -171,6 +174,10 @@ fn bench(root: &Path) -> Vec<Measured> {
         "ports": [{"port": 80, "protocol": "http",
                    "endpoints": [{"ip": SERVER_IP, "port": 8080, "identity": SERVER_ID}]}]
     }, {
+        "name": "opaque-server.bench", "clusterIps": ["10.96.0.12"],
+        "ports": [{"port": 80, "protocol": "http",
+                   "endpoints": [{"ip": SERVER_IP, "port": 8084, "identity": SERVER_ID}]}]
+    }, {
         "name": "plain.bench", "clusterIps": ["10.96.0.11"],
         "ports": [{"port": 80, "protocol": "http",
                    "endpoints": [{"ip": SERVER_IP, "port": 9080}]}]
@@ -183,12 +190,22 @@ fn bench(root: &Path) -> Vec<Measured> {
             &proxy_config("client", CLIENT_ID, "PERMISSIVE", destination),
         )],
     );
+    // The server proxy parses HTTP on 8080 and copies bytes on 8084 (opaque).
+    let mut server_config: serde_json::Value = serde_json::from_str(&proxy_config(
+        "server",
+        SERVER_ID,
+        "STRICT",
+        serde_json::json!([]),
+    ))
+    .expect("json");
+    server_config["opaquePorts"] = serde_json::json!([8084]);
+    let server_config = server_config.to_string();
     publish(
         &server.dir.join("config"),
         1,
         &[(
             "proxy.json",
-            &proxy_config("server", SERVER_ID, "STRICT", serde_json::json!([])),
+            &server_config,
         )],
     );
     pods::init(&client, proxy, &[]);
@@ -277,6 +294,13 @@ fn bench(root: &Path) -> Vec<Measured> {
         (
             Setup::BraidPair,
             ["10.96.0.10:80", "10.96.0.10:80"],
+            false,
+            pair.to_vec(),
+            proxy,
+        ),
+        (
+            Setup::BraidPairOpaqueServer,
+            ["10.96.0.12:80", "10.96.0.12:80"],
             false,
             pair.to_vec(),
             proxy,
