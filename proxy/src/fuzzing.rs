@@ -6,8 +6,8 @@
 //! split). `proxy/fuzz/` runs them under libFuzzer (`make fuzz`, nightly); the stable test
 //! `tests/fuzz_corpus.rs` runs them on the committed corpus and mutations of it.
 
-use crate::detect::{Detected, detect};
-use crate::h1_message::{self, ChunkedScanner, HEADER_SLOT, MAX_HEADERS, Parse};
+use crate::h1::message::{self, ChunkedScanner, HEADER_SLOT, MAX_HEADERS, Parse};
+use crate::transport::detect::{Detected, detect};
 
 /// A fuzz target: its name and its check.
 pub type Target = (&'static str, fn(&[u8]));
@@ -26,13 +26,13 @@ pub const TARGETS: [Target; 7] = [
 /// A request head the fast path takes is forwarded as a head that parses to the same request.
 pub fn h1_request(data: &[u8]) {
     let mut headers = [HEADER_SLOT; MAX_HEADERS];
-    let Parse::Done(request) = h1_message::parse_request(data, &mut headers) else {
+    let Parse::Done(request) = message::parse_request(data, &mut headers) else {
         return;
     };
     let mut out = Vec::new();
     request.encode(&mut out);
     let mut again = [HEADER_SLOT; MAX_HEADERS];
-    match h1_message::parse_request(&out, &mut again) {
+    match message::parse_request(&out, &mut again) {
         Parse::Done(forwarded) => {
             assert_eq!(forwarded.method, request.method);
             assert_eq!(forwarded.target, request.target);
@@ -47,13 +47,13 @@ pub fn h1_request(data: &[u8]) {
 pub fn h1_response(data: &[u8]) {
     let to_head = data.first().is_some_and(|b| b & 1 == 1);
     let mut headers = [HEADER_SLOT; MAX_HEADERS];
-    let Ok(Some(response)) = h1_message::parse_response(data, &mut headers, to_head) else {
+    let Ok(Some(response)) = message::parse_response(data, &mut headers, to_head) else {
         return;
     };
     let mut out = Vec::new();
     response.encode(false, &mut out);
     let mut again = [HEADER_SLOT; MAX_HEADERS];
-    if let Ok(Some(forwarded)) = h1_message::parse_response(&out, &mut again, to_head) {
+    if let Ok(Some(forwarded)) = message::parse_response(&out, &mut again, to_head) {
         assert_eq!(forwarded.status, response.status);
     } else if !response.is_interim() {
         panic!(
@@ -89,8 +89,8 @@ pub fn detect_protocol(data: &[u8]) {
             assert!(earlier == Detected::NeedMore || earlier == answer);
         }
     }
-    let mut whole = crate::deadline::HeadWatch::new();
-    let mut split = crate::deadline::HeadWatch::new();
+    let mut whole = crate::transport::deadline::HeadWatch::new();
+    let mut split = crate::transport::deadline::HeadWatch::new();
     let at = data.len() / 2;
     let state = whole.feed(data);
     split.feed(&data[..at]);
@@ -99,12 +99,12 @@ pub fn detect_protocol(data: &[u8]) {
 
 /// The ClientHello peek answers (or waits for more) on any bytes.
 pub fn client_hello(data: &[u8]) {
-    let _ = crate::inbound::offers_mesh_alpn(data);
+    let _ = crate::listener::inbound::offers_mesh_alpn(data);
 }
 
 /// A `proxy.json` is refused whole or compiled whole for the data path.
 pub fn proxy_json(data: &[u8]) {
-    let state = crate::reload::ConfigState::default();
+    let state = crate::state::reload::ConfigState::default();
     if state.offer(data).is_ok() {
         assert!(state.current().is_some());
     }
@@ -114,9 +114,9 @@ pub fn proxy_json(data: &[u8]) {
 pub fn init_flags(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let args: Vec<String> = text.lines().map(String::from).collect();
-    match crate::init::parse(&args) {
+    match crate::redirect::init::parse(&args) {
         Ok(init) => {
-            let _ = crate::iptables::payload(&init.redirect, false);
+            let _ = crate::redirect::iptables::payload(&init.redirect, false);
         }
         Err(errors) => assert!(!errors.is_empty()),
     }

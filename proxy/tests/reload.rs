@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use braid_proxy::{admin, reload};
+use braid_proxy::admin;
+use braid_proxy::state::reload;
 
 #[path = "mesh/pods.rs"]
 #[allow(dead_code)]
@@ -81,7 +82,7 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
     let dir = std::env::temp_dir().join(format!("braid-reload-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("dir");
-    let context = braid_proxy::context::Context::new(Duration::from_millis(100));
+    let context = braid_proxy::state::context::Context::new(Duration::from_millis(100));
     let state = context.config.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

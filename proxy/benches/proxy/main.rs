@@ -203,10 +203,7 @@ fn bench(root: &Path) -> Vec<Measured> {
     publish(
         &server.dir.join("config"),
         1,
-        &[(
-            "proxy.json",
-            &server_config,
-        )],
+        &[("proxy.json", &server_config)],
     );
     pods::init(&client, proxy, &[]);
     pods::init(&server, proxy, &["--exclude-inbound-ports=9080"]);

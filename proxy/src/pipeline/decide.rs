@@ -1,4 +1,4 @@
-//! The pure decisions of a request, in the order the driver ([`super::drive`]) takes them: the
+//! The pure decisions of a request, in the order the driver ([`super::drive()`]) takes them: the
 //! route and its weighted backend, the fault to inject, the endpoint. Randomness is passed in
 //! ([`Rolls`]), so each decision is a unit test; nothing here looks anything up by name or
 //! takes a lock: the compiled table holds what a request needs.
@@ -10,8 +10,8 @@ use std::time::Duration;
 use braid_proxy_config::Fault;
 
 use super::failure::Failure;
-use crate::balance;
-use crate::routing::{CompiledEndpoint, RequestFacts, Table, Target};
+use crate::policy::balance;
+use crate::policy::routing::{CompiledEndpoint, RequestFacts, Table, Target};
 
 /// A fault to inject into one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -29,10 +29,10 @@ use tokio::time::Instant;
 
 use super::decide::{self, Injected, Picked, Plan};
 use super::failure::Failure;
-use crate::context::Context;
-use crate::metrics::Direction;
-use crate::reload::Loaded;
-use crate::routing::{Table, Target};
+use crate::policy::routing::{Table, Target};
+use crate::state::context::Context;
+use crate::state::reload::Loaded;
+use crate::telemetry::metrics::Direction;
 
 /// How long a request to a backend with no endpoint listed yet waits for a config that lists
 /// one before it fails with 503 (Linkerd queues such requests for up to 3 s too): the endpoint

@@ -1,4 +1,4 @@
-//! The request pipeline shared by every path through the proxy: the driver ([`drive`]) with
+//! The request pipeline shared by every path through the proxy: the driver ([`drive()`]) with
 //! its pure decisions ([`decide`]), failures that keep their cause ([`failure`]), the one place
 //! that answers for the proxy ([`respond`]), and the one record of each request ([`record`]).
 

@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use super::failure::Kind;
-use crate::metrics::{Direction, Metrics};
+use crate::telemetry::metrics::{Direction, Metrics};
 
 /// A request under way.
 #[must_use = "a request's record is finished with `responded`, or dropped"]

@@ -157,7 +157,7 @@ pub fn encode_h1(failure: &Failure, close: bool, out: &mut Vec<u8>) {
     let text = format!("braid-proxy: {failure}\n");
     let error = header_text(failure);
     let _ = write!(
-        crate::h1_message::ByteWriter(out),
+        crate::h1::message::ByteWriter(out),
         "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{PROXY_ERROR_HEADER}: {}\r\n{}\r\n{text}",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),

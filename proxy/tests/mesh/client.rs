@@ -291,8 +291,9 @@ async fn plain(target: SocketAddr, path: &str) -> String {
 /// One HTTP/1.1 GET over TLS with the given certificate (the client trusts `ca`).
 async fn tls(target: SocketAddr, dir: &str) -> String {
     let read = |f: &str| std::fs::read(format!("{dir}/{f}")).expect("pem");
-    let identity = braid_proxy::identity::load(&read("tls.crt"), &read("tls.key"), &read("ca.crt"))
-        .expect("identity");
+    let identity =
+        braid_proxy::tls::identity::load(&read("tls.crt"), &read("tls.key"), &read("ca.crt"))
+            .expect("identity");
     let Ok(stream) = TcpStream::connect(target).await else {
         return "connect-failed".into();
     };
@@ -307,7 +308,7 @@ async fn tls(target: SocketAddr, dir: &str) -> String {
         .1
         .peer_certificates()
         .and_then(|chain| chain.first())
-        .and_then(|leaf| braid_proxy::identity::spiffe_id(leaf).ok())
+        .and_then(|leaf| braid_proxy::tls::identity::spiffe_id(leaf).ok())
         .map_or(0, |(_, not_after)| not_after);
     let _ = tls
         .write_all(b"GET /tls HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")

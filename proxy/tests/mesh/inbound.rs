@@ -145,8 +145,9 @@ pub async fn exchange(target: SocketAddr, dir: &str, count: usize, payload: &str
         return send(stream, &payload, count).await;
     }
     let read = |f: &str| std::fs::read(format!("{dir}/{f}")).expect("pem");
-    let identity = braid_proxy::identity::load(&read("tls.crt"), &read("tls.key"), &read("ca.crt"))
-        .expect("identity");
+    let identity =
+        braid_proxy::tls::identity::load(&read("tls.crt"), &read("tls.key"), &read("ca.crt"))
+            .expect("identity");
     let connector = tokio_rustls::TlsConnector::from(identity.client.clone());
     let server = rustls::pki_types::ServerName::IpAddress(target.ip().into());
     match connector.connect(server, stream).await {

@@ -178,7 +178,7 @@ impl Metrics {
     }
 
     /// A client connection was closed by a deadline.
-    pub fn timed_out(&self, direction: Direction, deadline: crate::deadline::Expired) {
+    pub fn timed_out(&self, direction: Direction, deadline: crate::transport::deadline::Expired) {
         bump(&self.timed_out[direction as usize][deadline as usize], 1);
     }
 
@@ -398,7 +398,10 @@ mod tests {
         metrics.opened(Direction::Inbound);
         assert_eq!(metrics.open_connections(), 1);
         metrics.refused(Direction::Inbound, Refusal::Loop);
-        metrics.timed_out(Direction::Outbound, crate::deadline::Expired::RequestHead);
+        metrics.timed_out(
+            Direction::Outbound,
+            crate::transport::deadline::Expired::RequestHead,
+        );
         metrics.accept_failed(Direction::Inbound);
         let mut text = String::new();
         metrics.render(&mut text);

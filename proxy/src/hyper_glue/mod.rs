@@ -1,6 +1,6 @@
 //! Outbound HTTP with hyper: serves the application's HTTP/2 connections, and the HTTP/1.1 ones
-//! the fast path ([`crate::h1_forward`]) handed over. Each request goes through the request
-//! driver ([`crate::pipeline::drive`]) with the config in force at that moment (so a weight
+//! the fast path ([`crate::h1`]) handed over. Each request goes through the request
+//! driver ([`crate::pipeline::drive()`]) with the config in force at that moment (so a weight
 //! change applies to open keep-alive connections too); this module only reads its facts and
 //! sends it with hyper's client. Upgrades (websockets) are forwarded on a dedicated connection
 //! and then spliced.
@@ -16,15 +16,15 @@ use hyper::{Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::context::Context;
-use crate::deadline::{HeadWatch, Watch, Watched};
-use crate::detect::Detected;
-use crate::h1_message::HOP_BY_HOP;
+use crate::h1::message::HOP_BY_HOP;
 use crate::pipeline::decide::{self, Picked, Plan, Rolls};
 use crate::pipeline::{
     Bound, Deadline, Exchange, Failure, Protocol, RequestRecord, drive, respond,
 };
-use crate::routing::{RequestFacts, Table, Target};
+use crate::policy::routing::{RequestFacts, Table, Target};
+use crate::state::context::Context;
+use crate::transport::deadline::{HeadWatch, Watch, Watched};
+use crate::transport::detect::Detected;
 use crate::upstream::Upstreams;
 
 pub use crate::upstream::ProxyBody;

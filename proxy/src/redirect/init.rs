@@ -3,7 +3,7 @@
 
 use braid_sidecar::{parse_cidrs, parse_ports};
 
-use crate::iptables::{Backend, Redirect};
+use crate::redirect::iptables::{Backend, Redirect};
 
 /// What `init` was asked to do.
 #[derive(Debug, PartialEq, Eq)]

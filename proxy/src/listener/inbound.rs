@@ -6,7 +6,7 @@
 //! the workload's mode is PERMISSIVE or DISABLE (and refused before any config is loaded).
 //!
 //! Then, on a port the config does not make opaque, the proxy detects the protocol: HTTP/1.1
-//! goes to the fast path ([`crate::h1_forward`]) and HTTP/2 to hyper ([`crate::http`]), each
+//! goes to the fast path ([`crate::h1`]) and HTTP/2 to hyper ([`crate::hyper_glue`]), each
 //! request through the request driver with the caller's verified SPIFFE ID attached
 //! ([`crate::pipeline::Bound::Inbound`]), forwarded to the application over pooled loopback
 //! connections, the bytes of each request as the caller sent them. Upgrades (websockets) are
@@ -22,15 +22,15 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::context::Context;
-use crate::deadline::{Expired, HeadWatch, splice};
-use crate::detect::{Detected, sniff};
-use crate::identity::{MESH_ALPN, spiffe_id};
-use crate::metrics::{Direction, InboundKind};
 use crate::pipeline::{Bound, InboundTarget, Picked};
-use crate::prefixed::Prefixed;
-use crate::routing::CompiledEndpoint;
-use crate::{h1_forward, http, listen};
+use crate::policy::routing::CompiledEndpoint;
+use crate::state::context::Context;
+use crate::telemetry::metrics::{Direction, InboundKind};
+use crate::tls::identity::{MESH_ALPN, spiffe_id};
+use crate::transport::deadline::{Expired, HeadWatch, splice};
+use crate::transport::detect::{Detected, sniff};
+use crate::transport::prefixed::Prefixed;
+use crate::{h1, hyper_glue, listener};
 
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
@@ -89,9 +89,9 @@ async fn from_mesh_peer(stream: &TcpStream, timeout: Duration) -> bool {
     matches!(answer, Ok(Some(true)))
 }
 
-/// Accepts inbound connections until `listener` fails ([`listen::serve`]).
+/// Accepts inbound connections until `listener` fails ([`crate::listener::serve`]).
 pub async fn serve(listener: TcpListener, context: Arc<Context>) {
-    listen::serve(
+    listener::serve(
         listener,
         Direction::Inbound,
         context,
@@ -226,12 +226,12 @@ where
     // HTTP connections are counted in requests and responses, the rest in bytes.
     match protocol {
         Detected::Http1 => {
-            h1_forward::serve(context.clone(), client, bound(), prefix, started).await;
+            h1::serve(context.clone(), client, bound(), prefix, started).await;
             (0, 0)
         }
         Detected::Http2 => {
             let client = Prefixed::new(prefix, client);
-            http::serve(context.clone(), client, bound(), protocol, started).await;
+            hyper_glue::serve(context.clone(), client, bound(), protocol, started).await;
             (0, 0)
         }
         _ => {

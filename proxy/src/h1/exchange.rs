@@ -106,7 +106,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
         }
         // Asked again (the request waited for a newer config): the head is still in the buffer.
         let mut headers = [HEADER_SLOT; MAX_HEADERS];
-        let Parse::Done(request) = h1_message::parse_request(&self.buffers.from_app, &mut headers)
+        let Parse::Done(request) = message::parse_request(&self.buffers.from_app, &mut headers)
         else {
             return Err(Failure::BadRequest("request head changed".into()));
         };
@@ -268,7 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
         loop {
             let parsed = {
                 let mut headers = [HEADER_SLOT; MAX_HEADERS];
-                h1_message::parse_response(&buffers.from_peer, &mut headers, self.to_head).map(
+                message::parse_response(&buffers.from_peer, &mut headers, self.to_head).map(
                     |response| {
                         response.map(|r| {
                             let close = !self.keep_alive || r.framing == Framing::UntilClose;

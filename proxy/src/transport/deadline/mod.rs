@@ -4,7 +4,7 @@
 //! before the deadline that is due by then (a busy keep-alive connection re-arms about once per
 //! idle timeout, not once per request).
 //!
-//! Two shapes use them. The HTTP/1.1 fast path ([`crate::h1_forward`]) waits for each request
+//! Two shapes use them. The HTTP/1.1 fast path ([`crate::h1`]) waits for each request
 //! head with a [`Watchdog`]. Byte-copying connections (opaque TCP, passthrough, the inbound
 //! side, and connections served by hyper) go through [`splice`] or [`Watch::expired`]: the
 //! bytes are watched as they pass ([`Watched`]), the first request head of an HTTP/1 client
@@ -21,7 +21,7 @@ use braid_proxy_config::Limits;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use crate::detect::{Detected, detect};
+use crate::transport::detect::{Detected, detect};
 
 /// Which deadline closed a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +96,7 @@ impl HeadState {
     }
 }
 
-/// Bytes looked at to tell whether a client speaks HTTP/1 (as [`crate::outbound`]'s detection).
+/// Bytes looked at to tell whether a client speaks HTTP/1 (as [`crate::listener::outbound`]'s detection).
 const DETECT_BYTES: usize = 64;
 
 impl HeadWatch {
@@ -362,5 +362,4 @@ where
 }
 
 #[cfg(test)]
-#[path = "deadline_tests.rs"]
 mod tests;

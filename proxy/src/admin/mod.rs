@@ -20,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use braid_sidecar::{AppProbe, AppProbes};
 
-use crate::context::Context;
+use crate::state::context::Context;
 
 /// How long an application probe may take.
 const APP_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -199,7 +199,8 @@ mod tests {
             StatusCode::SERVICE_UNAVAILABLE,
             "identity still missing"
         );
-        let (cert, key, ca) = crate::identity::tests::issue("spiffe://cluster.local/ns/a/sa/b");
+        let (cert, key, ca) =
+            crate::tls::identity::tests::issue("spiffe://cluster.local/ns/a/sa/b");
         context
             .identity
             .offer(&[cert.into_bytes(), key.into_bytes(), ca.into_bytes()])

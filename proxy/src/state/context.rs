@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use braid_proxy_config::Limits;
 
-use crate::metrics::Metrics;
-use crate::reload::{ConfigState, IdentityState};
+use crate::state::reload::{ConfigState, IdentityState};
+use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstreams;
 
 /// The state of `braid-proxy run`, shared by the listeners and the admin server.
@@ -22,10 +22,10 @@ pub struct Context {
     /// How long a client may stay silent before its connection is taken as opaque TCP.
     pub detect_timeout: Duration,
     /// The ports this proxy listens on: a connection to one of them is refused
-    /// ([`crate::listen::loops_back`]).
+    /// ([`crate::listener::loops_back`]).
     pub own_ports: Vec<u16>,
     /// The process's soft limit on open files, which lowers the connection caps
-    /// ([`crate::listen::connection_cap`]).
+    /// ([`crate::listener::connection_cap`]).
     pub descriptor_limit: u64,
 }
 

@@ -2,7 +2,7 @@
 //! the iptables redirect. The original destination decides what happens: an address the config
 //! does not know passes through untouched; a meshed one is detected (HTTP/1.1, HTTP/2, else
 //! opaque) and sent to a peer's proxy over mTLS, per request for HTTP (HTTP/1.1 on
-//! [`crate::h1_forward`]'s fast path, HTTP/2 and the rest with hyper in [`crate::http`]) or per
+//! [`crate::h1`]'s fast path, HTTP/2 and the rest with hyper in [`crate::hyper_glue`]) or per
 //! connection for opaque TCP.
 
 use std::net::SocketAddr;
@@ -12,19 +12,18 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::context::Context;
-use crate::deadline::{HeadWatch, splice};
-use crate::detect::{Detected, sniff};
-use crate::http;
-use crate::metrics::Direction;
 use crate::pipeline::{Bound, Deadline, Exchange, Failure, Picked, Plan, drive};
-use crate::prefixed::Prefixed;
-use crate::routing::{Table, Target};
-use crate::{h1_forward, listen};
+use crate::policy::routing::{Table, Target};
+use crate::state::context::Context;
+use crate::telemetry::metrics::Direction;
+use crate::transport::deadline::{HeadWatch, splice};
+use crate::transport::detect::{Detected, sniff};
+use crate::transport::prefixed::Prefixed;
+use crate::{h1, hyper_glue, listener};
 
-/// Accepts outbound connections until `listener` fails ([`listen::serve`]).
+/// Accepts outbound connections until `listener` fails ([`crate::listener::serve`]).
 pub async fn serve(listener: TcpListener, context: Arc<Context>) {
-    listen::serve(
+    listener::serve(
         listener,
         Direction::Outbound,
         context,
@@ -53,7 +52,7 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
     // HTTP connections are counted in requests and responses, opaque ones in bytes.
     match protocol {
         Detected::Http1 => {
-            h1_forward::serve(
+            h1::serve(
                 context.clone(),
                 stream,
                 Bound::Outbound(original),
@@ -65,7 +64,7 @@ async fn handle(context: &Arc<Context>, mut stream: TcpStream, original: SocketA
         }
         Detected::Http2 => {
             let stream = Prefixed::new(prefix, stream);
-            http::serve(
+            hyper_glue::serve(
                 context.clone(),
                 stream,
                 Bound::Outbound(original),

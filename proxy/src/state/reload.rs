@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use braid_proxy_config::ProxyConfig;
 
-use crate::balance::EndpointRegistry;
-use crate::identity::{self, Identity};
-use crate::routing::Table;
+use crate::policy::balance::EndpointRegistry;
+use crate::policy::routing::Table;
+use crate::tls::identity::{self, Identity};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 

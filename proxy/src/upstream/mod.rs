@@ -5,13 +5,10 @@
 //! shared by every request to that endpoint (multiplexed). Failures keep their cause
 //! ([`UpstreamError`]).
 
-use std::collections::{HashMap, HashSet};
-use std::io;
+use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Either, Full};
@@ -20,17 +17,19 @@ use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::balance::lock;
-use crate::identity::spiffe_id;
 use crate::pipeline::failure::closed_before_response;
 pub use crate::pipeline::{ConnectCause, UpstreamError};
-use crate::reload::IdentityState;
+use crate::policy::balance::lock;
 
-/// Idle HTTP/1.1 connections kept per endpoint.
-const IDLE_PER_ENDPOINT: usize = 512;
+mod pool;
+mod stream;
+
+use crate::state::reload::IdentityState;
+use crate::tls::identity::spiffe_id;
+use pool::{IdlePool, Pool, close_idle_in, put_idle, take_idle};
+pub use stream::{IdleStream, PeerStream};
 
 /// How long an HTTP/1.1 connection may sit idle in the pool before it is closed (Go's HTTP
 /// client keeps them 90 s, hyper's pooled client 90 s).
@@ -49,93 +48,11 @@ const BUFFER_RESPONSES_UP_TO: u64 = 16 * 1024;
 /// by the proxy itself).
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// A connection to a peer: mTLS or, for an endpoint outside the mesh, plain TCP.
-pub enum PeerStream {
-    /// mTLS.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-    /// Plaintext.
-    Plain(TcpStream),
-}
-
-impl PeerStream {
-    /// Whether an idle connection may carry a request: its peer has neither closed it nor sent
-    /// anything since the last response (which would be a protocol error). Costs no system call
-    /// unless the socket has become readable.
-    fn still_open(&mut self) -> bool {
-        let tcp = match self {
-            Self::Tls(tls) => {
-                let (tcp, session) = tls.get_mut();
-                match session.process_new_packets() {
-                    Ok(state)
-                        if state.plaintext_bytes_to_read() == 0 && !state.peer_has_closed() => {}
-                    _ => return false,
-                }
-                &*tcp
-            }
-            Self::Plain(tcp) => &*tcp,
-        };
-        let mut byte = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut byte);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        tcp.poll_peek(&mut cx, &mut buf).is_pending()
-    }
-}
-
-/// A pooled connection taken for a request.
-pub struct IdleStream {
-    /// The identity it was verified as (to give back with it).
-    pub identity: Option<String>,
-    /// The connection.
-    pub stream: PeerStream,
-    /// How long it sat in the pool.
-    pub idle_for: Duration,
-}
-
-impl AsyncRead for PeerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for PeerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
 /// Whether `request` may be sent a second time: an idempotent method (RFC 9110 §9.2.2) and no
 /// body. Go's HTTP client replays requests on the same rule.
 fn replayable(request: &Request<Incoming>) -> bool {
     use hyper::body::Body as _;
-    crate::h1_message::is_idempotent(request.method().as_str()) && request.body().is_end_stream()
+    crate::h1::message::is_idempotent(request.method().as_str()) && request.body().is_end_stream()
 }
 
 /// The request line and headers of a body-less `request`, to send again.
@@ -148,56 +65,13 @@ fn head_copy(request: &Request<Incoming>) -> Request<ProxyBody> {
     copy
 }
 
-/// Connections by endpoint, each with the identity it was verified as.
-type Pool<S> = HashMap<SocketAddr, Vec<(Option<String>, S)>>;
-
-/// Idle connections by endpoint, each with the identity it was verified as (a connection is
-/// reused only for that identity) and the time it went idle.
-type IdlePool<S> = Mutex<Pool<(S, Instant)>>;
-
-/// Takes the most recently pooled connection to `addr` verified as `identity` that `usable`
-/// accepts (those it refuses are dropped): with its identity and how long it sat idle.
-fn take_idle<S>(
-    pool: &IdlePool<S>,
-    addr: SocketAddr,
-    identity: Option<&str>,
-    mut usable: impl FnMut(&mut S) -> bool,
-) -> Option<(Option<String>, S, Duration)> {
-    let mut pool = lock(pool);
-    let idle = pool.get_mut(&addr)?;
-    while let Some(i) = idle.iter().rposition(|(id, _)| id.as_deref() == identity) {
-        let (id, (mut connection, since)) = idle.swap_remove(i);
-        if usable(&mut connection) {
-            return Some((id, connection, since.elapsed()));
-        }
-    }
-    None
-}
-
-/// Pools `connection` to `addr`, verified as `identity`, unless the endpoint has
-/// [`IDLE_PER_ENDPOINT`] already.
-fn put_idle<S>(pool: &IdlePool<S>, addr: SocketAddr, identity: Option<String>, connection: S) {
-    let mut pool = lock(pool);
-    let idle = pool.entry(addr).or_default();
-    if idle.len() < IDLE_PER_ENDPOINT {
-        idle.push((identity, (connection, Instant::now())));
-    }
-}
-
-/// Closes the connections of `pool` idle for `idle` or longer.
-fn close_idle_in<S>(pool: &IdlePool<S>, idle: Duration) {
-    for connections in lock(pool).values_mut() {
-        connections.retain(|(_, (_, since))| since.elapsed() < idle);
-    }
-}
-
 /// Pools and endpoint numbers, shared by every connection of the proxy.
 #[derive(Default)]
 pub struct Upstreams {
     identity: Arc<IdentityState>,
     /// Idle HTTP/1.1 connections of hyper's client.
     idle_h1: IdlePool<http1::SendRequest<ProxyBody>>,
-    /// Idle connections of the HTTP/1.1 fast path ([`crate::h1_forward`]): the streams
+    /// Idle connections of the HTTP/1.1 fast path ([`crate::h1`]): the streams
     /// themselves, which nothing reads while they wait.
     idle_streams: IdlePool<PeerStream>,
     h2: Mutex<Pool<http2::SendRequest<Incoming>>>,
@@ -442,158 +316,4 @@ impl Upstreams {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::{Read as _, Write as _};
-    use std::net::TcpListener;
-    use std::sync::mpsc;
-
-    use http_body_util::Empty;
-
-    use super::*;
-
-    const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-
-    /// Reads one request head (the requests here have no body).
-    fn read_head(stream: &mut std::net::TcpStream) {
-        let mut seen = Vec::new();
-        let mut byte = [0u8; 1];
-        while !seen.ends_with(b"\r\n\r\n") {
-            if stream.read(&mut byte).unwrap_or(0) == 0 {
-                return;
-            }
-            seen.push(byte[0]);
-        }
-    }
-
-    /// `n` empty bodies of the type the proxy forwards (hyper's `Incoming`), taken from the
-    /// responses of a throwaway server.
-    async fn incoming_bodies(n: usize) -> Vec<Incoming> {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().expect("accept");
-            for _ in 0..n {
-                read_head(&mut stream);
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-            }
-        });
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-        tokio::spawn(connection);
-        let mut bodies = Vec::new();
-        for _ in 0..n {
-            let request = Request::get("/")
-                .body(Empty::<Bytes>::new())
-                .expect("request");
-            let response = sender.send_request(request).await.expect("response");
-            bodies.push(response.into_body());
-        }
-        bodies
-    }
-
-    /// A peer that answers one request, closes that connection while it is idle when told to,
-    /// then answers one more request on a new connection (if one comes).
-    fn closing_peer() -> (SocketAddr, mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let (close_first, closed) = mpsc::channel::<()>();
-        let peer = std::thread::spawn(move || {
-            let (mut first, _) = listener.accept().expect("accept");
-            read_head(&mut first);
-            first.write_all(OK).expect("write");
-            closed.recv().expect("signal");
-            drop(first);
-            listener.set_nonblocking(true).expect("nonblocking");
-            let deadline = std::time::Instant::now() + Duration::from_secs(1);
-            while std::time::Instant::now() < deadline {
-                if let Ok((mut second, _)) = listener.accept() {
-                    second.set_nonblocking(false).expect("blocking");
-                    read_head(&mut second);
-                    return second.write_all(OK).is_ok();
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            false
-        });
-        (addr, close_first, peer)
-    }
-
-    /// Sends a first request, lets the peer close the pooled connection, and sends a second
-    /// with `method` before the proxy's thread can notice; the second's result.
-    async fn after_the_peer_closed(method: hyper::Method) -> Result<u16, UpstreamError> {
-        let (addr, close_first, peer) = closing_peer();
-        let upstreams = Arc::new(Upstreams::default());
-        let mut bodies = incoming_bodies(2).await.into_iter();
-        let mut request = |method: hyper::Method| {
-            Request::builder()
-                .method(method)
-                .uri("/")
-                .header("host", "peer")
-                .body(bodies.next().expect("body"))
-                .expect("request")
-        };
-        let timeout = Duration::from_secs(5);
-        let first = upstreams
-            .send_http1(addr, None, timeout, request(hyper::Method::GET), false)
-            .await
-            .expect("first");
-        assert_eq!(first.status(), 200);
-        close_first.send(()).expect("signal");
-        // Block the runtime so that the pooled connection's task cannot read the peer's FIN
-        // before the next request takes the connection (the race under test), for longer than
-        // a busy connection's idle time.
-        std::thread::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(50));
-        let second = upstreams
-            .send_http1(addr, None, timeout, request(method), false)
-            .await
-            .map(|response| response.status().as_u16());
-        let _ = peer.join();
-        second
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn idle_pooled_connections_are_closed_after_the_timeout() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().expect("accept");
-            read_head(&mut stream);
-            let _ = stream.write_all(OK);
-            // Held open until the proxy closes it.
-            let _ = stream.read(&mut [0u8; 1]);
-        });
-        let upstreams = Arc::new(Upstreams::default());
-        let body = incoming_bodies(1).await.pop().expect("body");
-        let request = Request::get("/").header("host", "peer").body(body);
-        let response = upstreams
-            .send_http1(
-                addr,
-                None,
-                Duration::from_secs(5),
-                request.expect("request"),
-                false,
-            )
-            .await
-            .expect("response");
-        assert_eq!(response.status(), 200);
-        assert_eq!(upstreams.idle_connections(), 1);
-        upstreams.close_idle(POOL_IDLE_TIMEOUT);
-        assert_eq!(upstreams.idle_connections(), 1, "closed before its time");
-        upstreams.close_idle(Duration::ZERO);
-        assert_eq!(upstreams.idle_connections(), 0);
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn an_idempotent_request_on_a_connection_the_peer_closed_goes_again_on_a_new_one() {
-        let second = after_the_peer_closed(hyper::Method::GET).await;
-        assert_eq!(second.expect("served on a new connection"), 200);
-    }
-
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_request_that_may_not_go_twice_is_not_sent_again() {
-        let second = after_the_peer_closed(hyper::Method::POST).await;
-        assert!(second.is_err(), "a POST was replayed: {second:?}");
-    }
-}
+mod tests;

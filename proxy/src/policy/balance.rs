@@ -119,7 +119,7 @@ impl EndpointStats {
 }
 
 /// The live numbers of every endpoint, by address: a config compiles its endpoints with the
-/// entries found here ([`crate::routing::Table::compile_with`]), so that an endpoint listed again
+/// entries found here ([`crate::policy::routing::Table::compile_with`]), so that an endpoint listed again
 /// keeps its numbers across reloads, and nothing is looked up per request.
 #[derive(Debug, Default)]
 pub struct EndpointRegistry {

@@ -4,14 +4,17 @@
 //! (out of file descriptors: the backlog waits instead of a spinning loop). The decisions are
 //! pure functions; [`serve`] is the thin loop around them.
 
+pub mod inbound;
+pub mod outbound;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::context::Context;
-use crate::metrics::{Direction, Refusal};
+use crate::state::context::Context;
+use crate::telemetry::metrics::{Direction, Refusal};
 
 /// The first pause after a failed accept; it doubles up to [`ACCEPT_BACKOFF_MAX`].
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);

@@ -1,7 +1,7 @@
 //! The outbound HTTP/1.1 fast path. An application's HTTP/1.1 connection to a meshed
 //! destination is served here, one request after the other, without hyper: the request head is
-//! parsed in place ([`crate::h1_message`]), goes through the request driver like every request
-//! ([`crate::pipeline::drive`]), is written to a pooled connection to the peer with the
+//! parsed in place ([`crate::h1::message`]), goes through the request driver like every request
+//! ([`crate::pipeline::drive()`]), is written to a pooled connection to the peer with the
 //! hop-by-hop headers dropped, and the response is passed back as it comes, its body delimited
 //! but not re-encoded. No task, channel or header map per request: the connection's buffers are
 //! reused.
@@ -9,7 +9,7 @@
 //! Only plain requests take this path (HTTP/1.1, origin-form target, no body or a
 //! `Content-Length` one); at the first other one (an upgrade, a chunked upload, `Expect`,
 //! anything malformed) the connection, with the bytes already read, goes on under hyper
-//! ([`http::serve`]), which handles or refuses it.
+//! ([`crate::hyper_glue::serve`]), which handles or refuses it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,20 +17,20 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
-use crate::context::Context;
-use crate::deadline::{Expired, Watchdog};
-use crate::detect::Detected;
-use crate::h1_message::{
-    self, BadResponse, ChunkedScanner, Framing, HEADER_SLOT, MAX_HEAD_BYTES, MAX_HEADERS, Parse,
+use self::message::{
+    BadResponse, ChunkedScanner, Framing, HEADER_SLOT, MAX_HEAD_BYTES, MAX_HEADERS, Parse,
 };
-use crate::http;
+use crate::hyper_glue;
 use crate::pipeline::decide::{self, Picked, Plan, Rolls};
 use crate::pipeline::{
     Bound, Deadline, ExchangeCause, Failure, RequestRecord, UpstreamError, drive, respond,
 };
-use crate::prefixed::Prefixed;
-use crate::reload::Loaded;
-use crate::routing::{RequestFacts, Table, Target};
+use crate::policy::routing::{RequestFacts, Table, Target};
+use crate::state::context::Context;
+use crate::state::reload::Loaded;
+use crate::transport::deadline::{Expired, Watchdog};
+use crate::transport::detect::Detected;
+use crate::transport::prefixed::Prefixed;
 use crate::upstream::{PeerStream, REPLAY_AFTER_IDLE};
 
 /// Bytes read at a time, from either side.
@@ -59,7 +59,7 @@ enum Step {
 /// outbound one, in `outbound`'s table) and writes the head to forward into `out`.
 fn take(outbound: Option<(&Table, Target)>, buf: &[u8], out: &mut Vec<u8>) -> Step {
     let mut headers = [HEADER_SLOT; MAX_HEADERS];
-    let request = match h1_message::parse_request(buf, &mut headers) {
+    let request = match message::parse_request(buf, &mut headers) {
         Parse::Partial => return Step::Partial,
         Parse::HandOver => return Step::HandOver,
         Parse::Refuse(reason) => return Step::Refuse(reason),
@@ -156,7 +156,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let direction = bound.direction();
-    // One timer for the connection's deadlines ([`crate::deadline`]): the request head's while
+    // One timer for the connection's deadlines ([`crate::transport::deadline`]): the request head's while
     // one is under way (the first one's from the connection's start), else the idle time.
     let limits = context.limits();
     let head_timeout = Duration::from_millis(limits.request_head_timeout_ms);
@@ -270,13 +270,12 @@ async fn hand_over<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = Prefixed::new(read, client);
-    http::serve(context, client, bound, Detected::Http1, started).await;
+    hyper_glue::serve(context, client, bound, Detected::Http1, started).await;
 }
 
-#[path = "h1_exchange.rs"]
 mod exchange;
+pub mod message;
 use exchange::Exchange;
 
 #[cfg(test)]
-#[path = "h1_forward_tests.rs"]
 mod tests;

@@ -1,0 +1,4 @@
+//! What the proxy records: the data path's counters ([`metrics`]). Istio's metrics, traces and
+//! access logs will live here, fed by [`crate::pipeline::RequestRecord`].
+
+pub mod metrics;
