@@ -110,13 +110,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
         else {
             return Err(Failure::BadRequest("request head changed".into()));
         };
-        let header = |name: &str| request.header(name);
-        let facts = RequestFacts {
-            method: request.method,
-            path: request.path(),
-            header: &header,
-        };
-        decide::plan(table, target, &facts, Rolls::draw())
+        super::plan(&request, table, target)
     }
 
     async fn send(

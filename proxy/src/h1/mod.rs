@@ -65,15 +65,7 @@ fn take(outbound: Option<(&Table, Target)>, buf: &[u8], out: &mut Vec<u8>) -> St
         Parse::Refuse(reason) => return Step::Refuse(reason),
         Parse::Done(request) => request,
     };
-    let plan = outbound.map(|(table, target)| {
-        let header = |name: &str| request.header(name);
-        let facts = RequestFacts {
-            method: request.method,
-            path: request.path(),
-            header: &header,
-        };
-        decide::plan(table, target, &facts, Rolls::draw())
-    });
+    let plan = outbound.map(|(table, target)| plan(&request, table, target));
     out.clear();
     request.encode(out);
     Step::Take(Taken {
@@ -84,6 +76,21 @@ fn take(outbound: Option<(&Table, Target)>, buf: &[u8], out: &mut Vec<u8>) -> St
         replayable: request.replayable(),
         to_head: request.method == "HEAD",
     })
+}
+
+/// The plan of an outbound request whose head is parsed, in `table`.
+fn plan(
+    request: &message::Request<'_, '_>,
+    table: &Table,
+    target: Target,
+) -> Result<Plan, Failure> {
+    let header = |name: &str| request.header(name);
+    let facts = RequestFacts {
+        method: request.method,
+        path: request.path(),
+        header: &header,
+    };
+    decide::plan(table, target, &facts, Rolls::draw())
 }
 
 /// Buffers of one application connection, reused by its requests.
