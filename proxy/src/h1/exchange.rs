@@ -215,6 +215,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
             buffers.from_peer.drain(..take);
             head.body_done = done;
         }
+        // A TLS client (inbound) may hold the last records back when its socket was full.
+        self.client.flush().await.map_err(|_| Failure::ClientGone)?;
         // Anything the peer sent past the response is a protocol error: that connection ends.
         if head.reusable && buffers.from_peer.is_empty() {
             self.context
@@ -296,7 +298,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
                     }
                     // Interim: passed on at once; the final response follows.
                     answered = true;
-                    if app.write_all(&buffers.out).await.is_err() {
+                    if app.write_all(&buffers.out).await.is_err() || app.flush().await.is_err() {
                         return Err(app_gone());
                     }
                     continue;

@@ -232,7 +232,8 @@ where
             replayable: taken.replayable,
             to_head: taken.to_head,
         };
-        let outcome = match drive(context, bound, loaded, &mut exchange).await {
+        let held = loaded.zip(target);
+        let outcome = match drive(context, bound, held, &mut exchange).await {
             Ok(answer) => {
                 record.responded(answer.head.status);
                 exchange.pass_on(answer).await
@@ -251,7 +252,8 @@ where
                 drop(record);
                 buffers.out.clear();
                 respond::encode_h1(&failure, close, &mut buffers.out);
-                if client.write_all(&buffers.out).await.is_err() || close {
+                let written = client.write_all(&buffers.out).await.is_ok();
+                if !written || client.flush().await.is_err() || close {
                     return Next::Close;
                 }
             }

@@ -6,8 +6,10 @@
 //! the workload's mode is PERMISSIVE or DISABLE (and refused before any config is loaded).
 //!
 //! Then, on a port the config does not make opaque, the proxy detects the protocol: HTTP/1.1
-//! goes to the fast path ([`crate::h1`]) and HTTP/2 to hyper ([`crate::hyper_glue`]), each
-//! request through the request driver with the caller's verified SPIFFE ID attached
+//! goes to the fast path ([`crate::h1`]) and, when the workload's policy decides on requests,
+//! HTTP/2 to hyper ([`crate::hyper_glue`]) (otherwise HTTP/2 is copied: see
+//! [`InboundParsing`]), each request through the request driver with the caller's verified
+//! SPIFFE ID attached
 //! ([`crate::pipeline::Bound::Inbound`]), forwarded to the application over pooled loopback
 //! connections, the bytes of each request as the caller sent them. Upgrades (websockets) are
 //! forwarded and then spliced. Opaque ports and anything that is not HTTP are copied to the
@@ -23,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::pipeline::{Bound, InboundTarget, Picked};
-use crate::policy::routing::CompiledEndpoint;
+use crate::policy::routing::{CompiledEndpoint, InboundParsing};
 use crate::state::context::Context;
 use crate::telemetry::metrics::{Direction, InboundKind};
 use crate::tls::identity::{MESH_ALPN, spiffe_id};
@@ -110,14 +112,15 @@ async fn handle(
 ) -> (u64, u64) {
     let started = Instant::now();
     let app = SocketAddr::from((Ipv4Addr::LOCALHOST, original.port()));
-    let (limits, mode, opaque) = match context.config.current() {
+    let (limits, mode, parsing) = match context.config.current() {
         Some(loaded) => (
             loaded.config.limits,
             loaded.config.inbound.mtls_mode,
-            loaded.config.opaque_ports.contains(&original.port()),
+            loaded.table.inbound(original.port()),
         ),
-        None => (Limits::default(), MtlsMode::Strict, false),
+        None => (Limits::default(), MtlsMode::Strict, InboundParsing::Http1),
     };
+    let opaque = parsing == InboundParsing::Opaque;
     // A server-speaks-first port has no request head to wait for.
     let head = || {
         if opaque {
@@ -166,7 +169,7 @@ async fn handle(
             .and_then(|leaf| spiffe_id(leaf).ok())
             .map(|(id, _)| id);
         if !opaque {
-            return serve_http(context, tls, app, caller, &limits, started).await;
+            return serve_http(context, tls, app, caller, parsing, &limits, started).await;
         }
         let copied = to_application(context, &mut tls, app, &limits, started, head())
             .await
@@ -186,20 +189,21 @@ async fn handle(
     }
     context.metrics.inbound(InboundKind::Plaintext);
     if !opaque {
-        return serve_http(context, stream, app, None, &limits, started).await;
+        return serve_http(context, stream, app, None, parsing, &limits, started).await;
     }
     to_application(context, &mut stream, app, &limits, started, head())
         .await
         .unwrap_or((0, 0))
 }
 
-/// A caller's connection on a port that is not opaque: HTTP/1.1 and HTTP/2 are served request
-/// by request, anything else is copied to the application as it is.
+/// A caller's connection on a port that is not opaque: HTTP/1.1 (and HTTP/2 when `parsing`
+/// says) is served request by request, anything else is copied to the application as it is.
 async fn serve_http<S>(
     context: &Arc<Context>,
     mut client: S,
     app: SocketAddr,
     caller: Option<String>,
+    parsing: InboundParsing,
     limits: &Limits,
     started: Instant,
 ) -> (u64, u64)
@@ -229,14 +233,17 @@ where
             h1::serve(context.clone(), client, bound(), prefix, started).await;
             (0, 0)
         }
-        Detected::Http2 => {
+        Detected::Http2 if parsing == InboundParsing::Http => {
             let client = Prefixed::new(prefix, client);
             hyper_glue::serve(context.clone(), client, bound(), protocol, started).await;
             (0, 0)
         }
         _ => {
             // What detection read may be a slow HTTP/1 head (it waits only so long).
-            let mut head = HeadWatch::new();
+            let mut head = match protocol {
+                Detected::Http2 => HeadWatch::released(),
+                _ => HeadWatch::new(),
+            };
             head.feed(&prefix);
             let mut client = Prefixed::new(prefix, client);
             let copied = to_application(context, &mut client, app, limits, started, head).await;

@@ -108,17 +108,17 @@ pub trait Exchange {
     ) -> impl Future<Output = Result<Self::Response, Failure>>;
 }
 
-/// Drives one request through the steps above. `loaded` is the config the caller already
-/// holds (the fast path parsed and planned an outbound request in it); `None`: the one in
-/// force.
+/// Drives one request through the steps above. `held` is the config the caller already holds
+/// and the destination of an outbound request in it (the fast path parsed and planned the
+/// request there); `None`: the config in force.
 pub async fn drive<X: Exchange>(
     context: &Context,
     bound: &Bound,
-    loaded: Option<Arc<Loaded>>,
+    held: Option<(Arc<Loaded>, Target)>,
     exchange: &mut X,
 ) -> Result<X::Response, Failure> {
     let (plan, picked) = match bound {
-        Bound::Outbound(original) => outbound(context, *original, loaded, exchange).await?,
+        Bound::Outbound(original) => outbound(context, *original, held, exchange).await?,
         // Authorization and rate limits (issue 13) are decided here, on `inbound.caller`.
         Bound::Inbound(inbound) => (None, inbound.app.clone()),
     };
@@ -139,20 +139,23 @@ pub async fn drive<X: Exchange>(
 async fn outbound<X: Exchange>(
     context: &Context,
     original: SocketAddr,
-    mut loaded: Option<Arc<Loaded>>,
+    mut held: Option<(Arc<Loaded>, Target)>,
     exchange: &mut X,
 ) -> Result<(Option<Plan>, Picked), Failure> {
     let mut hold_until = None;
     loop {
-        let config = match loaded.take() {
-            Some(config) => config,
-            None => context.config.current().ok_or(Failure::NotReady)?,
+        let (config, target) = match held.take() {
+            Some(held) => held,
+            None => {
+                let config = context.config.current().ok_or(Failure::NotReady)?;
+                // Looked up in this config: a destination's index in another one may differ.
+                let target = config
+                    .table
+                    .lookup(original)
+                    .ok_or(Failure::Gone(original))?;
+                (config, target)
+            }
         };
-        // Looked up in this config: a destination's index in another one may differ.
-        let target = config
-            .table
-            .lookup(original)
-            .ok_or(Failure::Gone(original))?;
         let plan = exchange.plan(&config.table, target)?;
         if config.table.endpoints(plan.backend).is_empty() {
             let until = *hold_until.get_or_insert_with(|| Instant::now() + HOLD_FOR_ENDPOINTS);

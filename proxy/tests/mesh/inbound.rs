@@ -12,6 +12,9 @@
 //!   `Content-Length`s) is refused with 400 and the proxy's error header, and neither it nor
 //!   anything behind it reaches the application (no request smuggling);
 //! - the inbound proxy counts the requests it parsed.
+//!
+//! (HTTP/2, gRPC and websockets through the inbound side are the main scenario's: the server
+//! pod's policy decides on requests, so its proxy serves HTTP/2 request by request too.)
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -76,11 +76,14 @@ fn client_config(v1: u32, v2: u32) -> String {
     .to_string()
 }
 
+/// The server pod's config. Its (generous) rate limit is a policy that decides on requests, so
+/// the inbound side serves HTTP/2 request by request too, not only HTTP/1.1.
 fn server_config(mode: &str) -> String {
     serde_json::json!({
         "version": 1,
         "workload": {"namespace": "shop", "name": "payment", "identity": PAYMENT},
-        "inbound": {"mtlsMode": mode},
+        "inbound": {"mtlsMode": mode,
+                    "rateLimit": {"requestsPerSecond": 1_000_000, "burst": 1_000_000}},
     })
     .to_string()
 }
@@ -334,8 +337,15 @@ fn scenario(root: &Path) {
         "v1=5"
     );
     // Every HTTP protocol through the HTTP-aware inbound side under STRICT too.
+    let inbound_requests = || server.metric("braid_proxy_requests_total{direction=\"inbound\"}");
+    let before = inbound_requests();
     let h2 = client.client(false, &["h2", "10.96.0.11:80", "20"]);
     assert!(h2.starts_with("ok=20 sample=v1 /h2/"), "STRICT h2c: {h2}");
+    let parsed = inbound_requests() - before;
+    assert!(
+        parsed >= 20.0,
+        "the server's proxy served {parsed} of 20 h2c requests one by one"
+    );
     assert_eq!(
         client.client(false, &["grpc", "10.96.0.20:9000"]),
         "unary=ok stream=ok",

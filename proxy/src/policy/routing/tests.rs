@@ -168,3 +168,41 @@ fn a_bad_regex_refuses_the_config_naming_the_field() {
         "{error}"
     );
 }
+
+#[test]
+fn inbound_ports_are_parsed_as_far_as_the_policy_needs() {
+    let mut config = config(serde_json::json!([]));
+    let table = Table::compile(&config).expect("compiles");
+    assert_eq!(table.inbound(5432), InboundParsing::Opaque);
+    assert_eq!(
+        table.inbound(8080),
+        InboundParsing::Http1,
+        "no policy on requests"
+    );
+    // A rule on callers alone decides per connection: HTTP/2 is still copied.
+    config.inbound.authorization = Some(vec![braid_proxy_config::AuthorizationRule {
+        identities: vec!["spiffe://cluster.local/ns/shop/sa/order".into()],
+        ..Default::default()
+    }]);
+    let table = Table::compile(&config).expect("compiles");
+    assert_eq!(table.inbound(8080), InboundParsing::Http1);
+    // A rule on paths (or methods) needs every request, HTTP/2 ones too.
+    config.inbound.authorization = Some(vec![braid_proxy_config::AuthorizationRule {
+        paths: vec!["/admin*".into()],
+        ..Default::default()
+    }]);
+    let table = Table::compile(&config).expect("compiles");
+    assert_eq!(table.inbound(8080), InboundParsing::Http);
+    assert_eq!(table.inbound(5432), InboundParsing::Opaque, "opaque wins");
+    config.inbound.authorization = None;
+    config.inbound.rate_limit = Some(braid_proxy_config::RateLimit {
+        requests_per_second: 100,
+        burst: 10,
+    });
+    let table = Table::compile(&config).expect("compiles");
+    assert_eq!(
+        table.inbound(8080),
+        InboundParsing::Http,
+        "a rate limit counts requests"
+    );
+}
