@@ -1,8 +1,9 @@
-//! The outbound HTTP/1.1 fast path. An application's HTTP/1.1 connection to a meshed
-//! destination is served here, one request after the other, without hyper: the request head is
-//! parsed in place ([`crate::h1::message`]), goes through the request driver like every request
-//! ([`crate::pipeline::drive()`]), is written to a pooled connection to the peer with the
-//! hop-by-hop headers dropped, and the response is passed back as it comes, its body delimited
+//! The HTTP/1.1 fast path, on both listeners: an application's HTTP/1.1 connection to a meshed
+//! destination (outbound), or a caller's to the application (inbound), is served here, one
+//! request after the other, without hyper: the request head is parsed in place
+//! ([`crate::h1::message`]), goes through the request driver like every request
+//! ([`crate::pipeline::drive()`]), is written to a pooled connection (to the peer, or to the
+//! application on loopback) with the hop-by-hop headers dropped, and the response is passed back as it comes, its body delimited
 //! but not re-encoded. No task, channel or header map per request: the connection's buffers are
 //! reused.
 //!

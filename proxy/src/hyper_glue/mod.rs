@@ -1,5 +1,6 @@
-//! Outbound HTTP with hyper: serves the application's HTTP/2 connections, and the HTTP/1.1 ones
-//! the fast path ([`crate::h1`]) handed over. Each request goes through the request
+//! HTTP with hyper, on both listeners: serves HTTP/2 connections (outbound, and inbound where
+//! the workload's policy decides on requests), and the HTTP/1.1 ones the fast path
+//! ([`crate::h1`]) handed over. Each request goes through the request
 //! driver ([`crate::pipeline::drive()`]) with the config in force at that moment (so a weight
 //! change applies to open keep-alive connections too); this module only reads its facts and
 //! sends it with hyper's client. Upgrades (websockets) are forwarded on a dedicated connection

@@ -1,4 +1,4 @@
-//! Connections to peers. A meshed endpoint (one with an identity in the config) is reached over
+//! Connections to peers, and to the application on loopback (the inbound side's). A meshed endpoint (one with an identity in the config) is reached over
 //! mTLS with the workload's certificate, and the connection is kept only if the peer's SPIFFE ID
 //! is the one the config expects; an endpoint without identity (not meshed) is reached in
 //! plaintext. HTTP/1.1 connections are pooled per endpoint (idle ones reused); HTTP/2 ones are

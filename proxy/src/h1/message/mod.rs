@@ -1,4 +1,4 @@
-//! HTTP/1.1 messages as the outbound fast path ([`crate::h1`]) sees them: request and
+//! HTTP/1.1 messages as the fast path ([`crate::h1`]) sees them: request and
 //! response heads parsed in place (httparse), the heads it forwards (hop-by-hop headers dropped),
 //! how each body is delimited (RFC 9112 §6), and a scanner that finds the end of a chunked body
 //! while its bytes pass through unchanged. Pure: no I/O.
