@@ -1,7 +1,8 @@
 //! The applications of the server "pod": plain programs that know nothing of the mesh.
 //! 8081 and 8082: HTTP/1.1 and h2c (`v1`/`v2 <path> <version>`); 9000: gRPC echo, unary and
 //! streaming (h2c); 8090: websocket echo; 7000: TCP echo; 7001: TCP, server speaks first;
-//! 7002: TCP echo that no config names (passthrough); 8095: the recorder of
+//! 7002: TCP echo that no config names (passthrough); 7003: accepts and never answers; 8095:
+//! the recorder of
 //! [`crate::inbound`].
 
 use std::convert::Infallible;
@@ -169,6 +170,15 @@ async fn serve_tcp(port: u16, banner: Option<&'static [u8]>) {
     }
 }
 
+/// Accepts connections and never answers (a hung application).
+async fn serve_silent(port: u16) {
+    let listener = TcpListener::bind(("0.0.0.0", port)).await.expect("bind");
+    let mut held = Vec::new();
+    while let Ok((stream, _)) = listener.accept().await {
+        held.push(stream);
+    }
+}
+
 /// Runs every application until killed.
 pub async fn run() {
     tokio::spawn(serve_http(8081, |r| versioned("v1", r)));
@@ -178,5 +188,6 @@ pub async fn run() {
     tokio::spawn(serve_tcp(7000, None));
     tokio::spawn(serve_tcp(7001, Some(b"HELLO\n")));
     tokio::spawn(crate::inbound::serve_recorder());
+    tokio::spawn(serve_silent(7003));
     serve_tcp(7002, None).await;
 }

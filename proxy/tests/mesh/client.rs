@@ -120,6 +120,54 @@ fn grpc_frame(message: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+/// One unary gRPC call: `http=<status> grpc-status=<code> message=<grpc-message>
+/// proxy-error=<yes|no>`, from the response head (a trailers-only response) or its trailers.
+async fn grpc_status(target: SocketAddr) -> String {
+    let Ok(stream) = TcpStream::connect(target).await else {
+        return "connect-failed".into();
+    };
+    let Ok((mut sender, connection)) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await
+    else {
+        return "handshake-failed".into();
+    };
+    tokio::spawn(connection);
+    let request = Request::post("http://grpc.shop/braid.Echo/Unary")
+        .version(Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(grpc_frame(b"hello")))
+        .expect("request");
+    let response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(e) => return format!("error:{e}"),
+    };
+    let (head, body) = response.into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .ok()
+        .and_then(|c| c.trailers().cloned());
+    let field = |name: &str| {
+        head.headers
+            .get(name)
+            .or_else(|| trailers.as_ref().and_then(|t| t.get(name)))
+            .map_or("-", |v| v.to_str().unwrap_or("?"))
+            .to_string()
+    };
+    format!(
+        "http={} grpc-status={} message={} proxy-error={}",
+        head.status.as_u16(),
+        field("grpc-status"),
+        field("grpc-message"),
+        if head.headers.contains_key("braid-proxy-error") {
+            "yes"
+        } else {
+            "no"
+        }
+    )
+}
+
 /// gRPC unary and bidirectional streaming against the echo service.
 async fn grpc(target: SocketAddr) -> String {
     let Ok(stream) = TcpStream::connect(target).await else {
@@ -375,6 +423,7 @@ pub async fn run(args: &[String]) {
         }
         "h2" => h2(addr(arg(1)), arg(2).parse().expect("count")).await,
         "grpc" => grpc(addr(arg(1))).await,
+        "grpc-status" => grpc_status(addr(arg(1))).await,
         "ws" => websocket(addr(arg(1))).await,
         "tcp" => tcp(addr(arg(1)), arg(2) == "banner").await,
         "plain" => plain(addr(arg(1)), arg(2)).await,

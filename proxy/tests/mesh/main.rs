@@ -10,7 +10,9 @@
 //! CA the test makes with rcgen, as the operator does.
 //!
 //! What it shows: HTTP/1.1, h2c, gRPC unary and streaming, websockets, opaque TCP (client- and
-//! server-speaks-first) and passthrough all pass; a capture between the pods sees only TLS for
+//! server-speaks-first) and passthrough all pass; a gRPC client gets the proxy's own failures as
+//! gRPC codes (no endpoint 14, timeout 4); a config field this proxy does not know is ignored and
+//! named; a capture between the pods sees only TLS for
 //! meshed calls; the wrong peer identity is refused; STRICT refuses a caller without a certificate
 //! and one from another CA, PERMISSIVE serves plaintext; a weight change 100/0 → 80/20 in the file
 //! applies without a restart within ±5 points over 1,000 requests; a corrupt file is refused,
@@ -56,8 +58,13 @@ fn client_config(v1: u32, v2: u32) -> String {
     payment["routes"] = serde_json::json!([{"backends": [
         {"destination": "payment-v1.shop", "weight": v1},
         {"destination": "payment-v2.shop", "weight": v2}]}]);
+    let mut hung = destination("hung.shop", "10.96.0.41", 9000, endpoint(7003, PAYMENT));
+    hung["routes"] = serde_json::json!([{"backends": [
+        {"destination": "hung.shop", "weight": 100}], "timeoutMs": 300}]);
     serde_json::json!({
         "version": 1,
+        // A field of a newer operator: ignored, and named on /config.
+        "futureFeature": {"enabled": true},
         "workload": {"namespace": "shop", "name": "order", "identity": ORDER},
         "inbound": {"mtlsMode": "PERMISSIVE"},
         "destinations": [
@@ -68,6 +75,10 @@ fn client_config(v1: u32, v2: u32) -> String {
             destination("ws.shop", "10.96.0.21", 80, endpoint(8090, PAYMENT)),
             destination("echo.shop", "10.96.0.22", 7000, endpoint(7000, PAYMENT)),
             destination("banner.shop", "10.96.0.23", 7001, endpoint(7001, PAYMENT)),
+            // gRPC to no endpoint, and to a hung application behind a route timeout.
+            serde_json::json!({"name": "nowhere.shop", "clusterIps": ["10.96.0.40"],
+                               "ports": [{"port": 9000, "protocol": "http2", "endpoints": []}]}),
+            hung,
             destination("impostor.shop", "10.96.0.30", 80,
                         serde_json::json!({"ip": SERVER_IP, "port": 8081,
                                            "identity": "spiffe://cluster.local/ns/shop/sa/someone-else"})),
@@ -231,6 +242,25 @@ fn scenario(root: &Path) {
         "a peer with another identity must be refused: {impostor}"
     );
     inbound::check(&client, &server, &ca, root, "PERMISSIVE");
+    // The proxy's own failures reach a gRPC client as gRPC codes, not as an HTTP mapping.
+    assert_eq!(
+        client.client(false, &["grpc-status", "10.96.0.40:9000"]),
+        "http=200 grpc-status=14 message=nowhere.shop has no endpoint on port 9000 proxy-error=yes",
+        "no endpoint: UNAVAILABLE"
+    );
+    assert_eq!(
+        client.client(false, &["grpc-status", "10.96.0.41:9000"]),
+        "http=200 grpc-status=4 message=no response within 300 ms proxy-error=yes",
+        "route timeout: DEADLINE_EXCEEDED"
+    );
+    // The config carries a field this proxy does not know: accepted, and said.
+    assert!(
+        client
+            .admin("/config")
+            .contains("\"ignoredFields\":[\"futureFeature\"]"),
+        "{}",
+        client.admin("/config")
+    );
 
     // A capture between the pods: meshed bytes are TLS; the plaintext control shows it sees all.
     let pcap = root.join("between-pods.pcap");
