@@ -120,23 +120,37 @@ fn grpc_frame(message: &[u8]) -> Bytes {
     Bytes::from(frame)
 }
 
+/// An h2c connection for gRPC calls to `target` (its task spawned), or what failed.
+async fn grpc_connection(
+    target: SocketAddr,
+) -> Result<hyper::client::conn::http2::SendRequest<ChannelBody>, String> {
+    let stream = TcpStream::connect(target)
+        .await
+        .map_err(|_| "connect-failed".to_string())?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|_| "handshake-failed".to_string())?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
 /// One unary gRPC call: `http=<status> grpc-status=<code> message=<grpc-message>
 /// proxy-error=<yes|no>`, from the response head (a trailers-only response) or its trailers.
 async fn grpc_status(target: SocketAddr) -> String {
-    let Ok(stream) = TcpStream::connect(target).await else {
-        return "connect-failed".into();
+    let mut sender = match grpc_connection(target).await {
+        Ok(sender) => sender,
+        Err(failed) => return failed,
     };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await
-    else {
-        return "handshake-failed".into();
-    };
-    tokio::spawn(connection);
     let request = Request::post("http://grpc.shop/braid.Echo/Unary")
         .version(Version::HTTP_2)
         .header("content-type", "application/grpc")
         .header("te", "trailers")
-        .body(http_body_util::Full::new(grpc_frame(b"hello")))
+        .body(ChannelBody({
+            let (frames, body) = mpsc::channel(1);
+            let _ = frames.try_send(Frame::data(grpc_frame(b"hello")));
+            body
+        }))
         .expect("request");
     let response = match sender.send_request(request).await {
         Ok(response) => response,
@@ -170,15 +184,10 @@ async fn grpc_status(target: SocketAddr) -> String {
 
 /// gRPC unary and bidirectional streaming against the echo service.
 async fn grpc(target: SocketAddr) -> String {
-    let Ok(stream) = TcpStream::connect(target).await else {
-        return "connect-failed".into();
+    let mut sender = match grpc_connection(target).await {
+        Ok(sender) => sender,
+        Err(failed) => return failed,
     };
-    let Ok((mut sender, connection)) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await
-    else {
-        return "handshake-failed".into();
-    };
-    tokio::spawn(connection);
     let grpc_request = |method: &str| {
         Request::post(format!("http://grpc.shop/braid.Echo/{method}"))
             .version(Version::HTTP_2)
