@@ -324,6 +324,52 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
         "the load did not span the switch: {during}"
     );
 
+    // Ten canary changes under load on the kubelet's stock sync period: each from `kubectl
+    // apply` to the order pod's proxy running the new config (the operator nudges the pod).
+    let load = cluster.spawn(&[
+        "exec",
+        "-n",
+        NS,
+        "deploy/loadgen",
+        "--",
+        "braid-shop",
+        "orders",
+        "--url",
+        ORDER_URL,
+        "--duration",
+        "30",
+        "--concurrency",
+        "2",
+    ])?;
+    let mut applied = Vec::new();
+    for change in 0..10 {
+        let (v1, v2) = if change % 2 == 0 { (80, 20) } else { (0, 100) };
+        applied.push(apply_and_wait_for_order_proxy(&cluster, &route(v1, v2))?);
+    }
+    applied.sort();
+    let (p50, p99) = (applied[4], applied[9]);
+    println!(
+        "10 canary changes, kubectl apply to the order proxy's new config: p50 {:.2} s, p99 {:.2} s",
+        p50.as_secs_f64(),
+        p99.as_secs_f64()
+    );
+    let output = load.wait_with_output()?;
+    let during: Value = serde_json::from_slice(&output.stdout)
+        .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())?;
+    println!("orders during the ten changes: {during}");
+    ensure!(
+        during["failed"] == 0,
+        "orders failed during the changes: {during}"
+    );
+    // The figure against the 3 s target is reported above, not asserted (speed is the
+    // benchmarks' business); what is asserted is the mechanism: without the nudge a change
+    // waits for the kubelet's sync, a minute or more.
+    ensure!(
+        p99 < Duration::from_secs(30),
+        "a config change took {:.2} s to reach the order proxy: the kubelet's sync, not the nudge",
+        p99.as_secs_f64()
+    );
+
     // Least connections against round robin, with one slow (200 ms) inventory backend.
     let mut slow_share = Vec::new();
     for balancer in ["ROUND_ROBIN", "LEAST_CONN"] {
