@@ -86,6 +86,33 @@ fn apply_and_wait_for_order_proxy(cluster: &Cluster, object: &Value) -> anyhow::
     Ok(started.elapsed())
 }
 
+/// The traffic generator in the background for `seconds`, two orders at a time.
+fn background_orders(cluster: &Cluster, seconds: u32) -> anyhow::Result<std::process::Child> {
+    let seconds = seconds.to_string();
+    cluster.spawn(&[
+        "exec",
+        "-n",
+        NS,
+        "deploy/loadgen",
+        "--",
+        "braid-shop",
+        "orders",
+        "--url",
+        ORDER_URL,
+        "--duration",
+        &seconds,
+        "--concurrency",
+        "2",
+    ])
+}
+
+/// The summary a background traffic generator printed when it finished.
+fn summary_of(load: std::process::Child) -> anyhow::Result<Value> {
+    let output = load.wait_with_output()?;
+    serde_json::from_slice(&output.stdout)
+        .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
 fn route(v1: u32, v2: u32) -> Value {
     json!({
         "apiVersion": "braid.dev/v1alpha1", "kind": "MeshRoute",
@@ -280,21 +307,7 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
         "80/20 off by more than 4 points: {split}"
     );
 
-    let load = cluster.spawn(&[
-        "exec",
-        "-n",
-        NS,
-        "deploy/loadgen",
-        "--",
-        "braid-shop",
-        "orders",
-        "--url",
-        ORDER_URL,
-        "--duration",
-        "40",
-        "--concurrency",
-        "2",
-    ])?;
+    let load = background_orders(&cluster, 40)?;
     std::thread::sleep(Duration::from_secs(3));
     let started = Instant::now();
     cluster.apply(&route(0, 100))?;
@@ -311,9 +324,7 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
         "canary 0/100: every order on v2 {:.1} s after kubectl apply",
         switch.as_secs_f64()
     );
-    let output = load.wait_with_output()?;
-    let during: Value = serde_json::from_slice(&output.stdout)
-        .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())?;
+    let during = summary_of(load)?;
     println!("orders during the switch: {during}");
     ensure!(
         during["failed"] == 0,
@@ -326,21 +337,7 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
 
     // Ten canary changes under load on the kubelet's stock sync period: each from `kubectl
     // apply` to the order pod's proxy running the new config (the operator nudges the pod).
-    let load = cluster.spawn(&[
-        "exec",
-        "-n",
-        NS,
-        "deploy/loadgen",
-        "--",
-        "braid-shop",
-        "orders",
-        "--url",
-        ORDER_URL,
-        "--duration",
-        "30",
-        "--concurrency",
-        "2",
-    ])?;
+    let load = background_orders(&cluster, 30)?;
     let mut applied = Vec::new();
     for change in 0..10 {
         let (v1, v2) = if change % 2 == 0 { (80, 20) } else { (0, 100) };
@@ -353,9 +350,7 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
         p50.as_secs_f64(),
         p99.as_secs_f64()
     );
-    let output = load.wait_with_output()?;
-    let during: Value = serde_json::from_slice(&output.stdout)
-        .with_context(|| String::from_utf8_lossy(&output.stderr).into_owned())?;
+    let during = summary_of(load)?;
     println!("orders during the ten changes: {during}");
     ensure!(
         during["failed"] == 0,
