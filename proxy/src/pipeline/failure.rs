@@ -133,13 +133,22 @@ pub enum ExchangeCause {
 
 impl From<io::Error> for ExchangeCause {
     fn from(error: io::Error) -> Self {
-        match error.kind() {
-            io::ErrorKind::ConnectionReset
-            | io::ErrorKind::BrokenPipe
-            | io::ErrorKind::ConnectionAborted => Self::Reset,
-            _ => Self::Io(error),
+        if is_reset(error.kind()) {
+            Self::Reset
+        } else {
+            Self::Io(error)
         }
     }
+}
+
+/// Whether an I/O error of this kind means the peer reset the connection or it broke.
+fn is_reset(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::ConnectionReset
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// A failure's cause, for the decisions and records that depend on it (retries, the response
@@ -194,24 +203,6 @@ impl Kind {
             Self::BadRequest => "DPE",
             Self::ClientGone => "DC",
         }
-    }
-
-    /// Whether nothing of the request can have reached the application behind the peer: the
-    /// connection to the peer was never made.
-    pub fn before_connection(self) -> bool {
-        matches!(
-            self,
-            Self::NotReady
-                | Self::NoRoute
-                | Self::NoBackend
-                | Self::NoEndpoint
-                | Self::ConnectRefused
-                | Self::ConnectTimeout
-                | Self::ConnectFailed
-                | Self::Tls
-                | Self::IdentityMismatch
-                | Self::Fault
-        )
     }
 }
 
@@ -291,10 +282,7 @@ pub fn closed_before_response(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
         if let Some(io) = cause.downcast_ref::<io::Error>() {
-            return matches!(
-                ExchangeCause::from(io::Error::from(io.kind())),
-                ExchangeCause::Reset
-            );
+            return is_reset(io.kind());
         }
         source = cause.source();
     }
@@ -336,7 +324,6 @@ mod tests {
             expected: "spiffe://cluster.local/ns/shop/sa/payment".into(),
         });
         assert_eq!(mismatch.kind(), Kind::IdentityMismatch);
-        assert!(mismatch.kind().before_connection() && !reset.kind().before_connection());
     }
 
     #[test]

@@ -57,8 +57,6 @@ pub mod grpc {
     pub const DEADLINE_EXCEEDED: u8 = 4;
     /// Not allowed.
     pub const PERMISSION_DENIED: u8 = 7;
-    /// A limit was reached.
-    pub const RESOURCE_EXHAUSTED: u8 = 8;
     /// Not implemented.
     pub const UNIMPLEMENTED: u8 = 12;
     /// An internal error (a protocol violation).
