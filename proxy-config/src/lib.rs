@@ -12,7 +12,7 @@ mod skew;
 mod validate;
 
 pub use model::*;
-pub use skew::{MIN_VERSION, Read, VERSION};
+pub use skew::{FEATURES, MIN_VERSION, Read, VERSION, feature};
 pub use validate::ConfigError;
 
 impl ProxyConfig {

@@ -11,8 +11,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyConfig {
-    /// Version of this document's format; this crate reads version [`crate::VERSION`].
+    /// Version of this document's format; this crate reads versions [`crate::MIN_VERSION`] to
+    /// [`crate::VERSION`].
     pub version: u32,
+    /// Features of the document a proxy must enforce to load it (version 2 on): a proxy that
+    /// does not know one refuses the document whole rather than ignore a field that restricts
+    /// access ([`crate::skew`]). The operator lists what the document uses, from
+    /// [`crate::FEATURES`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
     /// Who this proxy is.
     pub workload: Workload,
     /// How this workload accepts traffic.
@@ -91,9 +98,19 @@ pub struct Workload {
 pub struct Inbound {
     /// Whether plaintext is accepted.
     pub mtls_mode: MtlsMode,
-    /// Allow rules; unset, everything the mTLS mode admits is allowed; empty, nothing is.
+    /// Authorization rules, in Istio's order: a matching `DENY` rule denies; else, when there
+    /// are `ALLOW` rules, one must match. Unset: [`Inbound::default_authorization`] decides;
+    /// empty: nothing is allowed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Vec<AuthorizationRule>>,
+    /// What is allowed where `authorization` is unset, or holds only `DENY` rules and none
+    /// matched: the Mesh's `defaultAuthorization`. Default `allow`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub default_authorization: DefaultAuthorization,
+    /// `Enforce` (default): denied requests are refused. `DryRun`: decisions are made, logged
+    /// and counted, and nothing is refused.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub authorization_mode: AuthorizationMode,
     /// Per-pod request rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
@@ -115,10 +132,52 @@ pub enum MtlsMode {
     Disable,
 }
 
-/// An allow rule; an empty list in a field matches everything.
+/// What a workload without authorization rules allows.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAuthorization {
+    /// Everything the mTLS mode admits.
+    #[default]
+    Allow,
+    /// Callers with a mesh identity (mTLS), from any namespace.
+    Mesh,
+    /// Callers with a mesh identity of the workload's own namespace.
+    Namespace,
+    /// Nothing.
+    Deny,
+}
+
+/// Whether authorization decisions are enforced.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    /// Denied requests and connections are refused.
+    #[default]
+    Enforce,
+    /// Nothing is refused; what would be is logged and counted.
+    DryRun,
+}
+
+/// What a matching rule does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Action {
+    /// The request is allowed (unless a `DENY` rule matches too).
+    #[default]
+    Allow,
+    /// The request is denied.
+    Deny,
+}
+
+/// An authorization rule; an empty list in a field matches everything. A rule with `paths` or
+/// `methods` matches HTTP requests only: as an `ALLOW` rule it never matches a TCP connection,
+/// as a `DENY` rule it denies TCP connections its other fields match (Istio's rule: neither
+/// way can a TCP connection get past what HTTP requests may not).
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationRule {
+    /// `ALLOW` (default) or `DENY`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub action: Action,
     /// Caller SPIFFE IDs; a trailing `*` matches a prefix.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identities: Vec<String>,
@@ -136,13 +195,30 @@ pub struct AuthorizationRule {
     pub ports: Vec<u16>,
 }
 
-/// A token bucket.
+/// A token bucket per pod, for HTTP requests (gRPC calls included).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
     /// Sustained rate.
     pub requests_per_second: u32,
     /// Bucket size.
+    pub burst: u32,
+    /// Limits of their own for some callers, checked before the pod's (Linkerd's identity
+    /// overrides): the first entry whose identities match the caller applies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_identity: Vec<IdentityRateLimit>,
+}
+
+/// A rate limit for some callers.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityRateLimit {
+    /// Caller SPIFFE IDs; a trailing `*` matches a prefix. Each ID listed whole has a bucket
+    /// of its own; the callers a prefix matches share one.
+    pub identities: Vec<String>,
+    /// Sustained rate per caller.
+    pub requests_per_second: u32,
+    /// Bucket size per caller.
     pub burst: u32,
 }
 

@@ -9,19 +9,38 @@
 //!    or a new field whose being ignored would weaken a decision (an authorization rule that an
 //!    older proxy would skip and so allow more). A proxy refuses a version it does not read,
 //!    naming the versions it does, and keeps its last good config.
-//! 3. **The operator writes the oldest version still running**: after a bump, it keeps writing
-//!    the previous version for as long as proxies of the previous release may read the document
-//!    (each pod's `braid.dev/injected` annotation records its proxy's release), and a proxy
-//!    reads every version from [`MIN_VERSION`] to [`VERSION`].
+//! 3. **A restricting feature is required, not just written** (version 2 on): a field whose
+//!    being ignored would let through what it stops (authorization, rate limits) is named in
+//!    the document's `requires` list, and a proxy refuses a document that requires a feature it
+//!    does not know ([`FEATURES`]), naming it, and keeps its last good config. So a new
+//!    restricting feature needs no version bump: the operator lists it, and older proxies
+//!    refuse rather than fail open.
+//! 4. **The operator writes the oldest version that says what the document means**: version 1
+//!    when nothing is required (every release reads it), version 2 when something is (release
+//!    1 proxies, which parsed authorization but did not enforce it, refuse it for its
+//!    version); see [`ProxyConfig::seal`]. A proxy reads every version from [`MIN_VERSION`] to
+//!    [`VERSION`].
 
 use serde::Deserialize;
 
 use crate::{ConfigError, ProxyConfig};
 
-/// The newest version of the document this crate reads and writes.
-pub const VERSION: u32 = 1;
+/// The newest version of the document this crate reads and writes: version 2 added
+/// `requires`.
+pub const VERSION: u32 = 2;
 /// The oldest version of the document this crate still reads.
 pub const MIN_VERSION: u32 = 1;
+
+/// The features this release enforces, as `requires` names them.
+pub const FEATURES: [&str; 2] = [feature::AUTHORIZATION, feature::RATE_LIMIT];
+
+/// The names of the features a document may require.
+pub mod feature {
+    /// `inbound.authorization` and `inbound.defaultAuthorization` are enforced.
+    pub const AUTHORIZATION: &str = "authorization";
+    /// `inbound.rateLimit` is enforced.
+    pub const RATE_LIMIT: &str = "rateLimit";
+}
 
 /// A document read by [`ProxyConfig::read`].
 #[derive(Clone, Debug, PartialEq)]
@@ -57,6 +76,48 @@ pub(crate) fn check_version(version: u32) -> Result<(), ConfigError> {
              or keep the operator at the proxies' release"
         ),
     })
+}
+
+/// The error for a document requiring a feature this release does not know, if it does.
+pub(crate) fn check_requires(requires: &[String]) -> Result<(), ConfigError> {
+    for (r, name) in requires.iter().enumerate() {
+        if !FEATURES.contains(&name.as_str()) {
+            return Err(ConfigError::Invalid {
+                field: format!("requires[{r}]"),
+                message: format!(
+                    "feature {name:?} is not enforced by this proxy, which knows {}: upgrade \
+                     the proxy before using it",
+                    FEATURES.join(", ")
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl ProxyConfig {
+    /// The features this document uses that restrict access, as `requires` names them.
+    pub fn restricting_features(&self) -> Vec<String> {
+        let inbound = &self.inbound;
+        let mut features = Vec::new();
+        if inbound.authorization.is_some()
+            || inbound.default_authorization != crate::DefaultAuthorization::Allow
+        {
+            features.push(feature::AUTHORIZATION.to_string());
+        }
+        if inbound.rate_limit.is_some() {
+            features.push(feature::RATE_LIMIT.to_string());
+        }
+        features
+    }
+
+    /// Sets `requires` to the features the document uses and `version` to the oldest that
+    /// says so (rule 4 above): what the operator does before it writes a document.
+    pub fn seal(mut self) -> Self {
+        self.requires = self.restricting_features();
+        self.version = if self.requires.is_empty() { 1 } else { VERSION };
+        self
+    }
 }
 
 /// `path` as [`ConfigError`] names fields: `destinations[0].policy`.
@@ -148,14 +209,17 @@ mod tests {
 
     #[test]
     fn a_version_this_release_does_not_read_is_refused_for_its_version() {
-        // A version-2 document whose shape also changed: the version is what is reported.
+        // A version-3 document whose shape also changed: the version is what is reported.
         let newer = document(|d| {
-            d["version"] = 2.into();
+            d["version"] = 3.into();
             d["inbound"]["mtlsMode"] = serde_json::json!({"mode": "STRICT"});
         });
         let error = ProxyConfig::read(&newer).expect_err("refused");
         assert_eq!(error.field(), "version");
-        assert!(error.to_string().contains("reads version 1"), "{error}");
+        assert!(
+            error.to_string().contains("reads versions 1 to 2"),
+            "{error}"
+        );
         let older = document(|d| d["version"] = 0.into());
         assert_eq!(
             ProxyConfig::read(&older).expect_err("refused").field(),
@@ -164,9 +228,44 @@ mod tests {
     }
 
     #[test]
+    fn a_restricting_feature_is_required_and_an_unknown_one_refused() {
+        let plain = ProxyConfig::from_json(GOOD.as_bytes())
+            .expect("valid")
+            .seal();
+        assert_eq!(plain.version, 1, "nothing required: every release reads it");
+        assert!(plain.requires.is_empty());
+        let mut restricted = plain.clone();
+        restricted.inbound.authorization = Some(Vec::new());
+        restricted.inbound.rate_limit = Some(crate::RateLimit {
+            requests_per_second: 5,
+            burst: 5,
+            per_identity: Vec::new(),
+        });
+        let restricted = restricted.seal();
+        assert_eq!(restricted.version, 2);
+        assert_eq!(restricted.requires, ["authorization", "rateLimit"]);
+        let mut json: serde_json::Value =
+            serde_json::from_str(&restricted.to_json()).expect("JSON");
+        assert_eq!(
+            json["requires"],
+            serde_json::json!(["authorization", "rateLimit"])
+        );
+        // A newer operator's document that requires what this proxy cannot enforce.
+        json["requires"] = serde_json::json!(["authorization", "externalAuthz"]);
+        let error = ProxyConfig::read(json.to_string().as_bytes()).expect_err("refused");
+        assert_eq!(error.field(), "requires[1]");
+        assert!(error.to_string().contains("\"externalAuthz\""), "{error}");
+        // A release-1 document (no `requires`) is still read, and its rules enforced.
+        let old = document(|d| d["inbound"]["authorization"] = serde_json::json!([]));
+        let read = ProxyConfig::read(&old).expect("version 1 is read");
+        assert_eq!(read.config.version, 1);
+        assert_eq!(read.config.inbound.authorization, Some(Vec::new()));
+    }
+
+    #[test]
     fn what_this_release_writes_it_reads_back() {
         let config = ProxyConfig::from_json(GOOD.as_bytes()).expect("valid");
-        assert_eq!(config.version, VERSION);
+        assert_eq!(config.version, 1);
         let read = ProxyConfig::read(config.to_json().as_bytes()).expect("valid");
         assert_eq!(read.config, config);
         assert!(read.ignored.is_empty());

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use crate::{Destination, Fault, ProxyConfig, RetryPolicy, Route};
+use crate::{Destination, Fault, Inbound, ProxyConfig, RetryPolicy, Route};
 
 /// Why a document was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -66,6 +66,7 @@ impl ProxyConfig {
     /// Validates the whole document; the first error found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::skew::check_version(self.version)?;
+        crate::skew::check_requires(&self.requires)?;
         check_spiffe(&self.workload.identity, || "workload.identity".into())?;
         let limits = &self.limits;
         for (value, field) in [
@@ -79,25 +80,7 @@ impl ProxyConfig {
                 "must be at least 1",
             )?;
         }
-        if let Some(limit) = &self.inbound.rate_limit {
-            check(
-                limit.requests_per_second >= 1,
-                || "inbound.rateLimit.requestsPerSecond".into(),
-                "must be at least 1",
-            )?;
-        }
-        for (r, rule) in self.inbound.authorization.iter().flatten().enumerate() {
-            for (i, id) in rule.identities.iter().enumerate() {
-                check_spiffe(id.trim_end_matches('*'), || {
-                    format!("inbound.authorization[{r}].identities[{i}]")
-                })?;
-            }
-            check(
-                !rule.ports.contains(&0),
-                || format!("inbound.authorization[{r}].ports"),
-                "port 0 is not a port",
-            )?;
-        }
+        validate_inbound(&self.inbound)?;
         let mut names = HashSet::new();
         for (d, destination) in self.destinations.iter().enumerate() {
             check(
@@ -116,6 +99,92 @@ impl ProxyConfig {
         }
         Ok(())
     }
+}
+
+fn validate_inbound(inbound: &Inbound) -> Result<(), ConfigError> {
+    if let Some(limit) = &inbound.rate_limit {
+        check_bucket(limit.requests_per_second, limit.burst, "inbound.rateLimit")?;
+        for (l, limit) in limit.per_identity.iter().enumerate() {
+            let at = format!("inbound.rateLimit.perIdentity[{l}]");
+            check(
+                !limit.identities.is_empty(),
+                || format!("{at}.identities"),
+                "names no caller",
+            )?;
+            for (i, id) in limit.identities.iter().enumerate() {
+                check_identity_pattern(id, || format!("{at}.identities[{i}]"))?;
+            }
+            check_bucket(limit.requests_per_second, limit.burst, &at)?;
+        }
+    }
+    for (r, rule) in inbound.authorization.iter().flatten().enumerate() {
+        let at = format!("inbound.authorization[{r}]");
+        for (i, id) in rule.identities.iter().enumerate() {
+            check_identity_pattern(id, || format!("{at}.identities[{i}]"))?;
+        }
+        for (n, namespace) in rule.namespaces.iter().enumerate() {
+            check(
+                !namespace.is_empty() && !namespace.contains('/'),
+                || format!("{at}.namespaces[{n}]"),
+                "a namespace name is not empty and has no '/'",
+            )?;
+        }
+        for (p, path) in rule.paths.iter().enumerate() {
+            check(
+                path.starts_with('/') || path == "*",
+                || format!("{at}.paths[{p}]"),
+                "a path starts with '/' (or is \"*\")",
+            )?;
+            check(
+                !path.trim_end_matches('*').contains('*'),
+                || format!("{at}.paths[{p}]"),
+                "'*' may only end a path",
+            )?;
+        }
+        for (m, method) in rule.methods.iter().enumerate() {
+            check(
+                !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()),
+                || format!("{at}.methods[{m}]"),
+                "a method is upper-case letters, e.g. GET",
+            )?;
+        }
+        check(
+            !rule.ports.contains(&0),
+            || format!("{at}.ports"),
+            "port 0 is not a port",
+        )?;
+    }
+    Ok(())
+}
+
+/// A caller pattern: a SPIFFE ID, or its prefix ending in `*` (a lone `*` is any caller with an
+/// identity).
+fn check_identity_pattern(id: &str, field: impl FnOnce() -> String) -> Result<(), ConfigError> {
+    if id == "*" {
+        return Ok(());
+    }
+    let head = id.strip_suffix('*').unwrap_or(id);
+    if head.contains('*') {
+        return Err(invalid(field(), "'*' may only end an identity"));
+    }
+    if id.ends_with('*') {
+        check(
+            head.starts_with("spiffe://"),
+            field,
+            "must be a spiffe:// ID or prefix",
+        )
+    } else {
+        check_spiffe(head, field)
+    }
+}
+
+fn check_bucket(rate: u32, burst: u32, at: &str) -> Result<(), ConfigError> {
+    check(
+        rate >= 1,
+        || format!("{at}.requestsPerSecond"),
+        "must be at least 1",
+    )?;
+    check(burst >= 1, || format!("{at}.burst"), "must be at least 1")
 }
 
 fn validate_destination(
@@ -293,7 +362,7 @@ pub(crate) mod tests {
 
     #[test]
     fn invalid_values_name_the_field() {
-        let error = refused(|d| d["version"] = 2.into());
+        let error = refused(|d| d["version"] = 3.into());
         assert_eq!(error.field(), "version");
         let error =
             refused(|d| d["destinations"][0]["routes"][0]["backends"][0]["weight"] = 0.into());
@@ -316,6 +385,63 @@ pub(crate) mod tests {
         assert_eq!(error.field(), "limits.maxConnections");
         let error = refused(|d| d["limits"] = serde_json::json!({"requestHeadTimeoutMs": 0}));
         assert_eq!(error.field(), "limits.requestHeadTimeoutMs");
+    }
+
+    #[test]
+    fn bad_authorization_rules_and_limits_name_the_field() {
+        let rule = |rule: serde_json::Value| {
+            refused(move |d| d["inbound"]["authorization"] = serde_json::json!([{}, rule]))
+        };
+        for (bad, field) in [
+            (
+                serde_json::json!({"identities": ["order"]}),
+                "identities[0]",
+            ),
+            (
+                serde_json::json!({"identities": ["spiffe://*/order"]}),
+                "identities[0]",
+            ),
+            (serde_json::json!({"paths": ["pay"]}), "paths[0]"),
+            (serde_json::json!({"paths": ["/a*/b"]}), "paths[0]"),
+            (serde_json::json!({"methods": ["get"]}), "methods[0]"),
+            (serde_json::json!({"namespaces": [""]}), "namespaces[0]"),
+            (serde_json::json!({"ports": [0]}), "ports"),
+        ] {
+            assert_eq!(
+                rule(bad.clone()).field(),
+                format!("inbound.authorization[1].{field}"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            rule(serde_json::json!({"action": "MAYBE"})).field(),
+            "inbound.authorization[1].action"
+        );
+        let limit = |limit: serde_json::Value| {
+            refused(move |d| d["inbound"]["rateLimit"] = limit)
+                .field()
+                .to_string()
+        };
+        assert_eq!(
+            limit(serde_json::json!({"requestsPerSecond": 0, "burst": 1})),
+            "inbound.rateLimit.requestsPerSecond"
+        );
+        assert_eq!(
+            limit(
+                serde_json::json!({"requestsPerSecond": 1, "burst": 1, "perIdentity": [
+                {"identities": ["spiffe://cluster.local/ns/shop/sa/order"],
+                 "requestsPerSecond": 5, "burst": 0}]})
+            ),
+            "inbound.rateLimit.perIdentity[0].burst"
+        );
+        let accepted = serde_json::json!([
+            {"identities": ["spiffe://cluster.local/ns/shop/*", "*"], "paths": ["/pay/*", "*"],
+             "methods": ["POST"], "ports": [8080]},
+            {"action": "DENY", "namespaces": ["default"]}
+        ]);
+        let mut document: serde_json::Value = serde_json::from_str(GOOD).expect("fixture is JSON");
+        document["inbound"]["authorization"] = accepted;
+        ProxyConfig::from_json(document.to_string().as_bytes()).expect("valid rules");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! the pool.
 
 use super::*;
+use crate::policy::authz::HttpAccess;
 
 /// Why an attempt at sending a request and reading its response head failed.
 enum Attempt {
@@ -31,6 +32,9 @@ pub(super) struct Exchange<'a, S> {
     pub(super) buffers: &'a mut Buffers,
     /// The plan made when an outbound head was parsed, for the driver's first question.
     pub(super) first_plan: Option<Result<Plan, Failure>>,
+    /// Where the method and the path are in `buffers.from_app`, until the head is consumed.
+    pub(super) method: std::ops::Range<usize>,
+    pub(super) path: std::ops::Range<usize>,
     /// The head's length in `buffers.from_app`, until it is consumed.
     pub(super) head_len: usize,
     pub(super) body_len: u64,
@@ -99,6 +103,21 @@ impl Head {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'_, S> {
     type Response = Answer;
+
+    fn access(&self) -> Option<HttpAccess<'_>> {
+        // Parsed as UTF-8 when the head was: these cannot fail, and cost a few bytes' scan.
+        let text = |range: &std::ops::Range<usize>| {
+            self.buffers
+                .from_app
+                .get(range.clone())
+                .and_then(|bytes| std::str::from_utf8(bytes).ok())
+                .unwrap_or_default()
+        };
+        Some(HttpAccess {
+            method: text(&self.method),
+            path: text(&self.path),
+        })
+    }
 
     fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure> {
         if let Some(first) = self.first_plan.take() {

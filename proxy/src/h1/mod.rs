@@ -41,6 +41,9 @@ const READ_SIZE: usize = 8 * 1024;
 struct Taken {
     /// Its plan, for an outbound request.
     plan: Option<Result<Plan, Failure>>,
+    /// Where its method and path are in the read buffer, for authorization.
+    method: std::ops::Range<usize>,
+    path: std::ops::Range<usize>,
     head_len: usize,
     body_len: u64,
     keep_alive: bool,
@@ -67,10 +70,18 @@ fn take(outbound: Option<(&Table, Target)>, buf: &[u8], out: &mut Vec<u8>) -> St
         Parse::Done(request) => request,
     };
     let plan = outbound.map(|(table, target)| plan(&request, table, target));
+    // Both are slices of `buf`: their places in it outlive the parse.
+    let place = |part: &str| {
+        let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+        start..start + part.len()
+    };
+    let (method, path) = (place(request.method), place(request.path()));
     out.clear();
     request.encode(out);
     Step::Take(Taken {
         plan,
+        method,
+        path,
         head_len: request.head_len,
         body_len: request.body_len,
         keep_alive: request.keep_alive,
@@ -226,6 +237,8 @@ where
             client: &mut *client,
             buffers: &mut *buffers,
             first_plan: taken.plan,
+            method: taken.method.clone(),
+            path: taken.path.clone(),
             head_len: taken.head_len,
             body_len: taken.body_len,
             body_left: None,

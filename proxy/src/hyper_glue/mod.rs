@@ -22,6 +22,7 @@ use crate::pipeline::decide::{self, Picked, Plan, Rolls};
 use crate::pipeline::{
     Bound, Deadline, Exchange, Failure, Protocol, RequestRecord, drive, respond,
 };
+use crate::policy::authz::HttpAccess;
 use crate::policy::routing::{RequestFacts, Table, Target};
 use crate::state::context::Context;
 use crate::transport::deadline::{HeadWatch, Watch, Watched};
@@ -125,6 +126,13 @@ struct HyperRequest<'c> {
 
 impl Exchange for HyperRequest<'_> {
     type Response = Response<ProxyBody>;
+
+    fn access(&self) -> Option<HttpAccess<'_>> {
+        self.request.as_ref().map(|request| HttpAccess {
+            method: request.method().as_str(),
+            path: request.uri().path(),
+        })
+    }
 
     fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure> {
         let request = self.request.as_ref().ok_or(Failure::ClientGone)?;

@@ -24,7 +24,8 @@ use tokio::io::AsyncWriteExt as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::pipeline::{Bound, InboundTarget, Picked};
+use crate::pipeline::{Bound, InboundTarget, Picked, admit};
+use crate::policy::authz::Caller;
 use crate::policy::routing::{CompiledEndpoint, InboundParsing};
 use crate::state::context::Context;
 use crate::telemetry::metrics::{Direction, InboundKind};
@@ -167,17 +168,29 @@ async fn handle(
             .peer_certificates()
             .and_then(|chain| chain.first())
             .and_then(|leaf| spiffe_id(leaf).ok())
-            .map(|(id, _)| id);
+            .map(|(id, _)| Caller::new(id));
         if !opaque {
             return serve_http(context, tls, app, caller, parsing, &limits, started).await;
         }
-        let copied = to_application(context, &mut tls, app, &limits, started, head())
-            .await
-            .unwrap_or_else(|error| {
-                let caller = caller.as_deref().unwrap_or("an unidentified peer");
-                tracing::warn!("inbound from {caller}: application on {app}: {error}");
-                (0, 0)
-            });
+        if admit::check(context, caller.as_ref(), app.port(), None).is_err() {
+            let _ = tls.shutdown().await;
+            return (0, 0);
+        }
+        let copied = to_application(
+            context,
+            &mut tls,
+            caller.as_ref(),
+            app,
+            &limits,
+            started,
+            head(),
+        )
+        .await
+        .unwrap_or_else(|error| {
+            let caller = caller.as_ref().map_or("an unidentified peer", |c| &c.id);
+            tracing::warn!("inbound from {caller}: application on {app}: {error}");
+            (0, 0)
+        });
         let _ = tls.shutdown().await;
         return copied;
     }
@@ -191,7 +204,10 @@ async fn handle(
     if !opaque {
         return serve_http(context, stream, app, None, parsing, &limits, started).await;
     }
-    to_application(context, &mut stream, app, &limits, started, head())
+    if admit::check(context, None, app.port(), None).is_err() {
+        return (0, 0);
+    }
+    to_application(context, &mut stream, None, app, &limits, started, head())
         .await
         .unwrap_or((0, 0))
 }
@@ -202,7 +218,7 @@ async fn serve_http<S>(
     context: &Arc<Context>,
     mut client: S,
     app: SocketAddr,
-    caller: Option<String>,
+    caller: Option<Caller>,
     parsing: InboundParsing,
     limits: &Limits,
     started: Instant,
@@ -214,7 +230,7 @@ where
         Ok(found) => found,
         Err(read) => return (read.len() as u64, 0),
     };
-    let bound = || {
+    let bound = |caller| {
         Bound::Inbound(Arc::new(InboundTarget {
             app: Picked {
                 endpoint: Arc::new(CompiledEndpoint {
@@ -230,15 +246,24 @@ where
     // HTTP connections are counted in requests and responses, the rest in bytes.
     match protocol {
         Detected::Http1 => {
-            h1::serve(context.clone(), client, bound(), prefix, started).await;
+            h1::serve(context.clone(), client, bound(caller), prefix, started).await;
             (0, 0)
         }
-        Detected::Http2 if parsing == InboundParsing::Http => {
+        // Parsed when the policy decides per request, or to tell each request of a refused
+        // caller why (403, gRPC PERMISSION_DENIED) rather than close on it.
+        Detected::Http2
+            if parsing == InboundParsing::Http
+                || admit::refuses_connection(context, caller.as_ref(), app.port()) =>
+        {
             let client = Prefixed::new(prefix, client);
-            hyper_glue::serve(context.clone(), client, bound(), protocol, started).await;
+            hyper_glue::serve(context.clone(), client, bound(caller), protocol, started).await;
             (0, 0)
         }
         _ => {
+            if admit::check(context, caller.as_ref(), app.port(), None).is_err() {
+                let _ = client.shutdown().await;
+                return (prefix.len() as u64, 0);
+            }
             // What detection read may be a slow HTTP/1 head (it waits only so long).
             let mut head = match protocol {
                 Detected::Http2 => HeadWatch::released(),
@@ -246,7 +271,16 @@ where
             };
             head.feed(&prefix);
             let mut client = Prefixed::new(prefix, client);
-            let copied = to_application(context, &mut client, app, limits, started, head).await;
+            let copied = to_application(
+                context,
+                &mut client,
+                caller.as_ref(),
+                app,
+                limits,
+                started,
+                head,
+            )
+            .await;
             let _ = client.shutdown().await;
             copied.map_or((0, 0), |_| (client.received, client.sent))
         }
@@ -254,10 +288,13 @@ where
 }
 
 /// Connects to the application on `app` over loopback and copies bytes both ways until either
-/// side closes or a deadline passes; fails only if the connection cannot be made.
+/// side closes, a deadline passes, or a new config refuses `caller` (authorization is decided
+/// again at each swap, as Linkerd does: a connection is not grandfathered in); fails only if
+/// the connection cannot be made.
 async fn to_application<S>(
     context: &Context,
     client: &mut S,
+    caller: Option<&Caller>,
     app: SocketAddr,
     limits: &Limits,
     started: Instant,
@@ -266,10 +303,22 @@ async fn to_application<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
+    let mut swaps = context.config.subscribe();
     let mut upstream = TcpStream::connect(app).await?;
     // Bytes are passed on as they come (Nagle would hold small writes up to 40 ms).
     upstream.set_nodelay(true)?;
-    let spliced = splice(client, &mut upstream, limits, started, head).await;
+    let revoked = async {
+        while swaps.changed().await.is_ok() {
+            if admit::check(context, caller, app.port(), None).is_err() {
+                return;
+            }
+        }
+        std::future::pending().await
+    };
+    let spliced = tokio::select! {
+        spliced = splice(client, &mut upstream, limits, started, head) => spliced,
+        () = revoked => return Ok((0, 0)),
+    };
     if let Some(expired) = spliced.expired {
         context.metrics.timed_out(Direction::Inbound, expired);
     }

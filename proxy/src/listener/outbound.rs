@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::pipeline::{Bound, Deadline, Exchange, Failure, Picked, Plan, drive};
+use crate::policy::authz::HttpAccess;
 use crate::policy::routing::{Table, Target};
 use crate::state::context::Context;
 use crate::telemetry::metrics::Direction;
@@ -145,6 +146,10 @@ struct Opaque<'a> {
 
 impl Exchange for Opaque<'_> {
     type Response = ();
+
+    fn access(&self) -> Option<HttpAccess<'_>> {
+        None
+    }
 
     fn plan(&mut self, _table: &Table, target: Target) -> Result<Plan, Failure> {
         // No route applies to a byte stream; a request timeout or fault neither.

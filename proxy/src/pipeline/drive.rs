@@ -2,8 +2,9 @@
 //! directions, both codecs (the HTTP/1.1 fast path and hyper) and opaque TCP connections.
 //!
 //! Inbound (to the application, [`Bound::Inbound`]): the caller's verified identity is on the
-//! request; authorization and rate limits will decide on it here; the endpoint is the
-//! application on loopback; then the send (step 6).
+//! request; authorization, then the rate limit, decide on it and the request's method and path
+//! in the config in force ([`super::admit`]); the endpoint is the application on loopback;
+//! then the send (step 6).
 //!
 //! Outbound ([`Bound::Outbound`]):
 //!
@@ -18,8 +19,8 @@
 //!
 //! What differs per codec — reading the request's facts, sending it — is the [`Exchange`] the
 //! driver is generic over: statically dispatched (`async fn` in a trait, monomorphized per
-//! codec), with no box or `dyn` per request. Authorization and rate limits (server side),
-//! retries and circuit breakers (client side) are the next steps of this list.
+//! codec), with no box or `dyn` per request. Retries and circuit breakers (client side) are
+//! the next steps of this list.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,8 +28,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::admit;
 use super::decide::{self, Injected, Picked, Plan};
 use super::failure::Failure;
+use crate::policy::authz::{Caller, HttpAccess};
 use crate::policy::routing::{Table, Target};
 use crate::state::context::Context;
 use crate::state::reload::Loaded;
@@ -77,8 +80,8 @@ pub enum Bound {
 pub struct InboundTarget {
     /// The application on loopback, on the port the caller dialled.
     pub app: Picked,
-    /// The caller's SPIFFE ID, proven by its mTLS handshake; `None`: a plaintext caller.
-    pub caller: Option<String>,
+    /// The caller, proven by its mTLS handshake; `None`: a plaintext caller.
+    pub caller: Option<Caller>,
 }
 
 impl Bound {
@@ -95,6 +98,10 @@ impl Bound {
 pub trait Exchange {
     /// What a successful send yields (a response head, or the end of an opaque connection).
     type Response;
+
+    /// The request's method and path, which authorization may decide on; `None` for an
+    /// opaque connection.
+    fn access(&self) -> Option<HttpAccess<'_>>;
 
     /// The plan of an outbound request in `table`, where it is bound for `target`.
     fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure>;
@@ -119,8 +126,11 @@ pub async fn drive<X: Exchange>(
 ) -> Result<X::Response, Failure> {
     let (plan, picked) = match bound {
         Bound::Outbound(original) => outbound(context, *original, held, exchange).await?,
-        // Authorization and rate limits (issue 13) are decided here, on `inbound.caller`.
-        Bound::Inbound(inbound) => (None, inbound.app.clone()),
+        Bound::Inbound(inbound) => {
+            let port = inbound.app.endpoint.addr.port();
+            admit::check(context, inbound.caller.as_ref(), port, exchange.access())?;
+            (None, inbound.app.clone())
+        }
     };
     let (timeout, fault) = plan.map_or((None, None), |plan: Plan| (plan.timeout, plan.fault));
     if let Some(Injected::Delay(delay)) = fault {

@@ -4,9 +4,13 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::StatusCode;
+
+use crate::policy::authz::Reason;
+use crate::policy::rate_limit::Limited;
 
 /// Why the proxy answered a request itself, or could not finish it.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +48,42 @@ pub enum Failure {
     /// The client went away before its response was complete: nobody to answer.
     #[error("the client closed its connection")]
     ClientGone,
+    /// The workload's authorization denied the request.
+    #[error("denied by {}: {}", policy_text(policy), denial_text(*reason))]
+    Denied {
+        /// The MeshPolicy, `namespace/name` (empty: the Mesh's default).
+        policy: Arc<str>,
+        /// Why.
+        reason: Reason,
+    },
+    /// The workload's rate limit refused the request.
+    #[error("rate limited ({} bucket), retry after {} ms", limit_scope(.0), .0.retry_after.as_millis())]
+    RateLimited(Limited),
+}
+
+fn policy_text(policy: &str) -> String {
+    if policy.is_empty() {
+        "the mesh default".into()
+    } else {
+        format!("policy {policy}")
+    }
+}
+
+fn denial_text(reason: Reason) -> String {
+    match reason {
+        Reason::DenyRule(rule) => format!("DENY rule {rule} matches"),
+        Reason::NoAllowRule => "no ALLOW rule matches".into(),
+        Reason::NoRules => "the rule list is empty".into(),
+        Reason::Default(default) => format!("default {default:?}").to_lowercase(),
+        Reason::AllowRule(rule) => format!("ALLOW rule {rule} matches"),
+    }
+}
+
+fn limit_scope(limited: &Limited) -> &'static str {
+    match limited.scope {
+        crate::telemetry::policy::LimitScope::Pod => "pod",
+        crate::telemetry::policy::LimitScope::Identity => "caller",
+    }
 }
 
 /// Why a peer could not be reached or did not answer, by cause.
@@ -185,6 +225,10 @@ pub enum Kind {
     BadRequest,
     /// The client went away.
     ClientGone,
+    /// Authorization denied the request.
+    Denied,
+    /// The rate limit refused the request.
+    RateLimited,
 }
 
 impl Kind {
@@ -202,6 +246,10 @@ impl Kind {
             Self::Fault => "FI",
             Self::BadRequest => "DPE",
             Self::ClientGone => "DC",
+            // Envoy has no flag for an RBAC denial (its response details say
+            // `rbac_access_denied`): Braid names it so.
+            Self::Denied => "RBAC",
+            Self::RateLimited => "RL",
         }
     }
 }
@@ -219,6 +267,8 @@ impl Failure {
             Self::Abort(_) => Kind::Fault,
             Self::BadRequest(_) => Kind::BadRequest,
             Self::ClientGone => Kind::ClientGone,
+            Self::Denied { .. } => Kind::Denied,
+            Self::RateLimited(_) => Kind::RateLimited,
         }
     }
 
@@ -231,6 +281,8 @@ impl Failure {
             Self::Gone(_) | Self::Upstream(_) | Self::ClientGone => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Denied { .. } => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Abort(status) => {
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
@@ -342,6 +394,22 @@ mod tests {
             (Failure::Abort(418), 418, "FI"),
             (Failure::BadRequest("bad chunk".into()), 400, "DPE"),
             (Failure::Gone(addr()), 502, "NR"),
+            (
+                Failure::Denied {
+                    policy: "shop/payment".into(),
+                    reason: Reason::NoAllowRule,
+                },
+                403,
+                "RBAC",
+            ),
+            (
+                Failure::RateLimited(Limited {
+                    retry_after: Duration::from_millis(20),
+                    scope: crate::telemetry::policy::LimitScope::Pod,
+                }),
+                429,
+                "RL",
+            ),
         ];
         for (failure, status, flag) in cases {
             assert_eq!(failure.status().as_u16(), status, "{failure}");
@@ -350,6 +418,22 @@ mod tests {
         assert_eq!(
             Failure::Timeout(Duration::from_millis(250)).to_string(),
             "no response within 250 ms"
+        );
+        assert_eq!(
+            Failure::Denied {
+                policy: "shop/payment".into(),
+                reason: Reason::NoAllowRule
+            }
+            .to_string(),
+            "denied by policy shop/payment: no ALLOW rule matches"
+        );
+        assert_eq!(
+            Failure::Denied {
+                policy: "".into(),
+                reason: Reason::Default(braid_proxy_config::DefaultAuthorization::Namespace)
+            }
+            .to_string(),
+            "denied by the mesh default: default namespace"
         );
     }
 }

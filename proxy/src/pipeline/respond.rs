@@ -57,6 +57,8 @@ pub mod grpc {
     pub const DEADLINE_EXCEEDED: u8 = 4;
     /// Not allowed.
     pub const PERMISSION_DENIED: u8 = 7;
+    /// Out of quota (rate limited).
+    pub const RESOURCE_EXHAUSTED: u8 = 8;
     /// Not implemented.
     pub const UNIMPLEMENTED: u8 = 12;
     /// An internal error (a protocol violation).
@@ -73,6 +75,8 @@ pub fn grpc_status(failure: &Failure) -> u8 {
         Kind::Timeout => grpc::DEADLINE_EXCEEDED,
         Kind::BadRequest | Kind::BadResponse => grpc::INTERNAL,
         Kind::Fault => grpc_of_http(failure.status()),
+        Kind::Denied => grpc::PERMISSION_DENIED,
+        Kind::RateLimited => grpc::RESOURCE_EXHAUSTED,
         _ => grpc::UNAVAILABLE,
     }
 }
@@ -145,7 +149,22 @@ pub fn response(failure: &Failure, protocol: Protocol) -> Response<ProxyBody> {
     response
         .headers_mut()
         .insert(PROXY_ERROR_HEADER, header_text(failure));
+    if let Some(seconds) = retry_after(failure) {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     response
+}
+
+/// The `Retry-After` of a rate-limited request, in whole seconds (at least 1).
+fn retry_after(failure: &Failure) -> Option<u64> {
+    match failure {
+        Failure::RateLimited(limited) => {
+            Some(limited.retry_after.as_secs_f64().ceil().max(1.0) as u64)
+        }
+        _ => None,
+    }
 }
 
 /// The reply to `failure` on the HTTP/1.1 fast path, written to `out`; with `connection: close`
@@ -156,11 +175,21 @@ pub fn encode_h1(failure: &Failure, close: bool, out: &mut Vec<u8>) {
     let error = header_text(failure);
     let _ = write!(
         crate::h1::message::ByteWriter(out),
-        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{PROXY_ERROR_HEADER}: {}\r\n{}\r\n{text}",
+        "HTTP/1.1 {} {}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n{PROXY_ERROR_HEADER}: {}\r\n",
         status.as_u16(),
         status.canonical_reason().unwrap_or(""),
         text.len(),
         error.to_str().unwrap_or("error"),
+    );
+    if let Some(seconds) = retry_after(failure) {
+        let _ = write!(
+            crate::h1::message::ByteWriter(out),
+            "retry-after: {seconds}\r\n"
+        );
+    }
+    let _ = write!(
+        crate::h1::message::ByteWriter(out),
+        "{}\r\n{text}",
         if close { "connection: close\r\n" } else { "" },
     );
 }
@@ -267,6 +296,55 @@ mod tests {
         let body = "braid-proxy: no proxy config loaded yet\n";
         assert!(
             text.contains(&format!("content-length: {}\r\n", body.len())),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_denial_is_403_or_permission_denied_and_a_limit_429_with_retry_after() {
+        let denied = Failure::Denied {
+            policy: "shop/payment".into(),
+            reason: crate::policy::authz::Reason::NoAllowRule,
+        };
+        assert_eq!(
+            response(&denied, Protocol::Http).status(),
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            response(&denied, Protocol::Grpc).headers()["grpc-status"],
+            "7"
+        );
+        let limited = Failure::RateLimited(crate::policy::rate_limit::Limited {
+            retry_after: Duration::from_millis(1_200),
+            scope: crate::telemetry::policy::LimitScope::Pod,
+        });
+        let reply = response(&limited, Protocol::Http);
+        assert_eq!(reply.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            reply.headers()[header::RETRY_AFTER],
+            "2",
+            "whole seconds, rounded up"
+        );
+        assert_eq!(
+            response(&limited, Protocol::Grpc).headers()["grpc-status"],
+            "8"
+        );
+        let mut out = Vec::new();
+        encode_h1(&limited, false, &mut out);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(
+            text.starts_with("HTTP/1.1 429 Too Many Requests\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("\r\nretry-after: 2\r\n"), "{text}");
+        assert!(!text.contains("connection: close"), "{text}");
+        let mut out = Vec::new();
+        encode_h1(&denied, false, &mut out);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(
+            text.ends_with(
+                "\r\n\r\nbraid-proxy: denied by policy shop/payment: no ALLOW rule matches\n"
+            ),
             "{text}"
         );
     }

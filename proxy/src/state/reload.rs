@@ -15,6 +15,7 @@ use braid_proxy_config::ProxyConfig;
 
 use crate::policy::balance::EndpointRegistry;
 use crate::policy::routing::Table;
+use crate::telemetry::policy::PolicyCounters;
 use crate::tls::identity::{self, Identity};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -46,6 +47,8 @@ pub struct ConfigState {
     current: watch::Sender<Option<Arc<Loaded>>>,
     /// The endpoints' live numbers, which compiled configs hold handles to.
     pub endpoints: EndpointRegistry,
+    /// The inbound policy's counters, which compiled configs hold handles to.
+    pub policy: PolicyCounters,
     /// Files refused since start.
     pub reload_errors: AtomicU64,
     /// Why the last file was refused, if the last attempt failed.
@@ -57,6 +60,7 @@ impl Default for ConfigState {
         Self {
             current: watch::channel(None).0,
             endpoints: EndpointRegistry::default(),
+            policy: PolicyCounters::default(),
             reload_errors: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
         }
@@ -94,7 +98,8 @@ impl ConfigState {
         let compiled = ProxyConfig::from_file(bytes)
             .map_err(|e| e.to_string())
             .and_then(|read| {
-                Table::compile_with(&read.config, &self.endpoints).map(|table| (read, table))
+                Table::compile_with(&read.config, &self.endpoints, &self.policy)
+                    .map(|table| (read, table))
             });
         match compiled {
             Ok((braid_proxy_config::Read { config, ignored }, table)) => {

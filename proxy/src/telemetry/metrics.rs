@@ -32,7 +32,9 @@ const REFUSALS: [&str; 2] = ["loop", "limit"];
 
 /// The response flags of requests the proxy answered itself or could not finish
 /// ([`crate::pipeline::Kind::response_flag`]), in the order of their counters.
-const RESPONSE_FLAGS: [&str; 9] = ["NR", "UH", "UF", "UC", "UPE", "UT", "FI", "DPE", "DC"];
+const RESPONSE_FLAGS: [&str; 11] = [
+    "NR", "UH", "UF", "UC", "UPE", "UT", "FI", "DPE", "DC", "RBAC", "RL",
+];
 const EXPIRIES: [&str; 2] = ["request_head", "idle"];
 
 /// Every counter of the data path.

@@ -1,9 +1,8 @@
 //! The applications of the server "pod": plain programs that know nothing of the mesh.
 //! 8081 and 8082: HTTP/1.1 and h2c (`v1`/`v2 <path> <version>`); 9000: gRPC echo, unary and
 //! streaming (h2c); 8090: websocket echo; 7000: TCP echo; 7001: TCP, server speaks first;
-//! 7002: TCP echo that no config names (passthrough); 7003: accepts and never answers; 8095:
-//! the recorder of
-//! [`crate::inbound`].
+//! 7002: TCP echo that no config names (passthrough); 7003: accepts and never answers; 7004:
+//! the counting TCP sink of [`crate::authz`]; 8095: the recorder of [`crate::inbound`].
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -189,5 +188,6 @@ pub async fn run() {
     tokio::spawn(serve_tcp(7001, Some(b"HELLO\n")));
     tokio::spawn(crate::inbound::serve_recorder());
     tokio::spawn(serve_silent(7003));
+    tokio::spawn(crate::authz::serve_sink());
     serve_tcp(7002, None).await;
 }

@@ -455,7 +455,10 @@ pub async fn run(args: &[String]) {
             );
             attack::flood(addr(arg(1)), hold, extra).await
         }
-        other => format!("unknown command {other}"),
+        other => match crate::authz::command(other, |i| arg(i).to_string()).await {
+            Some(result) => result,
+            None => format!("unknown command {other}"),
+        },
     };
     // One line, whatever the result holds (admin bodies are multi-line).
     println!("result: {}", result.replace('\n', "\\n"));

@@ -18,11 +18,13 @@
 //! applies without a restart within ±5 points over 1,000 requests; a corrupt file is refused,
 //! counted, and the old config kept; rotating both pods' certificates under load fails nothing;
 //! the HTTP-aware inbound side forwards pipelined, chunked, HTTP/2, gRPC and websocket traffic
-//! under both modes and refuses smuggling ([`inbound`]); and the proxy holds against careless
-//! and hostile peers ([`hardening`]).
+//! under both modes and refuses smuggling ([`inbound`]); authorization and rate limits are
+//! enforced on real mTLS callers ([`authz`]); and the proxy holds against careless and hostile
+//! peers ([`hardening`]).
 
 mod apps;
 mod attack;
+mod authz;
 mod client;
 mod configs;
 mod hardening;
@@ -444,6 +446,8 @@ fn scenario(root: &Path) {
         "new handshakes must get the new certificate: {rotated}"
     );
 
+    let next_free = authz::check(&client, &server, &ca, root, 3);
+    assert!(next_free <= 10, "hardening publishes from version 10 on");
     hardening::check(
         &client,
         &server,

@@ -11,7 +11,10 @@ use std::sync::atomic::AtomicUsize;
 use braid_proxy_config::{ClientPolicy, Fault, Protocol, ProxyConfig, RouteMatch, StringMatch};
 use regex::Regex;
 
+use crate::policy::authz::Authorizer;
 use crate::policy::balance::{EndpointRegistry, EndpointStats};
+use crate::policy::rate_limit::RateLimiter;
+use crate::telemetry::policy::PolicyCounters;
 
 /// A Service port of a destination, found from the address the application dialled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,7 +162,7 @@ impl CompiledMatch {
 }
 
 /// The compiled config.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Table {
     /// Every destination, in config order.
     pub destinations: Vec<CompiledDestination>,
@@ -168,6 +171,10 @@ pub struct Table {
     /// Whether the workload's inbound policy decides on requests (HTTP fields in its
     /// authorization rules, or a rate limit), so that HTTP/2 must be parsed too.
     inbound_l7: bool,
+    /// Who may call the workload.
+    pub authorizer: Authorizer,
+    /// The workload's rate limit, if it has one.
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 /// How the inbound side serves connections to one of the workload's ports, decided when the
@@ -187,28 +194,39 @@ impl Table {
     /// Compiles `config` with endpoint numbers of their own; a regex that does not compile
     /// refuses the config, naming its field.
     pub fn compile(config: &ProxyConfig) -> Result<Self, String> {
-        Self::compile_with(config, &EndpointRegistry::default())
+        Self::compile_with(
+            config,
+            &EndpointRegistry::default(),
+            &PolicyCounters::default(),
+        )
     }
 
-    /// Compiles `config`, each endpoint's numbers taken from `registry` (so that an endpoint
-    /// the previous config listed keeps them).
-    pub fn compile_with(config: &ProxyConfig, registry: &EndpointRegistry) -> Result<Self, String> {
+    /// Compiles `config`, each endpoint's numbers taken from `registry` and the policy's
+    /// counters from `counters` (so that what the previous config counted goes on).
+    pub fn compile_with(
+        config: &ProxyConfig,
+        registry: &EndpointRegistry,
+        counters: &PolicyCounters,
+    ) -> Result<Self, String> {
         let index: HashMap<&str, usize> = config
             .destinations
             .iter()
             .enumerate()
             .map(|(i, d)| (d.name.as_str(), i))
             .collect();
+        let inbound = &config.inbound;
+        let authorizer = Authorizer::compile(inbound, &config.workload.namespace, counters);
+        let policy = inbound.policy.as_deref().unwrap_or_default();
         let mut table = Self {
+            destinations: Vec::new(),
+            by_addr: HashMap::new(),
             opaque_ports: config.opaque_ports.iter().copied().collect(),
-            inbound_l7: config.inbound.rate_limit.is_some()
-                || config
-                    .inbound
-                    .authorization
-                    .iter()
-                    .flatten()
-                    .any(|rule| !rule.paths.is_empty() || !rule.methods.is_empty()),
-            ..Self::default()
+            inbound_l7: inbound.rate_limit.is_some() || authorizer.reads_requests(),
+            authorizer,
+            rate_limiter: inbound
+                .rate_limit
+                .as_ref()
+                .map(|limit| RateLimiter::compile(limit, policy, counters)),
         };
         for (d, destination) in config.destinations.iter().enumerate() {
             let mut ports = Vec::new();

@@ -198,6 +198,7 @@ fn inbound_ports_are_parsed_as_far_as_the_policy_needs() {
     config.inbound.rate_limit = Some(braid_proxy_config::RateLimit {
         requests_per_second: 100,
         burst: 10,
+        per_identity: Vec::new(),
     });
     let table = Table::compile(&config).expect("compiles");
     assert_eq!(
