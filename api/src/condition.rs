@@ -8,6 +8,8 @@ use schemars::{Schema, SchemaGenerator};
 pub const ACCEPTED: &str = "Accepted";
 /// The object is in effect.
 pub const READY: &str = "Ready";
+/// Everything the object names (a policy's identities, namespaces, ports) can match.
+pub const RESOLVED_REFS: &str = "ResolvedRefs";
 
 /// Schema of a `conditions` list: a map keyed by `type`, as Kubernetes conventions ask.
 pub fn conditions_schema(generator: &mut SchemaGenerator) -> Schema {

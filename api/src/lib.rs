@@ -18,11 +18,13 @@ mod route;
 mod traffic;
 
 pub use mesh::{
-    Mesh, MeshSpec, MeshStatus, ProxyLimits, ProxySettings, Resources, TracingSettings,
+    DefaultAuthorization, Mesh, MeshSpec, MeshStatus, ProxyLimits, ProxySettings, Resources,
+    TracingSettings,
 };
 pub use policy::{
-    AuthorizationRule, LoadBalancer, MeshPolicy, MeshPolicySpec, MeshPolicyStatus, MtlsMode,
-    MtlsSettings, RateLimit, Source, Target,
+    AuthorizationMode, AuthorizationRule, IdentityRateLimit, LoadBalancer, MeshPolicy,
+    MeshPolicySpec, MeshPolicyStatus, MtlsMode, MtlsSettings, RateLimit, RuleAction, Source,
+    Target,
 };
 pub use route::{
     Backend, HeaderMatch, HttpMethod, MatchType, MeshRoute, MeshRouteSpec, MeshRouteStatus,

@@ -43,12 +43,35 @@ pub struct MeshSpec {
     /// always use mTLS, and plaintext from outside the mesh is still accepted).
     #[serde(default)]
     pub default_mtls_mode: MtlsMode,
+    /// Who may call workloads whose MeshPolicy has no authorization rules (or none applies):
+    /// `allow` (default: everyone the mTLS mode admits), `mesh` (any caller with a mesh
+    /// identity), `namespace` (mesh callers of the workload's own namespace), `deny` (nobody;
+    /// kubelet probes still pass, through the proxy's admin port).
+    #[serde(default)]
+    pub default_authorization: DefaultAuthorization,
     /// The sidecar proxy injected into meshed pods.
     #[serde(default)]
     pub proxy: ProxySettings,
     /// Where proxies send traces. Unset: tracing is off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSettings>,
+}
+
+/// What workloads without authorization rules allow.
+#[derive(
+    Clone, Copy, Debug, Default, Deserialize, Serialize, schemars::JsonSchema, PartialEq, Eq,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAuthorization {
+    /// Everyone the mTLS mode admits.
+    #[default]
+    Allow,
+    /// Any caller with a mesh identity.
+    Mesh,
+    /// Mesh callers of the workload's own namespace.
+    Namespace,
+    /// Nobody.
+    Deny,
 }
 
 /// The defaults a Mesh object written as `spec: {}` gets: the same values serde fills in.
@@ -59,6 +82,7 @@ impl Default for MeshSpec {
             certificate_lifetime: default_certificate_lifetime(),
             ca_lifetime: default_ca_lifetime(),
             default_mtls_mode: MtlsMode::default(),
+            default_authorization: DefaultAuthorization::default(),
             proxy: ProxySettings::default(),
             tracing: None,
         }

@@ -22,6 +22,7 @@ use crate::traffic::{CircuitBreaker, Fault, OutlierDetection, Retries, Timeouts}
     status = "MeshPolicyStatus",
     printcolumn(name = "mTLS", type_ = "string", json_path = ".status.mtlsMode"),
     printcolumn(name = "Workloads", type_ = "integer", json_path = ".status.workloads"),
+    printcolumn(name = "Authz", type_ = "string", json_path = ".status.authorization"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -41,11 +42,18 @@ pub struct MeshPolicySpec {
     /// How the selected workloads accept connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MtlsSettings>,
-    /// Who may call the selected workloads. Unset: everyone the mTLS mode admits. Set: only
-    /// requests some rule allows (an empty list denies everything).
+    /// Who may call the selected workloads, in Istio's order: a request (or TCP connection)
+    /// that a `DENY` rule matches is refused; else, if there are `ALLOW` rules, one must match.
+    /// An empty list denies everything. Unset, or only `DENY` rules of which none matched: the
+    /// Mesh's `defaultAuthorization` decides.
     #[schemars(length(max = 64))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Vec<AuthorizationRule>>,
+    /// `Enforce` (default): what the rules deny is refused (HTTP 403, gRPC PERMISSION_DENIED,
+    /// a TCP connection closed). `DryRun`: nothing is refused; what would be is logged by the
+    /// proxy and counted (`braid_proxy_inbound_authz_total{decision="would_deny"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization_mode: Option<AuthorizationMode>,
     /// Requests per second the selected workloads accept, per pod; past it they answer 429.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
@@ -91,10 +99,36 @@ pub enum MtlsMode {
     Disable,
 }
 
-/// One allow rule: a request is allowed when it matches `from` and `to` (an unset part matches all).
+/// Whether authorization decisions are enforced or only logged and counted.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum AuthorizationMode {
+    /// Denied requests and connections are refused.
+    #[default]
+    Enforce,
+    /// Nothing is refused; denials are logged and counted.
+    DryRun,
+}
+
+/// What a matching rule does.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum RuleAction {
+    /// The request is allowed, unless a `DENY` rule matches it too.
+    #[default]
+    Allow,
+    /// The request is refused.
+    Deny,
+}
+
+/// One rule: it matches a request that matches `from` and `to` (an unset part matches all).
+/// A rule with `to.paths` or `to.methods` is about HTTP: as an `ALLOW` rule it never matches a
+/// TCP connection; as a `DENY` rule it refuses TCP connections its other fields match.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuthorizationRule {
+    /// `ALLOW` (default) or `DENY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<RuleAction>,
     /// Who calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Source>,
@@ -104,16 +138,19 @@ pub struct AuthorizationRule {
 }
 
 /// Callers, by mTLS identity. Plaintext callers have no identity and match no `from`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Source {
-    /// SPIFFE IDs, e.g. `spiffe://cluster.local/ns/shop/sa/order`; a trailing `*` matches a prefix.
-    #[schemars(length(max = 64))]
+    /// SPIFFE IDs, e.g. `spiffe://cluster.local/ns/shop/sa/order`; a trailing `*` matches a
+    /// prefix (`spiffe://cluster.local/ns/shop/*`), a lone `*` any caller with an identity.
+    #[schemars(length(max = 64), inner(length(max = 512)))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(i, i == '*' || i.matches('^spiffe://[^*]+[*]?$'))").message("an identity is a spiffe:// ID, a prefix of one ending in '*', or '*'"))]
     pub identities: Vec<String>,
     /// Namespaces of the callers' identities.
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(max = 63)))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(n, n.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))").message("a namespace is a DNS label: lower-case letters, digits and '-'"))]
     pub namespaces: Vec<String>,
 }
 
@@ -121,13 +158,16 @@ pub struct Source {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
-    /// Request paths; a trailing `*` matches a prefix.
-    #[schemars(length(max = 64))]
+    /// Request paths, without the query; a trailing `*` matches a prefix (`/api/*`), a lone
+    /// `*` any path.
+    #[schemars(length(max = 64), inner(length(max = 1024)))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(p, p == '*' || p.matches('^/[^*]*[*]?$'))").message("a path starts with '/' and may end in '*'"))]
     pub paths: Vec<String>,
-    /// HTTP methods, e.g. `GET`.
-    #[schemars(length(max = 16))]
+    /// HTTP methods, e.g. `GET` (any case).
+    #[schemars(length(max = 16), inner(length(max = 32)))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(validation = Rule::new("self.all(m, m.matches('^[A-Za-z]+$'))").message("a method is letters, e.g. GET"))]
     pub methods: Vec<String>,
     /// Ports of the workload (1 to 65535).
     #[schemars(length(max = 32))]
@@ -136,7 +176,8 @@ pub struct Target {
     pub ports: Vec<u32>,
 }
 
-/// A token bucket per pod.
+/// A token bucket per pod, for HTTP requests and gRPC calls; past it the proxy answers 429
+/// with `Retry-After` (gRPC: RESOURCE_EXHAUSTED).
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
@@ -144,6 +185,30 @@ pub struct RateLimit {
     #[schemars(range(min = 1))]
     pub requests_per_second: u32,
     /// Requests allowed in a burst above the rate (default: one second's worth).
+    #[schemars(range(min = 1))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+    /// Limits of their own for some callers, checked before the pod's (Linkerd's identity
+    /// overrides); the first entry that names the caller applies.
+    #[schemars(length(max = 16))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_identity: Vec<IdentityRateLimit>,
+}
+
+/// A rate limit for some callers.
+#[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityRateLimit {
+    /// SPIFFE IDs; each ID listed whole gets a bucket of its own, the callers a prefix ending
+    /// in `*` matches share one.
+    #[schemars(length(min = 1, max = 64), inner(length(max = 512)))]
+    #[x_kube(validation = Rule::new("self.all(i, i == '*' || i.matches('^spiffe://[^*]+[*]?$'))").message("an identity is a spiffe:// ID, a prefix of one ending in '*', or '*'"))]
+    pub identities: Vec<String>,
+    /// Sustained requests per second of each (at least 1).
+    #[schemars(range(min = 1))]
+    pub requests_per_second: u32,
+    /// Burst of each (default: one second's worth).
+    #[schemars(range(min = 1))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
 }
@@ -183,4 +248,8 @@ pub struct MeshPolicyStatus {
     /// The mTLS mode in effect (the policy's, or the Mesh default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls_mode: Option<MtlsMode>,
+    /// The authorization in effect, in a few words: `3 rules`, `3 rules, dry-run`, `deny all`
+    /// (an empty list), or the Mesh default (`default allow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<String>,
 }

@@ -95,11 +95,9 @@ impl Caches {
         );
         let (services, s2) = cache(Api::all(client.clone()), all(), changed.clone());
         let (slices, s3) = cache(Api::all(client.clone()), all(), changed.clone());
-        let (namespaces, s4) = cache(
-            Api::all(client.clone()),
-            all().labels(&format!("{INJECT_LABEL}=enabled")),
-            changed.clone(),
-        );
+        // Every namespace: injection follows the label, and authorization rules are checked
+        // against the names.
+        let (namespaces, s4) = cache(Api::all(client.clone()), all(), changed.clone());
         let (policies, s5) = cache(Api::all(client.clone()), all(), changed.clone());
         let (routes, s6) = cache(Api::all(client.clone()), all(), changed.clone());
         let (meshes, s7) = cache(Api::all(client.clone()), all(), changed.clone());
@@ -168,6 +166,19 @@ impl Caches {
                 .mesh()
                 .map_or_else(MeshSpec::default, |m| m.spec.clone()),
             injected_namespaces: self
+                .namespaces
+                .state()
+                .iter()
+                .filter(|n| {
+                    n.metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|labels| labels.get(INJECT_LABEL))
+                        .is_some_and(|value| value == "enabled")
+                })
+                .filter_map(|n| n.metadata.name.clone())
+                .collect(),
+            namespaces: self
                 .namespaces
                 .state()
                 .iter()

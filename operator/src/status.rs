@@ -1,7 +1,7 @@
 //! Status of MeshPolicies, MeshRoutes and the Mesh: computed from the plan by pure functions,
 //! written only when it differs from what the object already reports.
 
-use braid_api::condition::{ACCEPTED, READY, condition};
+use braid_api::condition::{ACCEPTED, READY, RESOLVED_REFS, condition};
 use braid_api::{Mesh, MeshPolicy, MeshPolicyStatus, MeshRoute, MeshRouteStatus, MeshStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
@@ -64,14 +64,43 @@ pub fn policy_status(policy: &MeshPolicy, outcome: &PolicyOutcome, now: &Time) -
             "the selector matches no meshed pod in this namespace".to_owned(),
         )
     };
+    let mut conditions = vec![
+        accepted,
+        condition(READY, holds, reason, message, generation, previous, now()),
+    ];
+    if outcome.authz.has_rules {
+        let unresolved = &outcome.authz.unresolved;
+        conditions.push(match unresolved.first() {
+            None => condition(
+                RESOLVED_REFS,
+                true,
+                "ResolvedRefs",
+                "every identity, namespace and port the rules name can match",
+                generation,
+                previous,
+                now(),
+            ),
+            Some(first) => condition(
+                RESOLVED_REFS,
+                false,
+                first.reason,
+                unresolved
+                    .iter()
+                    .map(|u| u.message.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                generation,
+                previous,
+                now(),
+            ),
+        });
+    }
     MeshPolicyStatus {
         observed_generation: generation,
-        conditions: vec![
-            accepted,
-            condition(READY, holds, reason, message, generation, previous, now()),
-        ],
+        conditions,
         workloads: outcome.in_effect,
         mtls_mode: Some(outcome.mtls_mode),
+        authorization: Some(outcome.authz.summary.clone()),
     }
 }
 
@@ -302,7 +331,41 @@ mod tests {
             in_effect,
             overridden_by: winner.map(String::from),
             mtls_mode: MtlsMode::Strict,
+            authz: crate::plan::authz::AuthzReview {
+                summary: "default allow".into(),
+                has_rules: false,
+                unresolved: Vec::new(),
+            },
         }
+    }
+
+    #[test]
+    fn a_policy_with_rules_reports_what_they_cannot_match() {
+        let policy = MeshPolicy::new("payment", MeshPolicySpec::default());
+        let mut dead = outcome(1, 1, None);
+        dead.authz = crate::plan::authz::AuthzReview {
+            summary: "2 rules".into(),
+            has_rules: true,
+            unresolved: vec![crate::plan::authz::Unresolved {
+                reason: "UnknownNamespace",
+                message: "authorization[1]: namespace shpo does not exist".into(),
+            }],
+        };
+        let status = policy_status(&policy, &dead, &time(1));
+        assert_eq!(status.authorization.as_deref(), Some("2 rules"));
+        let resolved = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == RESOLVED_REFS)
+            .expect("ResolvedRefs condition");
+        assert_eq!(
+            (resolved.status.as_str(), resolved.reason.as_str()),
+            ("False", "UnknownNamespace")
+        );
+        assert!(resolved.message.contains("shpo"));
+        let plain = policy_status(&policy, &outcome(1, 1, None), &time(1));
+        assert!(plain.conditions.iter().all(|c| c.type_ != RESOLVED_REFS));
+        assert_eq!(plain.authorization.as_deref(), Some("default allow"));
     }
 
     fn ready(status: &MeshPolicyStatus) -> (&str, &str) {

@@ -1,6 +1,6 @@
 //! Meshed workloads: pods labelled `braid.dev/workload`, grouped by namespace and that label.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use braid_api::WORKLOAD_LABEL;
@@ -30,6 +30,8 @@ pub struct Workload {
     pub service_account: String,
     /// The labels of each live pod, for policy selection.
     pub pod_labels: Vec<BTreeMap<String, String>>,
+    /// The container ports its pods declare (for authorization rules that name ports).
+    pub ports: BTreeSet<u16>,
 }
 
 /// The workload a pod belongs to, if the pod is meshed and alive.
@@ -69,10 +71,16 @@ pub fn workloads<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<Worklo
             key,
             service_account: service_account_of(pod),
             pod_labels: Vec::new(),
+            ports: BTreeSet::new(),
         });
         workload
             .pod_labels
             .push(pod.metadata.labels.clone().unwrap_or_default());
+        let containers = pod.spec.iter().flat_map(|spec| &spec.containers);
+        let ports = containers.flat_map(|c| c.ports.iter().flatten());
+        workload
+            .ports
+            .extend(ports.filter_map(|p| u16::try_from(p.container_port).ok()));
     }
     workloads
 }

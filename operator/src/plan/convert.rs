@@ -169,6 +169,10 @@ pub fn authorization(rules: &[braid_api::AuthorizationRule]) -> Vec<config::Auth
             let from = rule.from.clone().unwrap_or_default();
             let to = rule.to.clone().unwrap_or_default();
             config::AuthorizationRule {
+                action: match rule.action.unwrap_or_default() {
+                    braid_api::RuleAction::Allow => config::Action::Allow,
+                    braid_api::RuleAction::Deny => config::Action::Deny,
+                },
                 identities: from.identities,
                 namespaces: from.namespaces,
                 paths: to.paths,
@@ -181,4 +185,33 @@ pub fn authorization(rules: &[braid_api::AuthorizationRule]) -> Vec<config::Auth
             }
         })
         .collect()
+}
+
+/// The proxy's rate limit for the CRD's: a burst defaults to one second's worth.
+pub fn rate_limit(limit: &braid_api::RateLimit) -> config::RateLimit {
+    config::RateLimit {
+        requests_per_second: limit.requests_per_second,
+        burst: limit.burst.unwrap_or(limit.requests_per_second),
+        per_identity: limit
+            .per_identity
+            .iter()
+            .map(|entry| config::IdentityRateLimit {
+                identities: entry.identities.clone(),
+                requests_per_second: entry.requests_per_second,
+                burst: entry.burst.unwrap_or(entry.requests_per_second),
+            })
+            .collect(),
+    }
+}
+
+/// The proxy's default authorization for the Mesh's.
+pub fn default_authorization(
+    default: braid_api::DefaultAuthorization,
+) -> config::DefaultAuthorization {
+    match default {
+        braid_api::DefaultAuthorization::Allow => config::DefaultAuthorization::Allow,
+        braid_api::DefaultAuthorization::Mesh => config::DefaultAuthorization::Mesh,
+        braid_api::DefaultAuthorization::Namespace => config::DefaultAuthorization::Namespace,
+        braid_api::DefaultAuthorization::Deny => config::DefaultAuthorization::Deny,
+    }
 }

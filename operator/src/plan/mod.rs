@@ -2,6 +2,7 @@
 //! of every workload's `proxy.json` and every MeshPolicy's and MeshRoute's status. Nothing here
 //! talks to the API server, so it is tested with fixtures alone.
 
+pub mod authz;
 pub mod convert;
 pub mod destinations;
 mod routes;
@@ -26,6 +27,8 @@ pub struct Snapshot {
     pub mesh: MeshSpec,
     /// Namespaces labelled `braid.dev/inject=enabled`.
     pub injected_namespaces: BTreeSet<String>,
+    /// Every namespace (authorization rules that name one that does not exist are reported).
+    pub namespaces: BTreeSet<String>,
     /// All pods the operator watches (meshed or not; only meshed ones become workloads).
     pub pods: Vec<Arc<Pod>>,
     /// All Services.
@@ -78,14 +81,17 @@ pub struct PolicyOutcome {
     pub overridden_by: Option<String>,
     /// The mTLS mode in effect on its workloads.
     pub mtls_mode: braid_api::MtlsMode,
+    /// Its authorization: summary, and what its rules name that cannot match.
+    pub authz: authz::AuthzReview,
 }
 
 impl Plan {
     /// The complete `proxy.json` of a workload.
     pub fn config_for(&self, key: &WorkloadKey, snapshot: &Snapshot) -> Option<ProxyConfig> {
         let workload = self.workloads.get(key)?;
-        Some(ProxyConfig {
+        let config = ProxyConfig {
             version: config::VERSION,
+            requires: Vec::new(),
             workload: config::Workload {
                 namespace: key.namespace.clone(),
                 name: key.name.clone(),
@@ -99,7 +105,10 @@ impl Plan {
                 sampling_percent: t.sampling_percent,
             }),
             limits: convert::limits(&snapshot.mesh.proxy.limits),
-        })
+        };
+        // `requires` and `version` say what the document restricts, so that a proxy too old
+        // to enforce it refuses it (braid_proxy_config's version-skew rule).
+        Some(config.seal())
     }
 }
 
@@ -142,11 +151,19 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                     in_effect: 0,
                     overridden_by: None,
                     mtls_mode: mode,
+                    authz: authz::review(
+                        &p.spec,
+                        trust_domain,
+                        snapshot.mesh.default_authorization,
+                        &snapshot.namespaces,
+                        None,
+                    ),
                 },
             )
         })
         .collect();
     let mut winners: BTreeMap<WorkloadKey, &MeshPolicy> = BTreeMap::new();
+    let mut exposed: BTreeMap<ObjectKey, BTreeSet<u16>> = BTreeMap::new();
     for (key, workload) in &workloads {
         let candidates = policies.iter().filter(|p| {
             p.metadata.namespace.as_deref() == Some(key.namespace.as_str())
@@ -158,12 +175,30 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 .get_mut(&object_key(&policy.metadata))
                 .expect("every policy has an outcome");
             outcome.selected += 1;
+            exposed
+                .entry(object_key(&policy.metadata))
+                .or_default()
+                .extend(&workload.ports);
             if rank == 0 {
                 outcome.in_effect += 1;
                 winners.insert(key.clone(), policy);
             } else if outcome.overridden_by.is_none() {
                 outcome.overridden_by = winners.get(key).and_then(|w| w.metadata.name.clone());
             }
+        }
+    }
+
+    // Ports are reviewed against the pods each policy selects.
+    for policy in &policies {
+        let key = object_key(&policy.metadata);
+        if let (Some(ports), Some(outcome)) = (exposed.get(&key), outcomes.get_mut(&key)) {
+            outcome.authz = authz::review(
+                &policy.spec,
+                trust_domain,
+                snapshot.mesh.default_authorization,
+                &snapshot.namespaces,
+                Some(ports),
+            );
         }
     }
 
@@ -202,9 +237,11 @@ fn selects_workload(policy: &MeshPolicy, workload: &Workload) -> bool {
 }
 
 fn inbound(winner: Option<&MeshPolicy>, mesh: &MeshSpec) -> Inbound {
+    let default_authorization = convert::default_authorization(mesh.default_authorization);
     let Some(policy) = winner else {
         return Inbound {
             mtls_mode: convert::mtls_mode(mesh.default_mtls_mode),
+            default_authorization,
             ..Default::default()
         };
     };
@@ -216,10 +253,12 @@ fn inbound(winner: Option<&MeshPolicy>, mesh: &MeshSpec) -> Inbound {
                 .map_or(mesh.default_mtls_mode, |m| m.mode),
         ),
         authorization: spec.authorization.as_deref().map(convert::authorization),
-        rate_limit: spec.rate_limit.as_ref().map(|r| config::RateLimit {
-            requests_per_second: r.requests_per_second,
-            burst: r.burst.unwrap_or(r.requests_per_second),
-        }),
+        default_authorization,
+        authorization_mode: match spec.authorization_mode.unwrap_or_default() {
+            braid_api::AuthorizationMode::Enforce => config::AuthorizationMode::Enforce,
+            braid_api::AuthorizationMode::DryRun => config::AuthorizationMode::DryRun,
+        },
+        rate_limit: spec.rate_limit.as_ref().map(convert::rate_limit),
         policy: Some(format!(
             "{}/{}",
             policy.metadata.namespace.as_deref().unwrap_or_default(),
