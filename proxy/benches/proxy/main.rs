@@ -21,6 +21,7 @@ mod load;
 #[path = "../../tests/mesh/pods.rs"]
 #[allow(dead_code)]
 mod pods;
+mod policy;
 mod report;
 mod svg;
 
@@ -303,6 +304,13 @@ fn bench(root: &Path) -> Vec<Measured> {
             proxy,
         ),
         (
+            Setup::BraidPairPolicy,
+            ["10.96.0.10:80", "10.96.0.10:80"],
+            false,
+            pair.to_vec(),
+            proxy,
+        ),
+        (
             Setup::BraidHop,
             ["10.96.0.11:80", "10.96.0.11:80"],
             false,
@@ -341,10 +349,30 @@ fn bench(root: &Path) -> Vec<Measured> {
             baseline.as_str(),
         ));
     }
+    let policy_config = policy::with_policy(&server_config, CLIENT_ID);
+    let (mut server_version, mut server_has_policy) = (1, false);
     let mut runs = Vec::new();
     for round in 1..=ROUNDS {
         for (setup, [target, h2_target], as_proxy, processes, binary) in &setups {
             let (setup, as_proxy) = (*setup, *as_proxy);
+            let wants_policy = setup == Setup::BraidPairPolicy;
+            if wants_policy != server_has_policy {
+                let generation = || server.metric("braid_proxy_config_generation");
+                let before = generation();
+                server_version += 1;
+                let config = if wants_policy {
+                    &policy_config
+                } else {
+                    &server_config
+                };
+                publish(
+                    &server.dir.join("config"),
+                    server_version,
+                    &[("proxy.json", config)],
+                );
+                eventually("the server's config", || generation() > before);
+                server_has_policy = wants_policy;
+            }
             let swap = !processes.is_empty() && running != *binary;
             if swap {
                 // Both pods' proxies become the other build (same config, same identity).

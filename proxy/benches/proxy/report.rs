@@ -14,6 +14,9 @@ pub enum Setup {
     /// [`Setup::BraidPair`] to a port the server's config makes opaque: its proxy copies bytes
     /// instead of parsing HTTP (the client proxy's work is the same).
     BraidPairOpaqueServer,
+    /// [`Setup::BraidPair`] with the server workload under a 10-rule authorization policy and
+    /// a rate limit that never refuses ([`crate::policy`]).
+    BraidPairPolicy,
     /// The braid client proxy alone, to an upstream outside the mesh (plain HTTP on its side):
     /// the same work and the same chain of processes as HAProxy's and nginx's.
     BraidHop,
@@ -33,6 +36,7 @@ impl Setup {
             Self::Direct => "direct",
             Self::BraidPair => "braid pair (mTLS)",
             Self::BraidPairOpaqueServer => "braid pair, server port opaque",
+            Self::BraidPairPolicy => "braid pair, server under a 10-rule policy",
             Self::BraidHop => "braid one hop",
             Self::BaselinePair => "braid pair, baseline build",
             Self::BaselineHop => "braid one hop, baseline build",
@@ -411,6 +415,7 @@ pub fn markdown(all: &[Measured]) -> String {
             parsed / opaque
         );
     }
+    out.push_str(&crate::policy::section(all, cost));
     if let (Some(braid), Some(base)) = (
         all.iter()
             .find(|m| m.setup == Setup::BraidPair && m.load == Load::FixedRate),
