@@ -401,10 +401,43 @@ fn invalid_objects_are_refused_and_bad_references_reported() -> anyhow::Result<(
         refused.to_string().contains("spec.timeouts.request"),
         "{refused}"
     );
+    // Authorization rules the API server refuses, naming the field.
+    for (rule, field, message) in [
+        (
+            json!({"from": {"identities": ["order"]}}),
+            "spec.authorization[0].from.identities",
+            "spiffe://",
+        ),
+        (
+            json!({"to": {"paths": ["charge"]}}),
+            "spec.authorization[0].to.paths",
+            "starts with '/'",
+        ),
+        (
+            json!({"action": "MAYBE"}),
+            "spec.authorization[0].action",
+            "ALLOW",
+        ),
+    ] {
+        let refused = cluster
+            .apply(&json!({
+                "apiVersion": "braid.dev/v1alpha1", "kind": "MeshPolicy",
+                "metadata": {"name": "bad-rule", "namespace": ns},
+                "spec": {"authorization": [rule]}
+            }))
+            .expect_err("a bad authorization rule was accepted");
+        let refused = refused.to_string();
+        ensure!(
+            refused.contains(field) && refused.contains(message),
+            "{field}: {refused}"
+        );
+    }
 
     cluster.apply(&json!({
         "apiVersion": "braid.dev/v1alpha1", "kind": "MeshPolicy", "metadata": {"name": "ghost", "namespace": ns},
-        "spec": {"selector": {"matchLabels": {"app": "ghost"}}}
+        "spec": {"selector": {"matchLabels": {"app": "ghost"}},
+                 "authorization": [{"from": {"identities": ["spiffe://example.org/ns/x/sa/y"],
+                                             "namespaces": ["no-such-namespace"]}}]}
     }))?;
     cluster.apply(&json!({
         "apiVersion": "braid.dev/v1alpha1", "kind": "MeshRoute", "metadata": {"name": "nowhere", "namespace": ns},
@@ -419,12 +452,25 @@ fn invalid_objects_are_refused_and_bad_references_reported() -> anyhow::Result<(
             condition(&cluster, "meshroute", ns, "nowhere", "Ready")?
                 == ("False".into(), "ServiceNotFound".into())
         );
+        ensure!(
+            condition(&cluster, "meshpolicy", ns, "ghost", "ResolvedRefs")?
+                == ("False".into(), "IdentityOutsideTrustDomain".into())
+        );
         Ok(())
     })?;
     let table = cluster.kubectl(&["get", "meshpolicies", "-n", ns])?;
     ensure!(
-        table.contains("MTLS") && table.contains("WORKLOADS") && table.contains("False"),
+        table.contains("MTLS")
+            && table.contains("WORKLOADS")
+            && table.contains("AUTHZ")
+            && table.contains("1 rule")
+            && table.contains("False"),
         "kubectl get shows:\n{table}"
+    );
+    let described = cluster.kubectl(&["describe", "meshpolicy", "ghost", "-n", ns])?;
+    ensure!(
+        described.contains("no-such-namespace does not exist"),
+        "describe shows:\n{described}"
     );
     let described = cluster.kubectl(&["describe", "meshroute", "nowhere", "-n", ns])?;
     ensure!(

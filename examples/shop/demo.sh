@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo shop on a cluster where Braid is installed (`make demo` runs it after `make install`):
 # deploys the shop in namespace `shop` (labelled for injection), applies the demo policies
-# (STRICT mTLS, LEAST_CONN towards inventory, a 80/20 payment canary) and shows where to look.
+# (STRICT mTLS, only order may charge a payment, LEAST_CONN towards inventory, a 80/20 payment
+# canary), shows a refused call and where to look.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 KUBECTL=${KUBECTL:-kubectl}
@@ -20,6 +21,18 @@ echo
 echo "\$ kubectl get meshpolicies,meshroutes -n shop"
 k get meshpolicies,meshroutes -n shop
 echo
+echo "Only order may call payment: loadgen calling it directly is refused by payment's proxy:"
+echo "\$ kubectl exec -n shop deploy/loadgen -- braid-shop get http://payment:8080/charge"
+# The policy reaches payment's proxy within seconds of the shop's start; retry until it has.
+for _ in $(seq 30); do
+  if out=$(k exec -n shop deploy/loadgen -c loadgen -- braid-shop get http://payment:8080/charge 2>&1); then
+    sleep 2
+  else
+    break
+  fi
+done
+echo "$out"
+echo
 echo "Orders placed by the traffic generator (one summary every 10 s): payment splits 80/20, and"
 echo "LEAST_CONN steers inventory calls away from the slow backend whenever requests overlap:"
 sleep 22   # the first summary also counts orders placed while the shop was starting
@@ -33,5 +46,7 @@ What to look at next:
                                                           # the order pod's proxy: requests, latency
   kubectl edit meshroute -n shop payment-canary           # move the canary: try 0/100
   kubectl describe meshpolicy -n shop shop                # conditions and events
+  kubectl exec -n shop deploy/payment-v1 -- braid-shop get http://127.0.0.1:15020/metrics \
+    | grep authz                                          # allowed and denied calls, by rule
   kubectl delete namespace shop                           # remove the shop
 TEXT

@@ -110,17 +110,6 @@ async fn get(
     Some((status, retry_after))
 }
 
-async fn connect(
-    target: SocketAddr,
-) -> Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>> {
-    let stream = TcpStream::connect(target).await.ok()?;
-    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .ok()?;
-    tokio::spawn(connection);
-    Some(sender)
-}
-
 /// `rate`: GETs at `per_second` for `seconds`, spread over 4 keep-alive connections:
 /// `ok=<n> limited=<n> retry-after=<n> other=<n>`.
 async fn rate(target: SocketAddr, per_second: u32, seconds: u64) -> String {
@@ -142,7 +131,7 @@ async fn rate(target: SocketAddr, per_second: u32, seconds: u64) -> String {
                     .as_ref()
                     .is_none_or(|s: &hyper::client::conn::http1::SendRequest<_>| s.is_closed())
                 {
-                    sender = connect(target).await;
+                    sender = crate::client::http1(target).await;
                 }
                 let outcome = match sender.as_mut() {
                     Some(sender) => get(sender, "/limited").await,
@@ -187,7 +176,7 @@ async fn sequence(target: SocketAddr, count: usize, pause_ms: u64) -> String {
             .as_ref()
             .is_none_or(|s: &hyper::client::conn::http1::SendRequest<_>| s.is_closed())
         {
-            sender = connect(target).await;
+            sender = crate::client::http1(target).await;
             connections += 1;
         }
         let path = if i % 2 == 0 { "/keep" } else { "/gone" };
@@ -242,21 +231,8 @@ fn in_force(server: &Pod, version: u32, inbound: serde_json::Value) {
 /// Runs the checks; `version` is the server config directory's next free `publish` version;
 /// returns the next free one.
 pub fn check(client: &Pod, server: &Pod, ca: &Ca, root: &std::path::Path, version: u32) -> u32 {
-    let identity_dir = |name: &str, id: &str| {
-        let (cert, key) = ca.leaf(id, 2030);
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).expect("dir");
-        for (file, content) in [
-            ("tls.crt", cert.as_str()),
-            ("tls.key", &key),
-            ("ca.crt", &ca.pem),
-        ] {
-            std::fs::write(dir.join(file), content).expect("write");
-        }
-        dir.to_string_lossy().into_owned()
-    };
-    let order_dir = identity_dir("authz-order", ORDER);
-    let loadgen_dir = identity_dir("authz-loadgen", LOADGEN);
+    let order_dir = ca.identity_dir(&root.join("authz-order"), ORDER);
+    let loadgen_dir = ca.identity_dir(&root.join("authz-loadgen"), LOADGEN);
     let direct = format!("{SERVER_IP}:8081");
     let as_caller = |dir: &str| client.client(true, &["tls", &direct, dir]);
     let sink_report = || server.client(true, &["sink-report"]);

@@ -25,7 +25,8 @@ fn addr(s: &str) -> SocketAddr {
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
-async fn http1(target: SocketAddr) -> Option<Sender> {
+/// An HTTP/1.1 connection to `target` (its task spawned), if one can be made.
+pub async fn http1(target: SocketAddr) -> Option<Sender> {
     let stream = TcpStream::connect(target).await.ok()?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await

@@ -178,17 +178,10 @@ fn unescape(text: &str) -> Vec<u8> {
 /// Runs the checks with the server pod in `mode` (its config already in force).
 pub fn check(client: &Pod, server: &Pod, ca: &Ca, root: &std::path::Path, mode: &str) {
     let dir = if mode == "STRICT" {
-        let dir = root.join("inbound-caller");
-        std::fs::create_dir_all(&dir).expect("dir");
-        let (cert, key) = ca.leaf("spiffe://cluster.local/ns/shop/sa/order", 2030);
-        for (file, content) in [
-            ("tls.crt", cert.as_str()),
-            ("tls.key", &key),
-            ("ca.crt", &ca.pem),
-        ] {
-            std::fs::write(dir.join(file), content).expect("write");
-        }
-        dir.to_string_lossy().into_owned()
+        ca.identity_dir(
+            &root.join("inbound-caller"),
+            "spiffe://cluster.local/ns/shop/sa/order",
+        )
     } else {
         "-".into()
     };

@@ -51,6 +51,21 @@ impl Ca {
         let cert = params.signed_by(&key, &self.issuer).expect("leaf");
         (cert.pem(), key.serialize_pem())
     }
+
+    /// Writes a leaf for `spiffe` (valid until 2030) and this CA to `dir`, as a caller's
+    /// `tls.crt`, `tls.key` and `ca.crt`; the directory, for the client's `tls` command.
+    pub fn identity_dir(&self, dir: &Path, spiffe: &str) -> String {
+        let (cert, key) = self.leaf(spiffe, 2030);
+        std::fs::create_dir_all(dir).expect("dir");
+        for (file, content) in [
+            ("tls.crt", cert.as_str()),
+            ("tls.key", &key),
+            ("ca.crt", &self.pem),
+        ] {
+            std::fs::write(dir.join(file), content).expect("write");
+        }
+        dir.to_string_lossy().into_owned()
+    }
 }
 
 /// Unix time of 1 January `year` 00:00 UTC.
