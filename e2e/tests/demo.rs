@@ -481,21 +481,16 @@ fn only_order_may_call_payment(cluster: &Cluster) -> anyhow::Result<()> {
     })?;
     // Dry run: the same rules let every caller through, and count what they would refuse.
     let before = payment_would_deny(cluster)?;
-    let mut policy = cluster.get_json(&["meshpolicy", "-n", NS, "payment"])?;
-    policy["spec"]["authorizationMode"] = "DryRun".into();
-    for field in [
-        "resourceVersion",
-        "managedFields",
-        "uid",
-        "creationTimestamp",
-        "generation",
-    ] {
-        if let Some(metadata) = policy["metadata"].as_object_mut() {
-            metadata.remove(field);
-        }
-    }
-    policy.as_object_mut().map(|object| object.remove("status"));
-    cluster.apply(&policy)?;
+    cluster.kubectl(&[
+        "patch",
+        "meshpolicy",
+        "payment",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"authorizationMode":"DryRun"}}"#,
+    ])?;
     eventually(Duration::from_secs(90), || {
         call_payment(cluster, "deploy/loadgen").map(drop)?;
         call_payment(cluster, "intruder").map(drop)

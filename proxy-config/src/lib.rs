@@ -7,10 +7,12 @@
 //! the field that is wrong (`destinations[1].routes[0].backends[2].weight`).
 
 pub mod encoding;
+mod inbound;
 mod model;
 mod skew;
 mod validate;
 
+pub use inbound::*;
 pub use model::*;
 pub use skew::{FEATURES, MIN_VERSION, Read, VERSION, feature};
 pub use validate::ConfigError;

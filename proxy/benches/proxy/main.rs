@@ -18,6 +18,7 @@
 
 mod baseline_report;
 mod load;
+mod others;
 #[path = "../../tests/mesh/pods.rs"]
 #[allow(dead_code)]
 mod pods;
@@ -220,17 +221,7 @@ fn bench(root: &Path) -> Vec<Measured> {
     ];
 
     let haproxy_cfg = client.dir.join("haproxy.cfg");
-    std::fs::write(
-        &haproxy_cfg,
-        format!(
-            "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  \
-             timeout client 30s\n  timeout server 30s\n  http-reuse always\nfrontend f\n  \
-             bind 127.0.0.1:8181\n  default_backend b\nbackend b\n  server s1 {SERVER_IP}:9080\n\
-             frontend f2\n  bind 127.0.0.1:8183 proto h2\n  default_backend b2\nbackend b2\n  \
-             server s2 {SERVER_IP}:9080 proto h2\n"
-        ),
-    )
-    .expect("haproxy.cfg");
+    std::fs::write(&haproxy_cfg, others::haproxy_cfg()).expect("haproxy.cfg");
     let haproxy = spawn(
         &mut client,
         true,
@@ -240,20 +231,7 @@ fn bench(root: &Path) -> Vec<Measured> {
     );
     let prefix = client.dir.to_string_lossy().into_owned();
     let nginx_conf = client.dir.join("nginx.conf");
-    std::fs::write(
-        &nginx_conf,
-        format!(
-            "master_process off;\ndaemon off;\npid {prefix}/nginx.pid;\nevents {{ worker_connections 8192; }}\n\
-             http {{\n  access_log off;\n  keepalive_requests 100000000;\n  client_body_temp_path {prefix}/body;\n  proxy_temp_path {prefix}/proxy;\n  \
-             fastcgi_temp_path {prefix}/fastcgi;\n  uwsgi_temp_path {prefix}/uwsgi;\n  scgi_temp_path {prefix}/scgi;\n  \
-             upstream u {{ server {SERVER_IP}:9080; keepalive 128; keepalive_requests 100000000; }}\n  \
-             server {{ listen 127.0.0.1:8282; location / {{ proxy_pass http://u; proxy_http_version 1.1; \
-             proxy_set_header Connection \"\"; }} }}\n  \
-             server {{ listen 127.0.0.1:8283 http2; location / {{ proxy_pass http://u; proxy_http_version 1.1; \
-             proxy_set_header Connection \"\"; }} }}\n}}\n"
-        ),
-    )
-    .expect("nginx.conf");
+    std::fs::write(&nginx_conf, others::nginx_conf(&prefix)).expect("nginx.conf");
     let nginx = spawn(
         &mut client,
         true,

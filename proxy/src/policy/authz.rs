@@ -246,7 +246,7 @@ impl Authorizer {
                     Action::Allow => Reason::AllowRule(i),
                     Action::Deny => Reason::DenyRule(i),
                 };
-                counters.authz(&policy, reason)
+                counters.authz(&policy, reason.rule(), reason.label())
             })
             .collect();
         let default = inbound.default_authorization;
@@ -261,10 +261,11 @@ impl Authorizer {
             own_namespace: own_namespace.to_string(),
             rule_counters,
             other_counters: [
-                counters.authz(&policy, Reason::NoAllowRule),
-                counters.authz(&policy, Reason::NoRules),
-                counters.authz(&policy, Reason::Default(default)),
-            ],
+                Reason::NoAllowRule,
+                Reason::NoRules,
+                Reason::Default(default),
+            ]
+            .map(|reason| counters.authz(&policy, None, reason.label())),
             policy,
         }
     }

@@ -8,8 +8,6 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::policy::authz::Reason;
-
 /// What became of an access.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -61,10 +59,16 @@ pub struct PolicyCounters {
 }
 
 impl PolicyCounters {
-    /// The counters of `policy`'s decisions for `reason` (taken when a config is compiled).
-    pub fn authz(&self, policy: &str, reason: Reason) -> Arc<AuthzCounters> {
-        let rule = reason.rule().map(|r| r.to_string()).unwrap_or_default();
-        let key = (policy.to_string(), rule, reason.label());
+    /// The counters of `policy`'s decisions by `rule` (its index, if a rule decided) for the
+    /// reason labelled `reason` (taken when a config is compiled).
+    pub fn authz(
+        &self,
+        policy: &str,
+        rule: Option<usize>,
+        reason: &'static str,
+    ) -> Arc<AuthzCounters> {
+        let rule = rule.map(|r| r.to_string()).unwrap_or_default();
+        let key = (policy.to_string(), rule, reason);
         let mut map = self.authz.lock().unwrap_or_else(|e| e.into_inner());
         map.entry(key).or_default().clone()
     }
