@@ -186,9 +186,9 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
     publish(
         &dir,
         5,
-        &config("PERMISSIVE").replace(r#""version": 1"#, r#""version": 2"#),
+        &config("PERMISSIVE").replace(r#""version": 1"#, r#""version": 3"#),
     );
-    until("the refusal of version 2", async || {
+    until("the refusal of version 3", async || {
         state
             .reload_errors
             .load(std::sync::atomic::Ordering::Relaxed)
@@ -201,7 +201,7 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
     assert!(
         summary["lastError"]
             .as_str()
-            .is_some_and(|e| e.contains("version: version 2 is not read by this proxy")),
+            .is_some_and(|e| e.contains("version: version 3 is not read by this proxy")),
         "{summary}"
     );
 
