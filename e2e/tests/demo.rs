@@ -6,6 +6,9 @@
 //! payment's proxy while orders succeed, until dry-run lets them through and counts them.
 //! The measured numbers are printed (run with `--nocapture` to see them).
 
+#[path = "demo/authz.rs"]
+mod authz;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -389,119 +392,7 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
         slow_share[0]
     );
 
-    only_order_may_call_payment(&cluster)?;
+    authz::only_order_may_call_payment(&cluster)?;
     cluster.kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=120s"])?;
-    Ok(())
-}
-
-/// A direct call to payment from `pod` (through its proxy): stdout, or the error with the status.
-fn call_payment(cluster: &Cluster, pod: &str) -> anyhow::Result<String> {
-    cluster.exec(
-        NS,
-        pod,
-        &["braid-shop", "get", "http://payment:8080/charge"],
-    )
-}
-
-/// The would-deny counts of both payment versions' proxies, added up.
-fn payment_would_deny(cluster: &Cluster) -> anyhow::Result<f64> {
-    let mut total = 0.0;
-    for deployment in ["deploy/payment-v1", "deploy/payment-v2"] {
-        let metrics = cluster.exec(
-            NS,
-            deployment,
-            &["braid-shop", "get", "http://127.0.0.1:15020/metrics"],
-        )?;
-        total += metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("braid_proxy_inbound_authz_total{")
-                    && l.contains("decision=\"would_deny\"")
-            })
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-            .sum::<f64>();
-    }
-    Ok(total)
-}
-
-/// The demo's `payment` policy (policies.yaml): only order, only `GET /charge`.
-fn only_order_may_call_payment(cluster: &Cluster) -> anyhow::Result<()> {
-    let policies = cluster.kubectl(&["get", "meshpolicies", "-n", NS])?;
-    println!("{policies}");
-    ensure!(
-        policies
-            .lines()
-            .any(|l| l.starts_with("payment ") && l.contains("1 rule")),
-        "the AUTHZ column: {policies}"
-    );
-    // loadgen calling payment directly is refused; orders (order calling payment) go through.
-    eventually(Duration::from_secs(90), || {
-        let refused = call_payment(cluster, "deploy/loadgen");
-        ensure!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.to_string().contains("403")),
-            "loadgen was not refused: {refused:?}"
-        );
-        Ok(())
-    })?;
-    println!(
-        "loadgen -> payment: {}",
-        call_payment(cluster, "deploy/loadgen").expect_err("refused")
-    );
-    let summary = orders(cluster, 50, 2)?;
-    ensure!(
-        summary["failed"] == 0,
-        "orders failed under the payment policy: {summary}"
-    );
-    // A pod in the shop namespace running as another service account (user's).
-    cluster.apply(&json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder", "namespace": NS},
-        "spec": {"serviceAccountName": "user",
-                 "containers": [{"name": "app", "image": "braid.local/braid-shop:dev",
-                                 "imagePullPolicy": "IfNotPresent", "args": ["serve"]}]}
-    }))?;
-    cluster.kubectl(&[
-        "wait",
-        "-n",
-        NS,
-        "pod/intruder",
-        "--for=condition=Ready",
-        "--timeout=90s",
-    ])?;
-    eventually(Duration::from_secs(60), || {
-        let refused = call_payment(cluster, "intruder");
-        ensure!(
-            refused
-                .as_ref()
-                .is_err_and(|e| e.to_string().contains("403")),
-            "a pod of service account user was not refused: {refused:?}"
-        );
-        Ok(())
-    })?;
-    // Dry run: the same rules let every caller through, and count what they would refuse.
-    let before = payment_would_deny(cluster)?;
-    cluster.kubectl(&[
-        "patch",
-        "meshpolicy",
-        "payment",
-        "-n",
-        NS,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"authorizationMode":"DryRun"}}"#,
-    ])?;
-    eventually(Duration::from_secs(90), || {
-        call_payment(cluster, "deploy/loadgen").map(drop)?;
-        call_payment(cluster, "intruder").map(drop)
-    })?;
-    let after = payment_would_deny(cluster)?;
-    println!("dry run: payment's would-deny count {before} -> {after}");
-    ensure!(
-        after > before,
-        "dry run counted nothing: {before} -> {after}"
-    );
-    let policies = cluster.kubectl(&["get", "meshpolicies", "-n", NS])?;
-    ensure!(policies.contains("1 rule, dry-run"), "{policies}");
     Ok(())
 }
