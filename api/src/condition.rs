@@ -8,6 +8,8 @@ use schemars::{Schema, SchemaGenerator};
 pub const ACCEPTED: &str = "Accepted";
 /// The object is in effect.
 pub const READY: &str = "Ready";
+/// The proxies concerned run the config that carries the object (Gateway API's name for it).
+pub const PROGRAMMED: &str = "Programmed";
 /// Everything the object names (a policy's identities, namespaces, ports) can match.
 pub const RESOLVED_REFS: &str = "ResolvedRefs";
 

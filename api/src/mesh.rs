@@ -20,6 +20,7 @@ use crate::policy::MtlsMode;
     printcolumn(name = "Trust-Domain", type_ = "string", json_path = ".spec.trustDomain"),
     printcolumn(name = "CA-Expires", type_ = "string", json_path = ".status.caExpires"),
     printcolumn(name = "Workloads", type_ = "integer", json_path = ".status.workloads"),
+    printcolumn(name = "Synced", type_ = "string", json_path = ".status.synced"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
@@ -196,7 +197,8 @@ pub struct MeshStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted` and `Ready`.
+    /// `Accepted`, `Ready` (the CA issues certificates) and `Programmed` (every meshed proxy
+    /// runs its latest config).
     #[serde(default)]
     #[schemars(schema_with = "crate::condition::conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -206,6 +208,10 @@ pub struct MeshStatus {
     /// Meshed workloads in the cluster.
     #[serde(default)]
     pub workloads: u32,
+    /// Meshed proxies that run the latest config the operator wrote, out of those running:
+    /// `5/5`. The `Programmed` condition names those that lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced: Option<String>,
 }
 
 fn default_trust_domain() -> String {

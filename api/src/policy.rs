@@ -23,6 +23,7 @@ use crate::traffic::{CircuitBreaker, Fault, OutlierDetection, Retries, Timeouts}
     printcolumn(name = "mTLS", type_ = "string", json_path = ".status.mtlsMode"),
     printcolumn(name = "Workloads", type_ = "integer", json_path = ".status.workloads"),
     printcolumn(name = "Authz", type_ = "string", json_path = ".status.authorization"),
+    printcolumn(name = "Synced", type_ = "string", json_path = ".status.synced"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -238,7 +239,8 @@ pub struct MeshPolicyStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted` (understood) and `Ready` (in effect on at least one workload).
+    /// `Accepted` (understood), `Programmed` (the proxies concerned run it), `Ready` (in effect
+    /// and programmed) and, with authorization rules, `ResolvedRefs`.
     #[serde(default)]
     #[schemars(schema_with = "crate::condition::conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -252,4 +254,8 @@ pub struct MeshPolicyStatus {
     /// (an empty list), or the Mesh default (`default allow`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<String>,
+    /// Proxies concerned that run the latest config the operator wrote, out of those running:
+    /// `5/5`. The `Programmed` condition names those that lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced: Option<String>,
 }

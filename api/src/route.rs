@@ -22,6 +22,7 @@ use crate::traffic::{Fault, Retries};
     status = "MeshRouteStatus",
     printcolumn(name = "Service", type_ = "string", json_path = ".spec.service"),
     printcolumn(name = "Backends", type_ = "string", json_path = ".status.backends"),
+    printcolumn(name = "Synced", type_ = "string", json_path = ".status.synced"),
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -159,13 +160,18 @@ pub struct MeshRouteStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted` (every backend Service exists) and `Ready` (in effect).
+    /// `Accepted` (every backend Service exists), `Programmed` (every proxy runs it) and `Ready`
+    /// (in effect and programmed).
     #[serde(default)]
     #[schemars(schema_with = "crate::condition::conditions_schema")]
     pub conditions: Vec<Condition>,
     /// The first rule's backends with their weights, e.g. `payment-v1=80,payment-v2=20`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backends: Option<String>,
+    /// Proxies concerned that run the latest config the operator wrote, out of those running:
+    /// `5/5`. The `Programmed` condition names those that lag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synced: Option<String>,
 }
 
 fn default_path_match() -> MatchType {

@@ -4,6 +4,8 @@
 //!
 //! Every helper returns `anyhow::Result` so a failing step names the command and its output.
 
+pub mod apiserver;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

@@ -8,6 +8,8 @@
 
 #[path = "demo/authz.rs"]
 mod authz;
+#[path = "demo/synced.rs"]
+mod synced;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -341,20 +343,22 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
     );
 
     // Ten canary changes under load on the kubelet's stock sync period: each from `kubectl
-    // apply` to the order pod's proxy running the new config (the operator nudges the pod).
+    // apply` to the MeshRoute reporting every proxy running it (Programmed, from the operator's
+    // read-back of each proxy; the operator nudges the pods so the kubelet swaps the file).
     let load = background_orders(&cluster, 30)?;
     let mut applied = Vec::new();
     for change in 0..10 {
         let (v1, v2) = if change % 2 == 0 { (80, 20) } else { (0, 100) };
-        applied.push(apply_and_wait_for_order_proxy(&cluster, &route(v1, v2))?);
+        applied.push(synced::apply_and_wait_programmed(&cluster, &route(v1, v2))?);
     }
     applied.sort();
     let (p50, p99) = (applied[4], applied[9]);
     println!(
-        "10 canary changes, kubectl apply to the order proxy's new config: p50 {:.2} s, p99 {:.2} s",
+        "10 canary changes, kubectl apply to every proxy running it (Programmed): p50 {:.2} s, p99 {:.2} s",
         p50.as_secs_f64(),
         p99.as_secs_f64()
     );
+    println!("{}", cluster.kubectl(&["get", "meshroute", "-n", NS])?);
     let during = summary_of(load)?;
     println!("orders during the ten changes: {during}");
     ensure!(
@@ -369,6 +373,7 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
         "a config change took {:.2} s to reach the order proxy: the kubelet's sync, not the nudge",
         p99.as_secs_f64()
     );
+    synced::a_proxy_that_cannot_load_its_config_is_named(&cluster)?;
 
     // Least connections against round robin, with one slow (200 ms) inventory backend.
     let mut slow_share = Vec::new();
@@ -393,6 +398,7 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
     );
 
     authz::only_order_may_call_payment(&cluster)?;
+    authz::probes_pass_under_a_deny_default(&cluster)?;
     cluster.kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=120s"])?;
     Ok(())
 }

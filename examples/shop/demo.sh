@@ -18,6 +18,10 @@ echo
 echo "\$ kubectl get pods -n shop"
 k get pods -n shop
 echo
+# Ready means in effect on every proxy concerned: the operator reads each proxy's config back.
+echo "\$ kubectl wait --for=condition=Ready meshpolicies,meshroutes --all -n shop"
+k wait --for=condition=Ready meshpolicies,meshroutes --all -n shop --timeout=120s
+echo
 echo "\$ kubectl get meshpolicies,meshroutes -n shop"
 k get meshpolicies,meshroutes -n shop
 echo

@@ -5,13 +5,15 @@
 //!
 //! The decision is a pure function ([`plan::plan`]) of a snapshot of the cluster; the modules
 //! around it only read the cluster into that snapshot ([`run`]) and write the differences back
-//! ([`write`], [`status`]). Only the replica holding the Lease ([`leader`]) writes.
+//! ([`write`], [`status`]), and read back which config each running proxy has in force
+//! ([`readback`]). Only the replica holding the Lease ([`leader`]) writes and reads back.
 
 pub mod certs;
 pub mod leader;
 pub mod metrics;
 pub mod nudge;
 pub mod plan;
+pub mod readback;
 pub mod run;
 pub mod select;
 pub mod status;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use axum::routing::get;
-use braid_operator::{leader, metrics::Metrics, run};
+use braid_operator::{leader, metrics::Metrics, readback, run};
 use tokio::sync::{Notify, watch};
 
 /// Settings from the environment, all read before anything starts.
@@ -101,8 +101,16 @@ async fn main() -> anyhow::Result<()> {
     ready.store(true, Ordering::Relaxed);
     tracing::info!("caches synced");
     changed.notify_one();
+    let proxies = Arc::new(readback::Readback::default());
+    tokio::spawn(readback::read_loop(
+        proxies.clone(),
+        caches.pods(),
+        changed.clone(),
+        leading.clone(),
+        metrics.clone(),
+    ));
     tokio::select! {
-        () = run::reconcile_loop(client, caches, changed, leading, metrics, pod_name) => {}
+        () = run::reconcile_loop(client, caches, changed, leading, metrics, proxies, pod_name) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted"),
         () = terminate() => tracing::info!("terminated"),
     }

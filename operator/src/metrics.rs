@@ -19,6 +19,13 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// Label of the read-back counter: what the proxy answered.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadbackLabels {
+    /// `in_sync`, `behind` or `unreachable`.
+    pub result: &'static str,
+}
+
 /// Every metric, registered in [`Metrics::registry`].
 pub struct Metrics {
     /// The registry `/metrics` encodes.
@@ -32,6 +39,7 @@ pub struct Metrics {
     ca_expiry: Gauge,
     leaf_expiry: Gauge,
     workloads: Gauge,
+    readbacks: Family<ReadbackLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +91,12 @@ impl Default for Metrics {
             leaf_expiry.clone(),
         );
         registry.register("workloads", "Meshed workloads", workloads.clone());
+        let readbacks = Family::<ReadbackLabels, Counter>::default();
+        registry.register(
+            "proxy_readbacks",
+            "Proxies' /config read back, by whether they ran the latest config",
+            readbacks.clone(),
+        );
         Self {
             registry,
             passes,
@@ -94,6 +108,7 @@ impl Default for Metrics {
             ca_expiry,
             leaf_expiry,
             workloads,
+            readbacks,
         }
     }
 }
@@ -119,6 +134,13 @@ impl Metrics {
         }
         self.workloads
             .set(i64::try_from(summary.workloads).unwrap_or(i64::MAX));
+    }
+
+    /// Records one proxy read back.
+    pub fn record_readback(&self, result: &'static str) {
+        self.readbacks
+            .get_or_create(&ReadbackLabels { result })
+            .inc();
     }
 
     /// The Prometheus text exposition.

@@ -22,7 +22,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::metrics::Metrics;
 use crate::plan::{Snapshot, object_key, plan};
-use crate::write::{MANAGED_LABEL, MANAGER, load_or_create_ca, sync_configs, sync_identities};
+use crate::readback::Readback;
+use crate::status::synced::{Synced, proxy_pods, tally};
+use crate::write::{
+    MANAGED_LABEL, MANAGER, desired_file_hashes, load_or_create_ca, sync_configs, sync_identities,
+};
 use crate::{Error, status, webhook_cert};
 
 /// How long the loop waits for more changes before a pass.
@@ -153,6 +157,11 @@ impl Caches {
         Ok(())
     }
 
+    /// The pods cache (meshed pods), which the read-back reads proxies from.
+    pub fn pods(&self) -> Store<Pod> {
+        self.pods.clone()
+    }
+
     fn mesh(&self) -> Option<Arc<Mesh>> {
         self.meshes
             .state()
@@ -201,6 +210,7 @@ pub async fn reconcile_loop(
     changed: Arc<Notify>,
     leading: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    readback: Arc<Readback>,
     instance: String,
 ) {
     let reporter = Reporter {
@@ -216,7 +226,7 @@ pub async fn reconcile_loop(
             continue;
         }
         let started = Instant::now();
-        match pass(&client, &caches, &recorder).await {
+        match pass(&client, &caches, &recorder, &readback).await {
             Ok(summary) => {
                 metrics.record_pass(started.elapsed(), None, &summary);
                 backoff = Duration::from_millis(500);
@@ -266,7 +276,12 @@ async fn ensure_default_mesh(client: &Client, caches: &Caches) -> Result<(), Err
     }
 }
 
-async fn pass(client: &Client, caches: &Caches, recorder: &Recorder) -> Result<PassSummary, Error> {
+async fn pass(
+    client: &Client,
+    caches: &Caches,
+    recorder: &Recorder,
+    readback: &Readback,
+) -> Result<PassSummary, Error> {
     ensure_default_mesh(client, caches).await?;
     let snapshot = caches.snapshot();
     let plan = plan(&snapshot);
@@ -285,7 +300,9 @@ async fn pass(client: &Client, caches: &Caches, recorder: &Recorder) -> Result<P
         now.as_second(),
     )
     .await?;
-    let mut written = sync_configs(client, &plan, &snapshot, &caches.config_maps.state()).await?;
+    let config_maps = caches.config_maps.state();
+    let (mut written, file_hashes) = sync_configs(client, &plan, &snapshot, &config_maps).await?;
+    readback.want(desired_file_hashes(&config_maps, file_hashes));
     let identities = sync_identities(
         client,
         &plan,
@@ -305,9 +322,22 @@ async fn pass(client: &Client, caches: &Caches, recorder: &Recorder) -> Result<P
     written.deleted += identities.deleted;
 
     let time = Time(now);
+    let running = proxy_pods(&snapshot.pods);
+    let (desired, heard) = (readback.desired(), readback.heard());
+    let synced = |concerned: &dyn Fn(&crate::workload::WorkloadKey) -> bool| -> Synced {
+        tally(running.iter(), concerned, &desired, &heard)
+    };
+    let everyone = synced(&|_| true);
     for policy in caches.policies.state() {
         if let Some(outcome) = plan.policies.get(&object_key(&policy.metadata)) {
-            let next = status::policy_status(&policy, outcome, &time);
+            // Its own workloads' proxies and, when it sets what callers apply, every proxy.
+            let callers = outcome.client_side && outcome.in_effect > 0;
+            let concerned = if callers {
+                everyone.clone()
+            } else {
+                synced(&|w| outcome.governed.contains(w))
+            };
+            let next = status::policy_status(&policy, outcome, &concerned, &time);
             let previous = policy
                 .status
                 .as_ref()
@@ -320,7 +350,13 @@ async fn pass(client: &Client, caches: &Caches, recorder: &Recorder) -> Result<P
     }
     for route in caches.routes.state() {
         if let Some(outcome) = plan.routes.get(&object_key(&route.metadata)) {
-            let next = status::route_status(&route, outcome, &time);
+            // Every workload's proxy.json carries every destination's routes.
+            let concerned = if outcome.in_effect {
+                everyone.clone()
+            } else {
+                Synced::default()
+            };
+            let next = status::route_status(&route, outcome, &concerned, &time);
             let previous = route
                 .status
                 .as_ref()
@@ -339,7 +375,7 @@ async fn pass(client: &Client, caches: &Caches, recorder: &Recorder) -> Result<P
         status::write_mesh(
             client,
             &mesh,
-            status::mesh_status(&mesh, expires, workloads, &time),
+            status::mesh_status(&mesh, expires, workloads, &everyone, &time),
         )
         .await?;
     }

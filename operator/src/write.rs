@@ -25,6 +25,9 @@ pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Name of the CA Secret in `braid-system`.
 pub const CA_SECRET: &str = "braid-ca";
 const HASH: &str = "braid.dev/config-hash";
+/// SHA-256 of the file as the kubelet writes it (the gzip bytes when gzipped): what a proxy
+/// reports on `/config`, so the read-back compares with it ([`crate::readback`]).
+const FILE_HASH: &str = "braid.dev/file-hash";
 const SUBJECT: &str = "braid.dev/subject";
 const CA_FINGERPRINT: &str = "braid.dev/ca-fingerprint";
 const NOT_BEFORE: &str = "braid.dev/not-before";
@@ -71,46 +74,89 @@ fn sha256_hex(data: &[u8]) -> String {
         .collect()
 }
 
+/// The workload whose `proxy.json` a ConfigMap holds, with the hashes it is annotated with
+/// (of the document, of the file).
+fn config_map_hashes(cm: &PartialObjectMeta<ConfigMap>) -> Option<(WorkloadKey, &str, &str)> {
+    let annotations = cm.metadata.annotations.as_ref()?;
+    let workload = WorkloadKey {
+        namespace: cm.metadata.namespace.clone()?,
+        name: cm
+            .metadata
+            .name
+            .as_deref()?
+            .strip_prefix("braid-proxy-")?
+            .to_owned(),
+    };
+    Some((
+        workload,
+        annotations.get(HASH)?.as_str(),
+        annotations.get(FILE_HASH)?.as_str(),
+    ))
+}
+
+/// The hash of the file each workload's proxies should run: what this pass wrote, else what its
+/// ConfigMap says it holds.
+pub fn desired_file_hashes(
+    existing: &[Arc<PartialObjectMeta<ConfigMap>>],
+    written: BTreeMap<WorkloadKey, String>,
+) -> BTreeMap<WorkloadKey, String> {
+    let mut desired: BTreeMap<WorkloadKey, String> = existing
+        .iter()
+        .filter_map(|cm| config_map_hashes(cm))
+        .map(|(workload, _, file)| (workload, file.to_owned()))
+        .collect();
+    desired.extend(written);
+    desired
+}
+
 /// Writes every workload's `proxy.json` that differs from what its ConfigMap holds, and deletes
-/// the ConfigMaps of workloads that are gone.
+/// the ConfigMaps of workloads that are gone. Returns what it wrote and the hash of each file
+/// written (see [`desired_file_hashes`]).
 pub async fn sync_configs(
     client: &kube::Client,
     plan: &Plan,
     snapshot: &Snapshot,
     existing: &[Arc<PartialObjectMeta<ConfigMap>>],
-) -> Result<Written, Error> {
+) -> Result<(Written, BTreeMap<WorkloadKey, String>), Error> {
     let mut written = Written::default();
-    let existing_hashes: BTreeMap<(String, String), String> = existing
+    let mut file_hashes = BTreeMap::new();
+    // A ConfigMap written before file hashes were recorded has none: it is written once more.
+    let existing_hashes: BTreeMap<WorkloadKey, String> = existing
         .iter()
-        .filter_map(|cm| {
-            let hash = cm.metadata.annotations.as_ref()?.get(HASH)?.clone();
-            Some((
-                (cm.metadata.namespace.clone()?, cm.metadata.name.clone()?),
-                hash,
-            ))
-        })
+        .filter_map(|cm| config_map_hashes(cm))
+        .map(|(workload, document, _)| (workload, document.to_owned()))
         .collect();
     // Rendered lazily, so at most WRITE_CONCURRENCY documents are in memory at once.
     let changed = plan.workloads.keys().filter_map(|key| {
         let json = plan.config_for(key, snapshot)?.to_compact_json();
         let hash = sha256_hex(json.as_bytes());
         let name = proxy_config_map_name(&key.name);
-        let unchanged = existing_hashes.get(&(key.namespace.clone(), name.clone())) == Some(&hash);
+        let unchanged = existing_hashes.get(key) == Some(&hash);
         (!unchanged).then_some((key, name, json, hash))
     });
     let mut writes = futures::stream::iter(changed)
         .map(|(workload, name, json, hash)| async move {
             let namespace = workload.namespace.clone();
             let key = "proxy.json".to_owned();
-            let (data, binary_data) = match encoding::encode(json) {
-                Stored::Text(json) => (Some([(key, json)].into()), None),
-                Stored::Gzip(bytes) => (None, Some([(key, ByteString(bytes))].into())),
+            let (data, binary_data, file_hash) = match encoding::encode(json) {
+                Stored::Text(json) => {
+                    let file_hash = sha256_hex(json.as_bytes());
+                    (Some([(key, json)].into()), None, file_hash)
+                }
+                Stored::Gzip(bytes) => {
+                    let file_hash = sha256_hex(&bytes);
+                    (None, Some([(key, ByteString(bytes))].into()), file_hash)
+                }
             };
             let config_map = ConfigMap {
                 metadata: managed_metadata(
                     name.clone(),
                     &namespace,
-                    [(HASH.to_owned(), hash.clone())].into(),
+                    [
+                        (HASH.to_owned(), hash.clone()),
+                        (FILE_HASH.to_owned(), file_hash.clone()),
+                    ]
+                    .into(),
                 ),
                 data,
                 binary_data,
@@ -124,12 +170,15 @@ pub async fn sync_configs(
             )
             .await?;
             // The pods get the new file now, not at the kubelet's next periodic sync.
-            Ok::<_, kube::Error>(crate::nudge::nudge(client, &snapshot.pods, workload, &hash).await)
+            let nudged = crate::nudge::nudge(client, &snapshot.pods, workload, &hash).await;
+            Ok::<_, kube::Error>((workload, file_hash, nudged))
         })
         .buffer_unordered(WRITE_CONCURRENCY);
     while let Some(result) = writes.next().await {
-        written.nudged += result?;
+        let (workload, file_hash, nudged) = result?;
+        written.nudged += nudged;
         written.configs += 1;
+        file_hashes.insert(workload.clone(), file_hash);
     }
     let workload_configs: Vec<Arc<PartialObjectMeta<ConfigMap>>> = existing
         .iter()
@@ -143,7 +192,7 @@ pub async fn sync_configs(
         .collect();
     written.deleted +=
         delete_orphans(client, &workload_configs, plan, proxy_config_map_name).await?;
-    Ok(written)
+    Ok((written, file_hashes))
 }
 
 /// Issues or renews every workload's certificate as [`renewal_reason`] says, and deletes the

@@ -205,5 +205,47 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
         "{summary}"
     );
 
+    // A file that is there but cannot be read (the kubelet's volume made unreadable; here a
+    // directory in its place, since root reads any mode): the last good config stays, and
+    // `/config` says why, which the operator's read-back names on the policies.
+    let unreadable = dir.join("..2026_11_26_00_00_06");
+    std::fs::create_dir_all(unreadable.join("proxy.json")).expect("a directory as the file");
+    let staging = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(unreadable.file_name().expect("name"), &staging).expect("symlink");
+    std::fs::rename(&staging, dir.join("..data")).expect("swap ..data");
+    until("the unreadable file named", async || {
+        let (_, summary) = get(addr, "/config").await;
+        summary.contains("cannot read")
+    })
+    .await;
+    let (_, summary) = get(addr, "/config").await;
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
+    assert_eq!(summary["generation"], 3, "{summary}");
+    assert!(
+        summary["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("proxy.json: Is a directory")
+                && e.ends_with("keeping the last good config")),
+        "{summary}"
+    );
+
+    // Readable again: the next file is put in force and its hash is the SHA-256 of the file's
+    // bytes, the contract the operator compares with (`braid.dev/file-hash`).
+    let last = config("PERMISSIVE");
+    publish(&dir, 7, &last);
+    until("the file after the unreadable one", async || {
+        state.current().is_some_and(|c| c.generation == 4)
+    })
+    .await;
+    let (_, summary) = get(addr, "/config").await;
+    let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
+    use sha2::Digest as _;
+    let want: String = sha2::Sha256::digest(last.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(summary["hash"], want.as_str(), "{summary}");
+    assert_eq!(summary["lastError"], serde_json::Value::Null, "{summary}");
+
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -23,6 +23,9 @@ pub const ADMIN_PORT: u16 = 15020;
 /// The proxy's own ports: a connection whose original destination is one of them is a loop.
 pub const OWN_PORTS: [u16; 3] = [OUTBOUND_PORT, INBOUND_PORT, ADMIN_PORT];
 
+/// The name of the injected proxy container (the operator reads proxies back by it).
+pub const PROXY_CONTAINER: &str = "braid-proxy";
+
 /// The proxy's UID and GID; its own connections are never redirected.
 pub const PROXY_UID: u32 = 1337;
 

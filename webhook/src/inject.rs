@@ -16,8 +16,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::probes;
 
-/// Name of the injected sidecar.
-pub const PROXY_CONTAINER: &str = "braid-proxy";
+pub use braid_sidecar::PROXY_CONTAINER;
 /// Name of the injected init container.
 pub const INIT_CONTAINER: &str = "braid-init";
 /// Annotation recording what was injected, by which version.

@@ -121,3 +121,67 @@ pub fn only_order_may_call_payment(cluster: &Cluster) -> anyhow::Result<()> {
     ensure!(policies.contains("1 rule, dry-run"), "{policies}");
     Ok(())
 }
+
+/// Under the Mesh default `deny`, callers of a workload without rules are refused while the
+/// kubelet's probes keep passing: they go to the admin port's probe rewrite, which
+/// authorization never sees. A restarted pod becomes Ready, and the running ones stay Ready
+/// for four probe periods. The default is put back afterwards.
+pub fn probes_pass_under_a_deny_default(cluster: &Cluster) -> anyhow::Result<()> {
+    let set_default = |value: &str| {
+        cluster.kubectl(&[
+            "patch",
+            "mesh",
+            "default",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"spec":{{"defaultAuthorization":{value}}}}}"#),
+        ])
+    };
+    set_default("\"deny\"")?;
+    let outcome = (|| {
+        let call_user = || {
+            cluster.exec(
+                NS,
+                "deploy/loadgen",
+                &["braid-shop", "get", "http://user:8080/healthz"],
+            )
+        };
+        eventually(Duration::from_secs(90), || {
+            let refused = call_user();
+            ensure!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.to_string().contains("403")),
+                "user is not refused under the deny default: {refused:?}"
+            );
+            Ok(())
+        })?;
+        cluster.kubectl(&["rollout", "restart", "-n", NS, "deployment/user"])?;
+        cluster.kubectl(&[
+            "rollout",
+            "status",
+            "-n",
+            NS,
+            "deployment/user",
+            "--timeout=120s",
+        ])?;
+        std::thread::sleep(Duration::from_secs(20));
+        let pods = cluster.get_json(&["pods", "-n", NS])?;
+        for pod in pods["items"].as_array().into_iter().flatten() {
+            if pod["metadata"]["deletionTimestamp"].is_null() {
+                braid_e2e::meshed_and_ready(pod)?;
+            }
+        }
+        ensure!(
+            call_user().is_err_and(|e| e.to_string().contains("403")),
+            "the restarted user pod is not refusing callers"
+        );
+        println!(
+            "defaultAuthorization deny: callers of user get 403, every shop pod stays Ready, \
+             a restarted user pod became Ready"
+        );
+        Ok(())
+    })();
+    set_default("null")?;
+    outcome
+}

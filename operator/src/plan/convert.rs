@@ -49,6 +49,16 @@ pub fn limits(mesh: &braid_api::ProxyLimits) -> config::Limits {
     }
 }
 
+/// Whether `spec` sets anything the callers' proxies apply.
+pub fn has_client_side(spec: &MeshPolicySpec) -> bool {
+    spec.load_balancer.is_some()
+        || spec.timeouts.is_some()
+        || spec.retries.is_some()
+        || spec.circuit_breaker.is_some()
+        || spec.outlier_detection.is_some()
+        || spec.fault.is_some()
+}
+
 /// The client-side policy a MeshPolicy asks for; unset fields take Braid's defaults.
 pub fn client_policy(
     spec: &MeshPolicySpec,

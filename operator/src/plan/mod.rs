@@ -77,6 +77,11 @@ pub struct PolicyOutcome {
     pub selected: u32,
     /// Workloads it is in effect on (it wins there).
     pub in_effect: u32,
+    /// Those workloads.
+    pub governed: BTreeSet<WorkloadKey>,
+    /// Whether it sets anything callers apply (load balancer, timeouts, retries, breakers,
+    /// outlier detection, faults): those land in every workload's `proxy.json`.
+    pub client_side: bool,
     /// The policy that wins where this one loses, if any.
     pub overridden_by: Option<String>,
     /// The mTLS mode in effect on its workloads.
@@ -149,6 +154,8 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                     accepted,
                     selected: 0,
                     in_effect: 0,
+                    governed: BTreeSet::new(),
+                    client_side: convert::has_client_side(&p.spec),
                     overridden_by: None,
                     mtls_mode: mode,
                     authz: authz::review(
@@ -181,6 +188,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 .extend(&workload.ports);
             if rank == 0 {
                 outcome.in_effect += 1;
+                outcome.governed.insert(key.clone());
                 winners.insert(key.clone(), policy);
             } else if outcome.overridden_by.is_none() {
                 outcome.overridden_by = winners.get(key).and_then(|w| w.metadata.name.clone());

@@ -214,7 +214,6 @@ fn bench(root: &Path) -> Vec<Measured> {
         pod.start_proxy_binary(binary);
         pod.children.last().map_or(0, Child::id)
     };
-    let mut running = proxy.to_string();
     let mut proxies = [
         start_proxy(&mut client, proxy),
         start_proxy(&mut server, proxy),
@@ -351,9 +350,13 @@ fn bench(root: &Path) -> Vec<Measured> {
                 eventually("the server's config", || generation() > before);
                 server_has_policy = wants_policy;
             }
-            let swap = !processes.is_empty() && running != *binary;
+            // Every braid setup starts on fresh proxies of its build (same config, same
+            // identity): no connection pooled under another setup's config (an HTTP/2
+            // connection parsed under the policy, say) and no memory kept from one.
+            let swap = processes
+                .iter()
+                .any(|(_, p)| matches!(p, Process::ClientProxy | Process::ServerProxy));
             if swap {
-                // Both pods' proxies become the other build (same config, same identity).
                 let [client_pid, server_pid] = &mut proxies;
                 for (pod, pid) in [(&mut client, client_pid), (&mut server, server_pid)] {
                     run("kill", &[&pid.to_string()]);
@@ -368,7 +371,6 @@ fn bench(root: &Path) -> Vec<Measured> {
                         pod.admin("/ready").starts_with("HTTP/1.1 200")
                     });
                 }
-                running = binary.to_string();
             }
             let processes: Vec<(&str, u32)> = processes
                 .iter()

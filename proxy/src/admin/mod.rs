@@ -74,12 +74,7 @@ pub async fn answer(context: &Context, probes: &AppProbes, path: &str) -> Respon
             respond(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/config" => {
-            let last_error = context
-                .config
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let last_error = context.config.last_error();
             let mut summary = match current {
                 Some(loaded) => serde_json::json!({
                     "hash": loaded.hash,

@@ -52,7 +52,9 @@ pub struct ConfigState {
     /// Files refused since start.
     pub reload_errors: AtomicU64,
     /// Why the last file was refused, if the last attempt failed.
-    pub last_error: std::sync::Mutex<Option<String>>,
+    last_error: std::sync::Mutex<Option<String>>,
+    /// Why the file cannot be read, while it cannot.
+    read_error: std::sync::Mutex<Option<String>>,
 }
 
 impl Default for ConfigState {
@@ -63,6 +65,7 @@ impl Default for ConfigState {
             policy: PolicyCounters::default(),
             reload_errors: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
+            read_error: std::sync::Mutex::new(None),
         }
     }
 }
@@ -91,6 +94,25 @@ impl ConfigState {
         tokio::time::timeout_at(deadline, swaps.wait_for(newer))
             .await
             .is_ok_and(|seen| seen.is_ok())
+    }
+
+    /// Records that the file cannot be read (`None`: it reads again): shown on `/config` as the
+    /// last error, so that the operator can say why this proxy lags.
+    pub fn unreadable(&self, error: Option<&str>) {
+        *self.read_error.lock().unwrap_or_else(|e| e.into_inner()) =
+            error.map(|e| format!("{e}; keeping the last good config"));
+    }
+
+    /// Why the file in place is not in force, if it is not: it cannot be read, or it was
+    /// refused.
+    pub fn last_error(&self) -> Option<String> {
+        let unreadable = self.read_error.lock().unwrap_or_else(|e| e.into_inner());
+        unreadable.clone().or_else(|| {
+            self.last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone()
+        })
     }
 
     /// Parses `bytes` and, when valid, puts it in force. Returns the error otherwise.
@@ -179,11 +201,16 @@ impl IdentityState {
 
 /// Watches `path` forever, offering every settled change to `state`.
 pub async fn watch_file(path: PathBuf, state: Arc<ConfigState>) {
-    watch(vec![path], move |files| {
-        state
-            .offer(&files[0])
-            .map(|generation| format!("config generation {generation} in force"))
-    })
+    let reader = state.clone();
+    watch(
+        vec![path],
+        move |files| {
+            state
+                .offer(&files[0])
+                .map(|generation| format!("config generation {generation} in force"))
+        },
+        move |error| reader.unreadable(error),
+    )
     .await
 }
 
@@ -193,11 +220,13 @@ pub async fn watch_identity(dir: PathBuf, state: Arc<IdentityState>) {
     let files = ["tls.crt", "tls.key", "ca.crt"]
         .map(|f| dir.join(f))
         .to_vec();
-    watch(files, move |contents| state.offer(contents)).await
+    watch(files, move |contents| state.offer(contents), |_| {}).await
 }
 
 /// Reads `paths` every [`POLL`]; when their contents changed and then held still for [`SETTLE`],
-/// calls `offer` with them (in order) and logs its answer. Missing files are waited for.
+/// calls `offer` with them (in order) and logs its answer. Missing files are waited for; a file
+/// that exists but cannot be read (its volume made unreadable, say) is logged once and passed to
+/// `unreadable` (with `None` once it reads again), and the last good contents stay in force.
 ///
 /// The reads block the runtime's one thread for the few microseconds a small file on the
 /// kubelet's volume takes; `tokio::fs` would instead keep a pool of blocking threads alive for
@@ -205,21 +234,40 @@ pub async fn watch_identity(dir: PathBuf, state: Arc<IdentityState>) {
 pub async fn watch(
     paths: Vec<PathBuf>,
     mut offer: impl FnMut(&[Vec<u8>]) -> Result<String, String>,
+    mut unreadable: impl FnMut(Option<&str>),
 ) {
     let read_all = || async {
         let mut contents = Vec::with_capacity(paths.len());
         for path in &paths {
-            contents.push(std::fs::read(path).ok()?);
+            match std::fs::read(path) {
+                Ok(bytes) => contents.push(bytes),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+            }
         }
-        Some(contents)
+        Ok(Some(contents))
     };
     let mut seen: Option<Vec<Vec<u8>>> = None;
+    let mut read_error: Option<String> = None;
     loop {
-        if let Some(contents) = read_all().await
+        let read = read_all().await;
+        match (&read, &read_error) {
+            (Err(message), previous) if previous.as_ref() != Some(message) => {
+                tracing::warn!("{message}; keeping the last good one");
+                unreadable(Some(message));
+                read_error = Some(message.clone());
+            }
+            (Ok(_), Some(_)) => {
+                unreadable(None);
+                read_error = None;
+            }
+            _ => {}
+        }
+        if let Ok(Some(contents)) = read
             && seen.as_ref() != Some(&contents)
         {
             tokio::time::sleep(SETTLE).await;
-            if read_all().await.as_ref() == Some(&contents) {
+            if read_all().await.ok().flatten().as_ref() == Some(&contents) {
                 match offer(&contents) {
                     Ok(message) => tracing::info!("{message}"),
                     Err(message) => tracing::warn!("{message}"),

@@ -5,9 +5,13 @@
 //! - a client-side change (load balancer) of the workloads behind one Service, which every
 //!   workload calls, so all 1,000 `proxy.json` change;
 //!
-//! and the time from the `patch` to the last affected ConfigMap written. The baseline, in the same
-//! run: the API server storing as many ConfigMaps of the same size written straight from here.
+//! and the time from the `patch` to the last affected ConfigMap written and to the last affected
+//! pod annotated with its new hash (the nudge), with the API server's write requests per change
+//! by resource. The baseline, in the same run: the API server storing as many ConfigMaps of the
+//! same size written straight from here.
 //! Also the operator's peak RSS (VmHWM). Writes a Markdown table to bench/results/operator-scale.md.
+
+mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -65,8 +69,10 @@ async fn main() -> anyhow::Result<()> {
             "PERMISSIVE"
         };
         let patch = json!({"spec": {"mtls": {"mode": mode}}});
-        let (took, now) =
-            timed_change(&configs, &policies, "group-0", patch, &group0, &hashes).await?;
+        let (took, now) = timed_change(
+            &client, &configs, &policies, "group-0", patch, &group0, &hashes,
+        )
+        .await?;
         hashes = now;
         server_side.push(took);
         let balancer = if round % 2 == 0 {
@@ -75,13 +81,26 @@ async fn main() -> anyhow::Result<()> {
             "ROUND_ROBIN"
         };
         let patch = json!({"spec": {"loadBalancer": balancer}});
-        let (took, now) =
-            timed_change(&configs, &policies, "svc-1-backends", patch, &all, &hashes).await?;
+        let (took, now) = timed_change(
+            &client,
+            &configs,
+            &policies,
+            "svc-1-backends",
+            patch,
+            &all,
+            &hashes,
+        )
+        .await?;
         hashes = now;
         client_side.push(took);
         eprintln!(
-            "round {round}: server-side {:.2?}, client-side {:.2?}",
-            server_side[round], client_side[round]
+            "round {round}: server-side {:.2?} (nudged {:.2?}, writes {:?}), client-side {:.2?} (nudged {:.2?}, writes {:?})",
+            server_side[round].configs,
+            server_side[round].nudged,
+            server_side[round].writes,
+            client_side[round].configs,
+            client_side[round].nudged,
+            client_side[round].writes
         );
     }
 
@@ -89,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
     let baseline_100 = baseline(&client, 100, size).await?;
     let baseline_1000 = baseline(&client, WORKLOADS, size).await?;
     let peak = operator_peak_rss_mib()?;
-    let report = report(
+    let report = report::report(
         converged,
         &server_side,
         &client_side,
@@ -230,47 +249,113 @@ async fn wait_until_stable(
     }
 }
 
-/// Patches a policy and waits until every ConfigMap in `affected` has a new hash.
+/// Consumes a watch's initial list, so that only changes after it count.
+async fn skip_initial_list<K>(
+    events: &mut (impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin),
+) -> anyhow::Result<()> {
+    while let Some(event) = events.next().await {
+        if matches!(event?, watcher::Event::InitDone) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What one change cost: the time from the patch to the last affected ConfigMap written and
+/// to the last affected pod annotated with its new hash (the nudge that makes the kubelet swap
+/// the file at once), and the API server's write requests in that time, by resource.
+struct Change {
+    configs: Duration,
+    nudged: Duration,
+    writes: BTreeMap<String, f64>,
+}
+
+/// Patches a policy and waits until every ConfigMap in `affected` has a new hash and every pod
+/// of those workloads carries it.
 async fn timed_change(
+    client: &kube::Client,
     configs: &Api<PartialObjectMeta<ConfigMap>>,
     policies: &Api<kube::api::DynamicObject>,
     policy: &str,
     patch: serde_json::Value,
     affected: &BTreeSet<String>,
     before: &BTreeMap<String, String>,
-) -> anyhow::Result<(Duration, BTreeMap<String, String>)> {
-    let mut stream = watcher(configs.clone(), watcher::Config::default()).boxed();
-    // Consume the initial list so that only changes after the patch count.
-    while let Some(event) = stream.next().await {
-        if matches!(event?, watcher::Event::InitDone) {
-            break;
-        }
-    }
+) -> anyhow::Result<(Change, BTreeMap<String, String>)> {
+    let pods: Api<PartialObjectMeta<Pod>> = Api::namespaced(client.clone(), NS);
+    let mut config_events = watcher(configs.clone(), watcher::Config::default()).boxed();
+    let mut pod_events = watcher(pods, watcher::Config::default()).boxed();
+    skip_initial_list(&mut config_events).await?;
+    skip_initial_list(&mut pod_events).await?;
+    let writes_before = braid_e2e::apiserver::writes(client).await?;
     let started = Instant::now();
     policies
         .patch(policy, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
     let mut pending = affected.clone();
     let mut now = before.clone();
-    while !pending.is_empty() {
-        let event = tokio::time::timeout(Duration::from_secs(120), stream.next())
-            .await
-            .with_context(|| format!("{} ConfigMaps still unchanged after 120 s", pending.len()))?
-            .context("watch ended")??;
-        if let watcher::Event::Apply(meta) = event {
-            let (Some(name), Some(hash)) = (
-                meta.metadata.name,
-                meta.metadata.annotations.and_then(|a| a.get(HASH).cloned()),
-            ) else {
-                continue;
-            };
-            if before.get(&name) != Some(&hash) {
-                pending.remove(&name);
+    // Pod name -> the hash it was last seen annotated with.
+    let mut annotated: BTreeMap<String, String> = BTreeMap::new();
+    let pod_of = |config: &str| {
+        config
+            .strip_prefix("braid-proxy-")
+            .unwrap_or(config)
+            .to_owned()
+    };
+    let nudged = |now: &BTreeMap<String, String>, annotated: &BTreeMap<String, String>| {
+        affected.iter().all(|c| {
+            now.get(c)
+                .is_some_and(|h| annotated.get(&pod_of(c)) == Some(h))
+        })
+    };
+    let mut configs_done = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while configs_done.is_none() || !nudged(&now, &annotated) {
+        tokio::select! {
+            event = config_events.next() => {
+                if let watcher::Event::Apply(meta) = event.context("watch ended")?? {
+                    let (Some(name), Some(hash)) = (
+                        meta.metadata.name,
+                        meta.metadata.annotations.and_then(|a| a.get(HASH).cloned()),
+                    ) else {
+                        continue;
+                    };
+                    if before.get(&name) != Some(&hash) {
+                        pending.remove(&name);
+                    }
+                    now.insert(name, hash);
+                    if pending.is_empty() && configs_done.is_none() {
+                        configs_done = Some(started.elapsed());
+                    }
+                }
             }
-            now.insert(name, hash);
+            event = pod_events.next() => {
+                if let watcher::Event::Apply(meta) = event.context("watch ended")??
+                    && let (Some(name), Some(hash)) = (
+                        meta.metadata.name,
+                        meta.metadata.annotations.and_then(|a| a.get(HASH).cloned()),
+                    )
+                {
+                    annotated.insert(name, hash);
+                }
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                bail!("{} ConfigMaps unchanged, or their pods not annotated, after 180 s", pending.len());
+            }
         }
     }
-    Ok((started.elapsed(), now))
+    let nudged = started.elapsed();
+    // Let the pass finish its status writes before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes =
+        braid_e2e::apiserver::since(&writes_before, braid_e2e::apiserver::writes(client).await?);
+    Ok((
+        Change {
+            configs: configs_done.unwrap_or(nudged),
+            nudged,
+            writes,
+        },
+        now,
+    ))
 }
 
 /// The size of a workload's `proxy.json` as stored (gzip above 64 KiB) and as JSON.
@@ -331,73 +416,4 @@ fn operator_peak_rss_mib() -> anyhow::Result<f64> {
         bail!("no braid-operator process found on this machine");
     }
     Ok(peak_kib as f64 / 1024.0)
-}
-
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
-}
-
-fn report(
-    converged: Duration,
-    server: &[Duration],
-    client: &[Duration],
-    baseline_100: Duration,
-    baseline_1000: Duration,
-    (size, json_size): (usize, usize),
-    peak_mib: f64,
-) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines().find_map(|l| {
-                l.strip_prefix("model name")
-                    .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
-            })
-        })
-        .unwrap_or_default();
-    let row = |name: &str, samples: &[Duration], base: Duration| {
-        let (p50, p99) = (percentile(samples, 0.5), percentile(samples, 0.99));
-        format!(
-            "| {name} | {} | {:.2} s | {:.2} s | {:.2} s | {:.2} |\n",
-            samples.len(),
-            p50.as_secs_f64(),
-            p99.as_secs_f64(),
-            base.as_secs_f64(),
-            p99.as_secs_f64() / base.as_secs_f64()
-        )
-    };
-    format!(
-        "# Operator at scale\n\n{WORKLOADS} workloads, {SERVICES} Services, each `proxy.json` {json_size} bytes of JSON, stored as {size} bytes{}. Machine: {} cores, {cpu}; \
-         the test cluster, the operator (2 replicas) and this benchmark share it.\n\n\
-         | MeshPolicy change | rounds | p50 | p99 | baseline | p99 / baseline |\n|---|---|---|---|---|---|\n{}{}\n\
-         The baseline is the API server storing the same number of ConfigMaps of the same size, written one by one \
-         from the benchmark in the same run (100 for the server-side change, {WORKLOADS} for the client-side one). \
-         With {} rounds, p99 is the slowest round.\n\n\
-         | measure | value | target |\n|---|---|---|\n\
-         | initial convergence ({WORKLOADS} configs and certificates) | {:.1} s | — |\n\
-         | operator peak RSS (VmHWM) | {peak_mib:.1} MiB | < 256 MiB |\n",
-        if size < json_size {
-            " (gzip under `binaryData`)"
-        } else {
-            ""
-        },
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        row(
-            "server side (mTLS mode; 100 workloads affected)",
-            server,
-            baseline_100
-        ),
-        row(
-            "client side (load balancer; all 1,000 affected)",
-            client,
-            baseline_1000
-        ),
-        server.len(),
-        converged.as_secs_f64(),
-    )
 }
