@@ -145,6 +145,28 @@ pub fn a_proxy_that_cannot_load_its_config_is_named(cluster: &Cluster) -> anyhow
             "jsonpath={.status.conditions[?(@.type==\"Ready\")].reason}",
         ])?;
         ensure!(ready == "NotProgrammed", "Ready's reason: {ready}");
+        // The shop's policy governs the laggard too: not Ready while its proxy lags.
+        let policy = cluster.get_json(&["meshpolicy", "-n", NS, "shop"])?;
+        let conditions = policy["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let of = |type_: &str| {
+            conditions
+                .iter()
+                .find(|c| c["type"] == type_)
+                .cloned()
+                .unwrap_or_default()
+        };
+        ensure!(
+            of("Ready")["reason"] == "NotProgrammed"
+                && of("Programmed")["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("shop/laggard")),
+            "MeshPolicy shop while the laggard lags: {}",
+            policy["status"]
+        );
+        println!("{}", cluster.kubectl(&["get", "meshpolicies", "-n", NS])?);
         Ok::<_, anyhow::Error>(())
     })();
     restore()?;

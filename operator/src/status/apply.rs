@@ -147,7 +147,9 @@ pub async fn announce<K>(
         return;
     };
     let event = kube::runtime::events::Event {
-        type_: if ready {
+        // Waiting for the proxies to load a change is the normal course of every change, not
+        // a warning; `Programmed` names a proxy that stays behind.
+        type_: if ready || reason == "NotProgrammed" {
             kube::runtime::events::EventType::Normal
         } else {
             kube::runtime::events::EventType::Warning
