@@ -203,6 +203,34 @@ fn capture(traffic: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Vec<u
     Ok(bytes)
 }
 
+/// Starts a bare `braid-shop serve` pod (as `service_account`, or the default one) and waits
+/// until it is Ready.
+fn shop_pod(
+    cluster: &Cluster,
+    namespace: &str,
+    name: &str,
+    service_account: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut spec = json!({"containers": [{"name": "app", "image": "braid.local/braid-shop:dev",
+                                          "imagePullPolicy": "IfNotPresent", "args": ["serve"]}]});
+    if let Some(account) = service_account {
+        spec["serviceAccountName"] = account.into();
+    }
+    cluster.apply(&json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace}, "spec": spec
+    }))?;
+    cluster.kubectl(&[
+        "wait",
+        "-n",
+        namespace,
+        &format!("pod/{name}"),
+        "--for=condition=Ready",
+        "--timeout=90s",
+    ])?;
+    Ok(())
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -227,19 +255,7 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
 
     // STRICT: wait until payment refuses a pod outside the mesh, then capture meshed traffic.
     let outsider = cluster.namespace("braid-e2e-outsider")?;
-    cluster.apply(&json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "outsider", "namespace": outsider.name},
-        "spec": {"containers": [{"name": "app", "image": "braid.local/braid-shop:dev",
-                                 "imagePullPolicy": "IfNotPresent", "args": ["serve"]}]}
-    }))?;
-    cluster.kubectl(&[
-        "wait",
-        "-n",
-        &outsider.name,
-        "pod/outsider",
-        "--for=condition=Ready",
-        "--timeout=60s",
-    ])?;
+    shop_pod(&cluster, &outsider.name, "outsider", None)?;
     let from_outside = || {
         cluster.exec(
             &outsider.name,

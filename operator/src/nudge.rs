@@ -17,10 +17,13 @@ use crate::workload::{WorkloadKey, workload_of};
 /// The pod annotation that carries the hash of the `proxy.json` the pod should run.
 pub const CONFIG_HASH_ANNOTATION: &str = "braid.dev/config-hash";
 
-/// The live pods of `workload` that do not carry `hash` yet.
+/// The live pods of `workload` that do not carry `hash` yet. Pods not yet scheduled are left
+/// out: no kubelet has mounted their volumes, and the one that does will mount the file as it
+/// is then (the scheduler would also re-examine every unschedulable pod that changes).
 pub fn pods_to_nudge<'a>(pods: &'a [Arc<Pod>], workload: &WorkloadKey, hash: &str) -> Vec<&'a str> {
     pods.iter()
         .filter(|pod| workload_of(pod).as_ref() == Some(workload))
+        .filter(|pod| pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
         .filter(|pod| {
             pod.metadata
                 .annotations
@@ -70,7 +73,12 @@ mod tests {
     use super::*;
 
     fn pod(name: &str, workload: &str, hash: Option<&str>) -> Arc<Pod> {
+        let scheduled = name != "order-unscheduled";
         Arc::new(Pod {
+            spec: scheduled.then(|| k8s_openapi::api::core::v1::PodSpec {
+                node_name: Some("node-1".into()),
+                ..Default::default()
+            }),
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("shop".into()),
@@ -84,11 +92,12 @@ mod tests {
     }
 
     #[test]
-    fn only_the_workloads_pods_without_the_new_hash_are_nudged() {
+    fn only_the_workloads_scheduled_pods_without_the_new_hash_are_nudged() {
         let pods = [
             pod("order-1", "order", None),
             pod("order-2", "order", Some("old")),
             pod("order-3", "order", Some("new")),
+            pod("order-unscheduled", "order", None),
             pod("payment-1", "payment", None),
         ];
         let order = WorkloadKey {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use anyhow::ensure;
 use braid_e2e::{Cluster, eventually};
-use serde_json::json;
 
 use super::{NS, orders};
 
@@ -71,20 +70,7 @@ pub fn only_order_may_call_payment(cluster: &Cluster) -> anyhow::Result<()> {
         "orders failed under the payment policy: {summary}"
     );
     // A pod in the shop namespace running as another service account (user's).
-    cluster.apply(&json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "intruder", "namespace": NS},
-        "spec": {"serviceAccountName": "user",
-                 "containers": [{"name": "app", "image": "braid.local/braid-shop:dev",
-                                 "imagePullPolicy": "IfNotPresent", "args": ["serve"]}]}
-    }))?;
-    cluster.kubectl(&[
-        "wait",
-        "-n",
-        NS,
-        "pod/intruder",
-        "--for=condition=Ready",
-        "--timeout=90s",
-    ])?;
+    super::shop_pod(cluster, NS, "intruder", Some("user"))?;
     eventually(Duration::from_secs(60), || {
         let refused = call_payment(cluster, "intruder");
         ensure!(

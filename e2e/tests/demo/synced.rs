@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, ensure};
 use braid_e2e::{Cluster, eventually};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{NS, route};
 
@@ -50,6 +50,18 @@ pub fn apply_and_wait_programmed(cluster: &Cluster, object: &Value) -> anyhow::R
     Ok(started.elapsed())
 }
 
+/// Waits until the route reports `everyone` (`n/n`) in sync and `Programmed`.
+fn programmed_on_all(cluster: &Cluster, everyone: &str) -> anyhow::Result<()> {
+    eventually(Duration::from_secs(60), || {
+        let (_, _, synced, programmed) = route_state(cluster)?;
+        ensure!(
+            synced == everyone && programmed["status"] == "True",
+            "{synced} {programmed}"
+        );
+        Ok(())
+    })
+}
+
 /// Running meshed pods in the cluster (those the operator reads back).
 fn running_meshed_pods(cluster: &Cluster) -> anyhow::Result<usize> {
     let pods = cluster.get_json(&["pods", "-A", "-l", "braid.dev/workload"])?;
@@ -83,33 +95,14 @@ fn config_volume(uid: &str) -> anyhow::Result<PathBuf> {
 /// A pod whose proxy cannot read its new config is named until it can, then the route is
 /// programmed everywhere again.
 pub fn a_proxy_that_cannot_load_its_config_is_named(cluster: &Cluster) -> anyhow::Result<()> {
-    cluster.apply(&json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "laggard", "namespace": NS},
-        "spec": {"containers": [{"name": "app", "image": "braid.local/braid-shop:dev",
-                                 "imagePullPolicy": "IfNotPresent", "args": ["serve"]}]}
-    }))?;
-    cluster.kubectl(&[
-        "wait",
-        "-n",
-        NS,
-        "pod/laggard",
-        "--for=condition=Ready",
-        "--timeout=90s",
-    ])?;
+    super::shop_pod(cluster, NS, "laggard", None)?;
     let uid = cluster.get_json(&["pod", "-n", NS, "laggard"])?["metadata"]["uid"]
         .as_str()
         .context("pod uid")?
         .to_owned();
     let n = running_meshed_pods(cluster)?;
     let everyone = format!("{n}/{n}");
-    eventually(Duration::from_secs(60), || {
-        let (_, _, synced, programmed) = route_state(cluster)?;
-        ensure!(
-            synced == everyone && programmed["status"] == "True",
-            "{synced} {programmed}"
-        );
-        Ok(())
-    })?;
+    programmed_on_all(cluster, &everyone)?;
 
     // The proxy runs as UID 1337; a volume directory only root may enter is unreadable to it.
     let volume = config_volume(&uid)?;
@@ -174,14 +167,7 @@ pub fn a_proxy_that_cannot_load_its_config_is_named(cluster: &Cluster) -> anyhow
 
     // Readable again: the proxy loads the file and the route is programmed on every proxy.
     let started = Instant::now();
-    eventually(Duration::from_secs(60), || {
-        let (_, _, synced, programmed) = route_state(cluster)?;
-        ensure!(
-            synced == everyone && programmed["status"] == "True",
-            "{synced} {programmed}"
-        );
-        Ok(())
-    })?;
+    programmed_on_all(cluster, &everyone)?;
     println!(
         "the laggard caught up: SYNCED {everyone} {:.1} s after its volume was readable again",
         started.elapsed().as_secs_f64()

@@ -350,9 +350,8 @@ fn bench(root: &Path) -> Vec<Measured> {
                 eventually("the server's config", || generation() > before);
                 server_has_policy = wants_policy;
             }
-            // Every braid setup starts on fresh proxies of its build (same config, same
-            // identity): no connection pooled under another setup's config (an HTTP/2
-            // connection parsed under the policy, say) and no memory kept from one.
+            // Every braid setup starts on fresh proxies of its build (same config and identity):
+            // no connection pooled under another setup's config, no memory kept from one.
             let swap = processes
                 .iter()
                 .any(|(_, p)| matches!(p, Process::ClientProxy | Process::ServerProxy));

@@ -32,17 +32,14 @@ pub fn report(
         .unwrap_or_default();
     let row = |name: &str, changes: &[Change], base: Duration| {
         let samples: Vec<Duration> = changes.iter().map(|c| c.configs).collect();
-        let nudged: Vec<Duration> = changes.iter().map(|c| c.nudged).collect();
         let (p50, p99) = (percentile(&samples, 0.5), percentile(&samples, 0.99));
         format!(
-            "| {name} | {} | {:.2} s | {:.2} s | {:.2} s | {:.2} | {:.2} s | {:.2} s |\n",
+            "| {name} | {} | {:.2} s | {:.2} s | {:.2} s | {:.2} |\n",
             samples.len(),
             p50.as_secs_f64(),
             p99.as_secs_f64(),
             base.as_secs_f64(),
             p99.as_secs_f64() / base.as_secs_f64(),
-            percentile(&nudged, 0.5).as_secs_f64(),
-            percentile(&nudged, 0.99).as_secs_f64(),
         )
     };
     // API writes per change, by resource: the median over the rounds.
@@ -67,12 +64,12 @@ pub fn report(
     format!(
         "# Operator at scale\n\n{WORKLOADS} workloads, {SERVICES} Services, each `proxy.json` {json_size} bytes of JSON, stored as {size} bytes{}. Machine: {} cores, {cpu}; \
          the test cluster, the operator (2 replicas) and this benchmark share it.\n\n\
-         | MeshPolicy change | rounds | ConfigMaps written p50 | p99 | baseline | p99 / baseline | pods nudged p50 | p99 |\n|---|---|---|---|---|---|---|---|\n{}{}\n\
+         | MeshPolicy change | rounds | ConfigMaps written p50 | p99 | baseline | p99 / baseline |\n|---|---|---|---|---|---|\n{}{}\n\
          The baseline is the API server storing the same number of ConfigMaps of the same size, written one by one \
          from the benchmark in the same run (100 for the server-side change, {WORKLOADS} for the client-side one). \
-         With {} rounds, p99 is the slowest round. \"Pods nudged\": from the patch to the last affected pod annotated \
-         with its new config's hash, after which the kubelet swaps the file within about 0.3 s (the pods here \
-         never run, so no proxy loads it; the demo's cluster test measures that end to end).\n\n\
+         With {} rounds, p99 is the slowest round. The pods here are never scheduled, so the operator \
+         nudges none of them (one pod patch per running pod per change; the demo's cluster test measures \
+         a change end to end, to every proxy running it).\n\n\
          API write requests per change (the API server's `apiserver_request_total`, median of the rounds, \
          whatever wrote them: the operator's ConfigMaps, pod nudges and statuses, leader-election renewals):\n\n\
          | change | writes by resource |\n|---|---|\n{}{}\n\
