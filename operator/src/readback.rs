@@ -91,21 +91,14 @@ impl Readback {
         } = &mut *state;
         for entry in schedule.values_mut() {
             if old.get(&entry.workload) != desired.get(&entry.workload) {
+                // A new file to chase: read at once, and chase it as a fresh lag.
                 entry.next = entry.next.min(now);
+                entry.behind_since = None;
             }
         }
         state.desired = desired;
         drop(state);
         self.wake.notify_one();
-    }
-
-    /// The hashes each workload's proxies should run.
-    pub fn desired(&self) -> BTreeMap<WorkloadKey, String> {
-        self.state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .desired
-            .clone()
     }
 
     /// What each proxy last answered, by pod UID.

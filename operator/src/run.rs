@@ -302,7 +302,8 @@ async fn pass(
     .await?;
     let config_maps = caches.config_maps.state();
     let (mut written, file_hashes) = sync_configs(client, &plan, &snapshot, &config_maps).await?;
-    readback.want(desired_file_hashes(&config_maps, file_hashes));
+    let desired = desired_file_hashes(&config_maps, file_hashes);
+    readback.want(desired.clone());
     let identities = sync_identities(
         client,
         &plan,
@@ -323,7 +324,7 @@ async fn pass(
 
     let time = Time(now);
     let running = proxy_pods(&snapshot.pods);
-    let (desired, heard) = (readback.desired(), readback.heard());
+    let heard = readback.heard();
     let synced = |concerned: &dyn Fn(&crate::workload::WorkloadKey) -> bool| -> Synced {
         tally(running.iter(), concerned, &desired, &heard)
     };
@@ -331,7 +332,7 @@ async fn pass(
     for policy in caches.policies.state() {
         if let Some(outcome) = plan.policies.get(&object_key(&policy.metadata)) {
             // Its own workloads' proxies and, when it sets what callers apply, every proxy.
-            let callers = outcome.client_side && outcome.in_effect > 0;
+            let callers = outcome.client_side && outcome.in_effect() > 0;
             let concerned = if callers {
                 everyone.clone()
             } else {

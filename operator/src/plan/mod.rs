@@ -76,8 +76,6 @@ pub struct PolicyOutcome {
     /// Workloads it selects.
     pub selected: u32,
     /// Workloads it is in effect on (it wins there).
-    pub in_effect: u32,
-    /// Those workloads.
     pub governed: BTreeSet<WorkloadKey>,
     /// Whether it sets anything callers apply (load balancer, timeouts, retries, breakers,
     /// outlier detection, faults): those land in every workload's `proxy.json`.
@@ -88,6 +86,13 @@ pub struct PolicyOutcome {
     pub mtls_mode: braid_api::MtlsMode,
     /// Its authorization: summary, and what its rules name that cannot match.
     pub authz: authz::AuthzReview,
+}
+
+impl PolicyOutcome {
+    /// How many workloads it is in effect on.
+    pub fn in_effect(&self) -> u32 {
+        u32::try_from(self.governed.len()).unwrap_or(u32::MAX)
+    }
 }
 
 impl Plan {
@@ -153,7 +158,6 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 PolicyOutcome {
                     accepted,
                     selected: 0,
-                    in_effect: 0,
                     governed: BTreeSet::new(),
                     client_side: convert::has_client_side(&p.spec),
                     overridden_by: None,
@@ -187,7 +191,6 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                 .or_default()
                 .extend(&workload.ports);
             if rank == 0 {
-                outcome.in_effect += 1;
                 outcome.governed.insert(key.clone());
                 winners.insert(key.clone(), policy);
             } else if outcome.overridden_by.is_none() {

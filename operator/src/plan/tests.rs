@@ -297,14 +297,14 @@ fn policy_outcomes_report_precedence_and_empty_selection() {
     assert_eq!(
         (
             outcome("payment-strict").selected,
-            outcome("payment-strict").in_effect
+            outcome("payment-strict").in_effect()
         ),
         (2, 2)
     );
     assert_eq!(
         (
             outcome("everything").selected,
-            outcome("everything").in_effect
+            outcome("everything").in_effect()
         ),
         (3, 1)
     );
@@ -313,7 +313,7 @@ fn policy_outcomes_report_precedence_and_empty_selection() {
         Some("payment-strict")
     );
     assert_eq!(
-        (outcome("nothing").selected, outcome("nothing").in_effect),
+        (outcome("nothing").selected, outcome("nothing").in_effect()),
         (0, 0)
     );
 }
@@ -376,7 +376,7 @@ fn a_policy_with_a_bad_duration_is_not_accepted_and_takes_no_part() {
             .is_err_and(|e| e.contains("spec.timeouts.request")),
         "{broken:?}"
     );
-    assert_eq!(broken.in_effect, 0);
+    assert_eq!(broken.in_effect(), 0);
 }
 
 #[test]

@@ -93,9 +93,9 @@ pub fn policy_status(
     };
     let (holds, reason, message) = if outcome.accepted.is_err() {
         (false, "InvalidSpec", "the policy is not valid".to_owned())
-    } else if outcome.in_effect > 0 {
+    } else if outcome.in_effect() > 0 {
         in_effect_and_programmed(
-            format!("in effect on {} workload(s)", outcome.in_effect),
+            format!("in effect on {} workload(s)", outcome.in_effect()),
             synced,
         )
     } else if outcome.selected > 0 {
@@ -149,7 +149,7 @@ pub fn policy_status(
     MeshPolicyStatus {
         observed_generation: generation,
         conditions,
-        workloads: outcome.in_effect,
+        workloads: outcome.in_effect(),
         mtls_mode: Some(outcome.mtls_mode),
         authorization: Some(outcome.authz.summary.clone()),
         synced: Some(synced.column()),

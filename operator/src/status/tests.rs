@@ -15,8 +15,7 @@ fn outcome(selected: u32, in_effect: u32, winner: Option<&str>) -> PolicyOutcome
     PolicyOutcome {
         accepted: Ok(()),
         selected,
-        in_effect,
-        governed: Default::default(),
+        governed: (0..in_effect).map(|i| shop(&format!("w{i}"))).collect(),
         client_side: false,
         overridden_by: winner.map(String::from),
         mtls_mode: MtlsMode::Strict,
