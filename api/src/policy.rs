@@ -35,6 +35,7 @@ use crate::traffic::{CircuitBreaker, Fault, OutlierDetection, Retries, Timeouts}
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new("!has(self.retries) || !has(self.retries.perTryTimeout) || !has(self.timeouts) || !has(self.timeouts.request) || duration(self.retries.perTryTimeout) <= duration(self.timeouts.request)").message("retries.perTryTimeout must not exceed timeouts.request").field_path(".retries.perTryTimeout"))]
 #[serde(rename_all = "camelCase")]
 pub struct MeshPolicySpec {
     /// Pods this policy applies to, by label. Empty or unset: every meshed pod of the namespace.

@@ -48,6 +48,7 @@ pub struct MeshRouteSpec {
 
 /// One rule: which requests, and where they go.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[x_kube(validation = Rule::new("!has(self.retries) || !has(self.retries.perTryTimeout) || !has(self.timeout) || duration(self.retries.perTryTimeout) <= duration(self.timeout)").message("retries.perTryTimeout must not exceed timeout").field_path(".retries.perTryTimeout"))]
 #[serde(rename_all = "camelCase")]
 pub struct RouteRule {
     /// A request matches the rule when it fits any of these (at most 8). Empty: every request.

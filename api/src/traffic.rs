@@ -1,6 +1,7 @@
 //! Client-side traffic settings shared by [`crate::MeshPolicy`] (for every call to the selected
 //! workloads) and [`crate::MeshRoute`] rules (for the calls a rule matches).
 
+use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +24,7 @@ pub struct Timeouts {
 }
 
 /// Retries of failed requests, bounded by a budget so that retries never multiply an outage.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Retries {
     /// Retries after the first attempt (0 to 10; default 2).
@@ -39,6 +40,11 @@ pub struct Retries {
     /// retried after the request was sent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on: Vec<RetryOn>,
+    /// Response statuses retried as well (e.g. `409`), whatever `on` says.
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.all(c, c >= 100 && c <= 599)").message("a status code is 100 to 599"))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub status_codes: Vec<u16>,
     /// How much extra load retries may add.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,

@@ -280,6 +280,9 @@ pub struct RetryPolicy {
     pub on_connect_failure: bool,
     /// Retry resets before a response.
     pub on_reset: bool,
+    /// Retry these response statuses too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_statuses: Vec<u16>,
     /// Retries may add this percentage of the request rate…
     pub budget_percent: u32,
     /// …plus this many per second.

@@ -127,6 +127,7 @@ pub fn retries(retries: &braid_api::Retries, at: &str) -> Result<config::RetryPo
         on_gateway_error: on.contains(&RetryOn::GatewayError),
         on_connect_failure: on.contains(&RetryOn::ConnectFailure),
         on_reset: on.contains(&RetryOn::Reset),
+        on_statuses: retries.status_codes.clone(),
         budget_percent: budget.percent.unwrap_or(20),
         budget_min_per_second: budget.min_per_second.unwrap_or(10),
     })

@@ -70,7 +70,7 @@ pub async fn answer(context: &Context, probes: &AppProbes, path: &str) -> Respon
                  # TYPE braid_proxy_certificate_expiry_seconds gauge\nbraid_proxy_certificate_expiry_seconds {expiry}\n"
             );
             context.metrics.render(&mut body);
-            context.config.policy.render(&mut body);
+            context.config.live.policy.render(&mut body);
             respond(StatusCode::OK, "text/plain; version=0.0.4", body)
         }
         "/config" => {

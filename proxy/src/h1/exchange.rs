@@ -43,6 +43,8 @@ pub(super) struct Exchange<'a, S> {
     pub(super) keep_alive: bool,
     pub(super) replayable: bool,
     pub(super) to_head: bool,
+    /// The whole request is kept in `buffers.replay`, to be sent again.
+    pub(super) kept: bool,
 }
 
 /// A peer connection in use, with the identity it was verified as.
@@ -183,6 +185,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
                 }
                 Err(failed) => return Err(failed.into()),
             }
+        }
+    }
+
+    fn answered(answer: &Answer) -> Option<(u16, Option<u8>)> {
+        Some((answer.head.status, None))
+    }
+
+    async fn keep_for_replay(&mut self) -> Result<bool, Failure> {
+        if self.body_len > REPLAY_BODY_LIMIT {
+            return Ok(false);
+        }
+        // The body is read whole before the first attempt (64 KiB at most), into the
+        // connection's reused buffers: no allocation once they have grown.
+        let mut left = self.consume_head();
+        let buffers = &mut *self.buffers;
+        while left > 0 {
+            if buffers.from_app.is_empty() {
+                match read_more(self.client, &mut buffers.from_app).await {
+                    Ok(0) | Err(_) => return Err(Failure::ClientGone),
+                    Ok(_) => {}
+                }
+            }
+            let n = buffers.from_app.len().min(left as usize);
+            buffers.out.extend_from_slice(&buffers.from_app[..n]);
+            buffers.from_app.drain(..n);
+            left -= n as u64;
+        }
+        self.body_left = Some(0);
+        buffers.replay.clear();
+        buffers.replay.extend_from_slice(&buffers.out);
+        self.kept = true;
+        Ok(true)
+    }
+
+    fn rewind(&mut self, discarded: Option<Answer>) {
+        let buffers = &mut *self.buffers;
+        if let Some(Answer { head, peer }) = discarded {
+            // A response read whole leaves its connection fit for the next request.
+            if head.body_done && head.reusable && buffers.from_peer.is_empty() {
+                self.context
+                    .upstreams
+                    .return_idle_stream(peer.addr, peer.identity, peer.stream);
+            }
+            buffers.from_peer.clear();
+        }
+        // Without a kept copy the request is still whole in `out`: only a failure that sent
+        // nothing comes here then.
+        if self.kept {
+            buffers.out.clear();
+            buffers.out.extend_from_slice(&buffers.replay);
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::pipeline::decide::{self, Picked, Plan, Rolls};
 use crate::pipeline::{
     Bound, Deadline, ExchangeCause, Failure, RequestRecord, UpstreamError, drive, respond,
 };
+use crate::policy::retry::REPLAY_BODY_LIMIT;
 use crate::policy::routing::{RequestFacts, Table, Target};
 use crate::state::context::Context;
 use crate::state::reload::Loaded;
@@ -114,6 +115,9 @@ struct Buffers {
     out: Vec<u8>,
     /// Bytes from the peer not yet passed on.
     from_peer: Vec<u8>,
+    /// A copy of the request being sent (head and body), while a retry policy may send it
+    /// again.
+    replay: Vec<u8>,
 }
 
 /// Reads more of `stream` into `buf`: how many bytes came (0 at the end of the stream).
@@ -143,6 +147,7 @@ pub async fn serve<S>(
         from_app: prefix,
         out: Vec::new(),
         from_peer: Vec::new(),
+        replay: Vec::new(),
     };
     match serve_requests(&context, &mut client, &bound, &mut buffers, started).await {
         Next::HandOver => {
@@ -245,6 +250,7 @@ where
             keep_alive: taken.keep_alive,
             replayable: taken.replayable,
             to_head: taken.to_head,
+            kept: false,
         };
         let held = loaded.zip(target);
         let outcome = match drive(context, bound, held, &mut exchange).await {

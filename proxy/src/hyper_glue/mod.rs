@@ -23,11 +23,12 @@ use crate::pipeline::{
     Bound, Deadline, Exchange, Failure, Protocol, RequestRecord, drive, respond,
 };
 use crate::policy::authz::HttpAccess;
+use crate::policy::retry::REPLAY_BODY_LIMIT;
 use crate::policy::routing::{RequestFacts, Table, Target};
 use crate::state::context::Context;
 use crate::transport::deadline::{HeadWatch, Watch, Watched};
 use crate::transport::detect::Detected;
-use crate::upstream::Upstreams;
+use crate::upstream::{KeptBody, RequestBody, Upstreams};
 
 pub use crate::upstream::ProxyBody;
 
@@ -94,7 +95,8 @@ async fn handle(
     let protocol = Protocol::of(request.version(), request.headers());
     let mut exchange = HyperRequest {
         upstreams: &context.upstreams,
-        request: Some(request),
+        request: Some(request.map(RequestBody::from)),
+        kept: None,
     };
     match drive(context, bound, None, &mut exchange).await {
         Ok(response) => {
@@ -121,7 +123,39 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 struct HyperRequest<'c> {
     upstreams: &'c Arc<Upstreams>,
     /// The request, until it is sent.
-    request: Option<Request<Incoming>>,
+    request: Option<Request<RequestBody>>,
+    /// Its head and whole body, kept to be sent again (a retry policy applies).
+    kept: Option<(Request<()>, KeptBody)>,
+}
+
+impl HyperRequest<'_> {
+    /// The request to send, without its hop-by-hop headers unless it is an `upgrade`.
+    fn take(&mut self, upgrade: bool) -> Result<Request<RequestBody>, Failure> {
+        let mut request = self.request.take().ok_or(Failure::ClientGone)?;
+        if !upgrade {
+            let headers = request.headers_mut();
+            for name in HOP_BY_HOP {
+                headers.remove(name);
+            }
+            if headers
+                .get(header::TE)
+                .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
+            {
+                headers.remove(header::TE);
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// A copy of `request`'s line and headers.
+fn head_of<B>(request: &Request<B>) -> Request<()> {
+    let mut head = Request::new(());
+    *head.method_mut() = request.method().clone();
+    *head.uri_mut() = request.uri().clone();
+    *head.version_mut() = request.version();
+    *head.headers_mut() = request.headers().clone();
+    head
 }
 
 impl Exchange for HyperRequest<'_> {
@@ -151,36 +185,43 @@ impl Exchange for HyperRequest<'_> {
         peer: &Picked,
         deadline: Option<Deadline>,
     ) -> Result<Response<ProxyBody>, Failure> {
-        let mut request = self.request.take().ok_or(Failure::ClientGone)?;
         let addr = peer.endpoint.addr;
         let identity = peer.endpoint.identity.as_deref();
-        let upgrade = request.version() != Version::HTTP_2 && is_upgrade(request.headers());
-        if !upgrade {
-            let headers = request.headers_mut();
-            for name in HOP_BY_HOP {
-                headers.remove(name);
-            }
-            if headers
-                .get(header::TE)
-                .is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers"))
-            {
-                headers.remove(header::TE);
-            }
-        }
-        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let timeout = peer.connect_timeout;
+        let (h2, upgrade) = {
+            let request = self.request.as_ref().ok_or(Failure::ClientGone)?;
+            let h2 = request.version() == Version::HTTP_2;
+            (h2, !h2 && is_upgrade(request.headers()))
+        };
         let upstreams = self.upstreams;
-        let send = async {
-            let sent = if request.version() == Version::HTTP_2 {
-                upstreams
-                    .send_http2(addr, identity, peer.connect_timeout, request)
-                    .await
-                    .map(|response| response.map(Either::Left))
-            } else {
-                upstreams
-                    .send_http1(addr, identity, peer.connect_timeout, request, upgrade)
-                    .await
+        // The connection first: a failure to connect leaves the request unsent, here, so that
+        // it can go to another endpoint.
+        if h2 {
+            let connect = async {
+                (upstreams.http2_sender(addr, identity, timeout).await)
+                    .map_err(Failure::of_upstream)
             };
-            sent.map_err(Failure::of_upstream)
+            let mut sender = Deadline::bound(deadline, connect).await?;
+            let request = self.take(false)?;
+            let send = async {
+                match sender.send_request(request).await {
+                    Ok(response) => Ok(response.map(Either::Left)),
+                    Err(error) => Err(Failure::of_upstream(error.into())),
+                }
+            };
+            return Deadline::bound(deadline, send).await;
+        }
+        let connect = async {
+            (upstreams.http1_sender(addr, identity, timeout).await).map_err(Failure::of_upstream)
+        };
+        let connection = Deadline::bound(deadline, connect).await?;
+        let mut request = self.take(upgrade)?;
+        let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let send = async {
+            (upstreams
+                .send_http1(connection, addr, timeout, request, upgrade)
+                .await)
+                .map_err(Failure::of_upstream)
         };
         let mut response = Deadline::bound(deadline, send).await?;
         if let Some(downstream) = downstream_upgrade
@@ -198,6 +239,43 @@ impl Exchange for HyperRequest<'_> {
             });
         }
         Ok(response)
+    }
+
+    fn answered(response: &Response<ProxyBody>) -> Option<(u16, Option<u8>)> {
+        let grpc = response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok()?.parse().ok());
+        Some((response.status().as_u16(), grpc))
+    }
+
+    async fn keep_for_replay(&mut self) -> Result<bool, Failure> {
+        let Some(request) = self.request.as_mut() else {
+            return Ok(false);
+        };
+        if is_upgrade(request.headers()) {
+            return Ok(false);
+        }
+        match request.body_mut().keep(REPLAY_BODY_LIMIT).await {
+            Ok(Some(body)) => {
+                self.kept = Some((head_of(request), body));
+                Ok(true)
+            }
+            Ok(None) => Ok(false),
+            Err(error) => Err(Failure::BadRequest(error.to_string())),
+        }
+    }
+
+    fn rewind(&mut self, discarded: Option<Response<ProxyBody>>) {
+        drop(discarded);
+        if let Some((head, body)) = &self.kept {
+            let mut again = Request::new(body.replay());
+            *again.method_mut() = head.method().clone();
+            *again.uri_mut() = head.uri().clone();
+            *again.version_mut() = head.version();
+            *again.headers_mut() = head.headers().clone();
+            self.request = Some(again);
+        }
     }
 }
 

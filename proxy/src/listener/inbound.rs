@@ -236,7 +236,7 @@ where
                 endpoint: Arc::new(CompiledEndpoint {
                     addr: app,
                     identity: None,
-                    stats: context.config.endpoints.stats(app),
+                    stats: context.config.live.endpoints.stats(app),
                 }),
                 connect_timeout: APP_CONNECT_TIMEOUT,
             },

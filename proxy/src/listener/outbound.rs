@@ -157,6 +157,7 @@ impl Exchange for Opaque<'_> {
             backend: target,
             timeout: None,
             fault: None,
+            route: None,
         })
     }
 
@@ -180,6 +181,17 @@ impl Exchange for Opaque<'_> {
         let _ = upstream.shutdown().await;
         Ok(())
     }
+
+    fn answered((): &()) -> Option<(u16, Option<u8>)> {
+        None
+    }
+
+    async fn keep_for_replay(&mut self) -> Result<bool, Failure> {
+        // Nothing is read before the connection is made: a failover can always go again.
+        Ok(true)
+    }
+
+    fn rewind(&mut self, _discarded: Option<()>) {}
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! ([`Rolls`]), so each decision is a unit test; nothing here looks anything up by name or
 //! takes a lock: the compiled table holds what a request needs.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,7 +12,7 @@ use braid_proxy_config::Fault;
 
 use super::failure::Failure;
 use crate::policy::balance;
-use crate::policy::routing::{CompiledEndpoint, RequestFacts, Table, Target};
+use crate::policy::routing::{CompiledDestination, CompiledEndpoint, RequestFacts, Table, Target};
 
 /// A fault to inject into one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +32,9 @@ pub struct Plan {
     pub timeout: Option<Duration>,
     /// The fault to inject, if any.
     pub fault: Option<Injected>,
+    /// The index of the route it matched in the dialled destination, if any (its retry rule
+    /// wins over the backend's).
+    pub route: Option<usize>,
 }
 
 /// The random numbers one request's decisions draw.
@@ -63,6 +67,7 @@ pub fn plain(table: &Table, target: Target, rolls: Rolls) -> Plan {
         backend: target,
         timeout: policy.request_timeout_ms.map(Duration::from_millis),
         fault: fault(policy.fault.as_ref(), rolls),
+        route: None,
     }
 }
 
@@ -73,7 +78,7 @@ pub fn plan(
     request: &RequestFacts<'_>,
     rolls: Rolls,
 ) -> Result<Plan, Failure> {
-    let Some(route) = table.route(target, request) else {
+    let Some((index, route)) = table.route(target, request) else {
         return Ok(plain(table, target, rolls));
     };
     let policy = &table.destinations[target.destination].policy;
@@ -91,6 +96,7 @@ pub fn plan(
             .or(policy.request_timeout_ms)
             .map(Duration::from_millis),
         fault: fault(route.fault.as_ref(), rolls),
+        route: Some(index),
     })
 }
 
@@ -121,23 +127,50 @@ pub struct Picked {
 
 /// Picks an endpoint of `backend` with its destination's balancer.
 pub fn pick(table: &Table, backend: Target) -> Result<Picked, Failure> {
-    let destination = &table.destinations[backend.destination];
-    let endpoints = table.endpoints(backend);
+    pick_in(&table.destinations[backend.destination], backend.port, None)
+}
+
+/// Picks an endpoint of `destination`'s `port` with its balancer, skipping ejected endpoints
+/// and `avoid` (the endpoint a retry comes from) while others are left; when every endpoint is
+/// ejected, all are candidates again (better a likely failure than a certain one).
+pub fn pick_in(
+    destination: &CompiledDestination,
+    port: u16,
+    avoid: Option<SocketAddr>,
+) -> Result<Picked, Failure> {
+    let endpoints = destination.endpoints(port);
     if endpoints.is_empty() {
         return Err(Failure::NoEndpoints {
             name: destination.name.clone(),
-            port: backend.port,
+            port,
         });
     }
     let cursor = destination.cursor.fetch_add(1, Ordering::Relaxed);
-    let chosen = balance::pick(
-        destination.policy.load_balancer,
-        endpoints.len(),
-        |i| endpoints[i].stats.load(),
-        cursor,
-        fastrand::usize(..),
-        fastrand::usize(..),
-    );
+    let balancer = destination.policy.load_balancer;
+    let (r1, r2) = (fastrand::usize(..), fastrand::usize(..));
+    let narrowed = (avoid.is_some() && endpoints.len() > 1) || destination.state.may_have_ejected();
+    let chosen = if narrowed {
+        let among = |skip_avoided: bool| -> Vec<usize> {
+            (0..endpoints.len())
+                .filter(|&i| {
+                    let avoided = skip_avoided && Some(endpoints[i].addr) == avoid;
+                    !(avoided || endpoints[i].stats.health.is_ejected())
+                })
+                .collect()
+        };
+        let mut eligible = among(true);
+        if eligible.is_empty() {
+            eligible = among(false);
+        }
+        if eligible.is_empty() {
+            eligible = (0..endpoints.len()).collect();
+        }
+        let load = |j: usize| endpoints[eligible[j]].stats.load();
+        eligible[balance::pick(balancer, eligible.len(), load, cursor, r1, r2)]
+    } else {
+        let load = |i: usize| endpoints[i].stats.load();
+        balance::pick(balancer, endpoints.len(), load, cursor, r1, r2)
+    };
     Ok(Picked {
         endpoint: endpoints[chosen].clone(),
         connect_timeout: Duration::from_millis(destination.policy.connect_timeout_ms),

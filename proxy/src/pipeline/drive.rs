@@ -15,12 +15,14 @@
 //! 4. the fault's abort, if one is injected, is the answer;
 //! 5. the endpoint, by the destination's balancer; the config is let go from here on (an open
 //!    connection or a slow request never keeps a replaced config alive); a delay is waited out;
-//! 6. the send, counted as in flight to the endpoint, within the request's deadline.
+//! 6. the attempts ([`super::attempts`]): each admitted by the destination's circuit breaker,
+//!    counted as in flight to its endpoint, within the per-try and the request's deadline; its
+//!    outcome recorded for outlier detection; then, on another endpoint, a failover (nothing
+//!    was sent) or a retry (the retry policy and its budget allow), or the outcome stands.
 //!
-//! What differs per codec — reading the request's facts, sending it — is the [`Exchange`] the
-//! driver is generic over: statically dispatched (`async fn` in a trait, monomorphized per
-//! codec), with no box or `dyn` per request. Retries and circuit breakers (client side) are
-//! the next steps of this list.
+//! What differs per codec — reading the request's facts, sending it, keeping it to send again
+//! — is the [`Exchange`] the driver is generic over: statically dispatched (`async fn` in a
+//! trait, monomorphized per codec), with no box or `dyn` per request.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::admit;
+use super::attempts::{self, Sending};
 use super::decide::{self, Injected, Picked, Plan};
 use super::failure::Failure;
 use crate::policy::authz::{Caller, HttpAccess};
@@ -107,12 +110,25 @@ pub trait Exchange {
     fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure>;
 
     /// Sends the request to `peer`; the deadline, when set, bounds the send and the response
-    /// head.
+    /// head. A failure to connect leaves the request unsent, to go to another endpoint.
     fn send(
         &mut self,
         peer: &Picked,
         deadline: Option<Deadline>,
     ) -> impl Future<Output = Result<Self::Response, Failure>>;
+
+    /// The status of a response and, for gRPC, the `grpc-status` of a trailers-only one: what
+    /// retries and outlier detection judge; `None` for the end of an opaque connection.
+    fn answered(response: &Self::Response) -> Option<(u16, Option<u8>)>;
+
+    /// Keeps the whole request (its body up to
+    /// [`REPLAY_BODY_LIMIT`](crate::policy::retry::REPLAY_BODY_LIMIT)) so that it can be sent
+    /// again; whether it could. Asked before the first attempt, only when a retry policy applies.
+    fn keep_for_replay(&mut self) -> impl Future<Output = Result<bool, Failure>>;
+
+    /// Readies the request to go again after an attempt: `discarded` is that attempt's
+    /// response, if it had one (dropped, its connection pooled when it can be).
+    fn rewind(&mut self, discarded: Option<Self::Response>);
 }
 
 /// Drives one request through the steps above. `held` is the config the caller already holds
@@ -124,34 +140,28 @@ pub async fn drive<X: Exchange>(
     held: Option<(Arc<Loaded>, Target)>,
     exchange: &mut X,
 ) -> Result<X::Response, Failure> {
-    let (plan, picked) = match bound {
-        Bound::Outbound(original) => outbound(context, *original, held, exchange).await?,
+    match bound {
+        Bound::Outbound(original) => {
+            let sending = outbound(context, *original, held, exchange).await?;
+            attempts::send(context, sending, exchange).await
+        }
         Bound::Inbound(inbound) => {
             let port = inbound.app.endpoint.addr.port();
             admit::check(context, inbound.caller.as_ref(), port, exchange.access())?;
-            (None, inbound.app.clone())
+            let _in_flight = inbound.app.endpoint.stats.start();
+            exchange.send(&inbound.app, None).await
         }
-    };
-    let (timeout, fault) = plan.map_or((None, None), |plan: Plan| (plan.timeout, plan.fault));
-    if let Some(Injected::Delay(delay)) = fault {
-        tokio::time::sleep(delay).await;
     }
-    let _in_flight = picked.endpoint.stats.start();
-    // The deadline runs from here: connecting, sending and the response head.
-    let deadline = timeout.map(|timeout| Deadline {
-        at: Instant::now() + timeout,
-        timeout,
-    });
-    exchange.send(&picked, deadline).await
 }
 
-/// Steps 1 to 5 of an outbound request: its plan and endpoint.
+/// Steps 1 to 5 of an outbound request: its plan, endpoint, backend and retry rule (taken
+/// from the config, which is let go).
 async fn outbound<X: Exchange>(
     context: &Context,
     original: SocketAddr,
     mut held: Option<(Arc<Loaded>, Target)>,
     exchange: &mut X,
-) -> Result<(Option<Plan>, Picked), Failure> {
+) -> Result<Sending, Failure> {
     let mut hold_until = None;
     loop {
         let (config, target) = match held.take() {
@@ -179,6 +189,23 @@ async fn outbound<X: Exchange>(
         if let Some(Injected::Abort(status)) = plan.fault {
             return Err(Failure::Abort(status));
         }
-        return Ok((Some(plan), decide::pick(&config.table, plan.backend)?));
+        let table = &config.table;
+        let picked = decide::pick(table, plan.backend)?;
+        let backend = table.destinations[plan.backend.destination].clone();
+        // A route's own retry rule wins over its backend's.
+        let retry = plan
+            .route
+            .and_then(|r| {
+                table.destinations[target.destination].routes[r]
+                    .retries
+                    .clone()
+            })
+            .or_else(|| backend.retries.clone());
+        return Ok(Sending {
+            plan,
+            picked,
+            backend,
+            retry,
+        });
     }
 }

@@ -56,6 +56,15 @@ pub enum Failure {
         /// Why.
         reason: Reason,
     },
+    /// The destination's circuit breaker refused the request: `max` requests are in flight to
+    /// it already. Never retried.
+    #[error("overloaded: {max} requests in flight to {name} (circuit breaker maxRequests)")]
+    Overloaded {
+        /// The destination.
+        name: String,
+        /// Its `maxRequests`.
+        max: u32,
+    },
     /// The workload's rate limit refused the request.
     #[error("rate limited ({} bucket), retry after {} ms", limit_scope(.0), .0.retry_after.as_millis())]
     RateLimited(Limited),
@@ -229,6 +238,8 @@ pub enum Kind {
     Denied,
     /// The rate limit refused the request.
     RateLimited,
+    /// The circuit breaker refused the request.
+    Overloaded,
 }
 
 impl Kind {
@@ -250,6 +261,7 @@ impl Kind {
             // `rbac_access_denied`): Braid names it so.
             Self::Denied => "RBAC",
             Self::RateLimited => "RL",
+            Self::Overloaded => "UO",
         }
     }
 }
@@ -269,15 +281,17 @@ impl Failure {
             Self::ClientGone => Kind::ClientGone,
             Self::Denied { .. } => Kind::Denied,
             Self::RateLimited(_) => Kind::RateLimited,
+            Self::Overloaded { .. } => Kind::Overloaded,
         }
     }
 
     /// The HTTP status the proxy answers it with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::NotReady | Self::NoBackend(_) | Self::NoEndpoints { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NotReady
+            | Self::NoBackend(_)
+            | Self::NoEndpoints { .. }
+            | Self::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Gone(_) | Self::Upstream(_) | Self::ClientGone => StatusCode::BAD_GATEWAY,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,

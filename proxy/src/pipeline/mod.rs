@@ -1,8 +1,10 @@
 //! The request pipeline shared by every path through the proxy: the driver ([`drive()`]) with
-//! its pure decisions ([`decide`]), the inbound side's admission ([`admit`]), failures that keep their cause ([`failure`]), the one place
+//! its pure decisions ([`decide`]), an outbound request's attempts ([`attempts`]: breaker,
+//! outlier state, failover and retries), the inbound side's admission ([`admit`]), failures that keep their cause ([`failure`]), the one place
 //! that answers for the proxy ([`respond`]), and the one record of each request ([`record`]).
 
 pub mod admit;
+mod attempts;
 pub mod decide;
 pub mod drive;
 pub mod failure;

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use braid_proxy_config::LoadBalancer;
 
+use super::outlier::Health;
+
 /// How fast the peak-EWMA forgets a slow sample (Linkerd and Finagle use 10 s).
 pub const EWMA_DECAY: Duration = Duration::from_secs(10);
 
@@ -87,6 +89,8 @@ pub fn peak_ewma(average_ns: f64, elapsed: Duration, sample_ns: f64, decay: Dura
 pub struct EndpointStats {
     outstanding: AtomicU32,
     latency: Mutex<(f64, Instant)>,
+    /// Its outlier state.
+    pub health: Health,
 }
 
 impl Default for EndpointStats {
@@ -94,6 +98,7 @@ impl Default for EndpointStats {
         Self {
             outstanding: AtomicU32::new(0),
             latency: Mutex::new((0.0, Instant::now())),
+            health: Health::default(),
         }
     }
 }

@@ -69,13 +69,13 @@ pub fn forget_removed_endpoints(context: Arc<Context>) -> impl Future<Output = (
     let mut swaps = context.config.subscribe();
     async move {
         while swaps.changed().await.is_ok() {
-            let keep = swaps
-                .borrow_and_update()
-                .as_ref()
-                .map(|loaded| loaded.table.endpoint_addrs());
-            if let Some(keep) = keep {
-                context.config.endpoints.forget_all_but(&keep);
+            let loaded = swaps.borrow_and_update().clone();
+            if let Some(loaded) = loaded {
+                let keep = loaded.table.endpoint_addrs();
+                context.config.live.endpoints.forget_all_but(&keep);
                 context.upstreams.forget_all_but(&keep);
+                let names = loaded.table.destination_names();
+                context.config.live.destinations.forget_all_but(&names);
             }
         }
     }
@@ -128,7 +128,7 @@ mod tests {
             .config
             .offer(&config(&["10.0.0.1", "10.0.0.2"]))
             .expect("valid");
-        let endpoints = &context.config.endpoints;
+        let endpoints = &context.config.live.endpoints;
         let first = endpoints.stats(addr("10.0.0.2"));
         assert_eq!(endpoints.len(), 2);
 

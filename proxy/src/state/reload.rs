@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use braid_proxy_config::ProxyConfig;
 
-use crate::policy::balance::EndpointRegistry;
-use crate::policy::routing::Table;
-use crate::telemetry::policy::PolicyCounters;
+use crate::policy::routing::{Registries, Table};
 use crate::tls::identity::{self, Identity};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -45,10 +43,9 @@ pub struct Loaded {
 #[derive(Debug)]
 pub struct ConfigState {
     current: watch::Sender<Option<Arc<Loaded>>>,
-    /// The endpoints' live numbers, which compiled configs hold handles to.
-    pub endpoints: EndpointRegistry,
-    /// The inbound policy's counters, which compiled configs hold handles to.
-    pub policy: PolicyCounters,
+    /// The endpoints' and destinations' live numbers and the inbound policy's counters, which
+    /// compiled configs hold handles to.
+    pub live: Registries,
     /// Files refused since start.
     pub reload_errors: AtomicU64,
     /// Why the last file was refused, if the last attempt failed.
@@ -61,8 +58,7 @@ impl Default for ConfigState {
     fn default() -> Self {
         Self {
             current: watch::channel(None).0,
-            endpoints: EndpointRegistry::default(),
-            policy: PolicyCounters::default(),
+            live: Registries::default(),
             reload_errors: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
             read_error: std::sync::Mutex::new(None),
@@ -120,8 +116,7 @@ impl ConfigState {
         let compiled = ProxyConfig::from_file(bytes)
             .map_err(|e| e.to_string())
             .and_then(|read| {
-                Table::compile_with(&read.config, &self.endpoints, &self.policy)
-                    .map(|table| (read, table))
+                Table::compile_with(&read.config, &self.live).map(|table| (read, table))
             });
         match compiled {
             Ok((braid_proxy_config::Read { config, ignored }, table)) => {

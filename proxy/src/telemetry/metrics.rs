@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use super::resilience::ResilienceCounters;
+
 /// Upper bounds of the request latency histogram, in milliseconds.
 pub const LATENCY_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
@@ -32,8 +34,8 @@ const REFUSALS: [&str; 2] = ["loop", "limit"];
 
 /// The response flags of requests the proxy answered itself or could not finish
 /// ([`crate::pipeline::Kind::response_flag`]), in the order of their counters.
-const RESPONSE_FLAGS: [&str; 11] = [
-    "NR", "UH", "UF", "UC", "UPE", "UT", "FI", "DPE", "DC", "RBAC", "RL",
+const RESPONSE_FLAGS: [&str; 12] = [
+    "NR", "UH", "UF", "UC", "UPE", "UT", "FI", "DPE", "DC", "RBAC", "RL", "UO",
 ];
 const EXPIRIES: [&str; 2] = ["request_head", "idle"];
 
@@ -51,6 +53,8 @@ pub struct Metrics {
     refused: [[AtomicU64; 2]; 2],
     accept_failures: [AtomicU64; 2],
     timed_out: [[AtomicU64; 2]; 2],
+    /// Retries, circuit breakers, ejections.
+    pub resilience: ResilienceCounters,
 }
 
 /// The HTTP request counters of one direction.
@@ -91,6 +95,7 @@ impl Default for Metrics {
             refused: Default::default(),
             accept_failures: Default::default(),
             timed_out: Default::default(),
+            resilience: ResilienceCounters::default(),
         }
     }
 }
@@ -293,6 +298,7 @@ impl Metrics {
     pub fn render(&self, out: &mut String) {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         self.render_http(out);
+        self.resilience.render(out);
         for (name, help, counters) in [
             (
                 "braid_proxy_tcp_connections_opened_total",

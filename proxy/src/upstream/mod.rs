@@ -23,8 +23,11 @@ use crate::pipeline::failure::closed_before_response;
 pub use crate::pipeline::{ConnectCause, UpstreamError};
 use crate::policy::balance::lock;
 
+mod body;
 mod pool;
 mod stream;
+
+pub use body::{KeptBody, RequestBody};
 
 use crate::state::reload::IdentityState;
 use crate::tls::identity::spiffe_id;
@@ -50,14 +53,14 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 /// Whether `request` may be sent a second time: an idempotent method (RFC 9110 §9.2.2) and no
 /// body. Go's HTTP client replays requests on the same rule.
-fn replayable(request: &Request<Incoming>) -> bool {
+fn replayable(request: &Request<RequestBody>) -> bool {
     use hyper::body::Body as _;
     crate::h1::message::is_idempotent(request.method().as_str()) && request.body().is_end_stream()
 }
 
 /// The request line and headers of a body-less `request`, to send again.
-fn head_copy(request: &Request<Incoming>) -> Request<ProxyBody> {
-    let mut copy = Request::new(Either::Right(Full::new(Bytes::new())));
+fn head_copy(request: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::default());
     *copy.method_mut() = request.method().clone();
     *copy.uri_mut() = request.uri().clone();
     *copy.version_mut() = request.version();
@@ -65,16 +68,24 @@ fn head_copy(request: &Request<Incoming>) -> Request<ProxyBody> {
     copy
 }
 
+/// An HTTP/1.1 connection taken for one request, with the identity it was verified as and how
+/// long it sat idle in the pool.
+pub struct Http1Sender {
+    identity: Option<String>,
+    sender: http1::SendRequest<RequestBody>,
+    idle_for: Duration,
+}
+
 /// Pools and endpoint numbers, shared by every connection of the proxy.
 #[derive(Default)]
 pub struct Upstreams {
     identity: Arc<IdentityState>,
     /// Idle HTTP/1.1 connections of hyper's client.
-    idle_h1: IdlePool<http1::SendRequest<ProxyBody>>,
+    idle_h1: IdlePool<http1::SendRequest<RequestBody>>,
     /// Idle connections of the HTTP/1.1 fast path ([`crate::h1`]): the streams
     /// themselves, which nothing reads while they wait.
     idle_streams: IdlePool<PeerStream>,
-    h2: Mutex<Pool<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Pool<http2::SendRequest<RequestBody>>>,
 }
 
 impl Upstreams {
@@ -183,37 +194,57 @@ impl Upstreams {
         Ok(PeerStream::Tls(Box::new(tls)))
     }
 
-    /// Sends an HTTP/1.1 request on an idle pooled connection or a new one. Unless `upgrade`
-    /// (the connection then becomes the upgraded stream), the connection returns to the pool once
-    /// the response has been read.
-    pub async fn send_http1(
-        self: &Arc<Self>,
+    /// An HTTP/1.1 connection to `addr` for one request: an idle pooled one or a new one. (A
+    /// connect failure leaves the request unsent, so that it can go to another endpoint.)
+    pub async fn http1_sender(
+        &self,
         addr: SocketAddr,
         identity: Option<&str>,
         timeout: Duration,
-        request: Request<Incoming>,
-        upgrade: bool,
-    ) -> Result<Response<ProxyBody>, UpstreamError> {
+    ) -> Result<Http1Sender, UpstreamError> {
         // Pooled connections were ready when they went in; one the peer has closed since is
         // dropped when met. The most recently used comes first, so this is O(1) as a rule.
         let idle = take_idle(&self.idle_h1, addr, identity, |sender| sender.is_ready());
         // The identity goes back into the pool with the connection (allocated once per
         // connection, not per request). Opening a connection is boxed: its future (TCP connect,
         // TLS handshake) is large, and would otherwise be moved with every request's future.
-        let (identity_key, mut sender, idle_for) = match idle {
-            Some(pooled) => pooled,
-            None => (
-                identity.map(str::to_string),
-                Box::pin(self.open_http1(addr, identity, timeout)).await?,
-                Duration::ZERO,
-            ),
-        };
+        Ok(match idle {
+            Some((identity, sender, idle_for)) => Http1Sender {
+                identity,
+                sender,
+                idle_for,
+            },
+            None => Http1Sender {
+                identity: identity.map(str::to_string),
+                sender: Box::pin(self.open_http1(addr, identity, timeout)).await?,
+                idle_for: Duration::ZERO,
+            },
+        })
+    }
+
+    /// Sends an HTTP/1.1 request on `connection` (from [`Self::http1_sender`]). Unless
+    /// `upgrade` (the connection then becomes the upgraded stream), the connection returns to
+    /// the pool once the response has been read.
+    pub async fn send_http1(
+        self: &Arc<Self>,
+        connection: Http1Sender,
+        addr: SocketAddr,
+        timeout: Duration,
+        request: Request<RequestBody>,
+        upgrade: bool,
+    ) -> Result<Response<ProxyBody>, UpstreamError> {
+        let Http1Sender {
+            identity: identity_key,
+            mut sender,
+            idle_for,
+        } = connection;
+        let identity = identity_key.as_deref();
         // A peer may have closed a pooled connection that sat idle (its FIN in, not yet read):
         // a request that can safely go twice keeps a copy of its head to go again on a new one.
         // Busy connections skip the copy: servers close idle connections after seconds.
         let replay = (idle_for >= REPLAY_AFTER_IDLE && !upgrade && replayable(&request))
             .then(|| head_copy(&request));
-        let response = match sender.send_request(request.map(Either::Left)).await {
+        let response = match sender.send_request(request).await {
             Ok(response) => response,
             Err(error) => match replay {
                 Some(again) if closed_before_response(&error) => {
@@ -260,7 +291,7 @@ impl Upstreams {
         addr: SocketAddr,
         identity: Option<&str>,
         timeout: Duration,
-    ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
         let stream = self.connect(addr, identity, timeout).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection.with_upgrades());
@@ -271,19 +302,18 @@ impl Upstreams {
         &self,
         addr: SocketAddr,
         identity: Option<String>,
-        sender: http1::SendRequest<ProxyBody>,
+        sender: http1::SendRequest<RequestBody>,
     ) {
         put_idle(&self.idle_h1, addr, identity, sender);
     }
 
-    /// Sends an HTTP/2 request on the endpoint's shared connection, opening it if needed.
-    pub async fn send_http2(
+    /// The endpoint's shared HTTP/2 connection, opened if needed and ready for a request.
+    pub async fn http2_sender(
         &self,
         addr: SocketAddr,
         identity: Option<&str>,
         timeout: Duration,
-        request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
         let shared = lock(&self.h2).get_mut(&addr).and_then(|senders| {
             senders.retain(|(_, s)| !s.is_closed());
             senders
@@ -311,7 +341,7 @@ impl Upstreams {
             }
         };
         sender.ready().await?;
-        Ok(sender.send_request(request).await?)
+        Ok(sender)
     }
 }
 

@@ -50,6 +50,21 @@ async fn incoming_bodies(n: usize) -> Vec<Incoming> {
     bodies
 }
 
+/// Sends `request` with hyper's HTTP/1.1 client the way the proxy does: a connection first,
+/// then the request on it.
+async fn send(
+    upstreams: &Arc<Upstreams>,
+    addr: SocketAddr,
+    timeout: Duration,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, UpstreamError> {
+    let connection = upstreams.http1_sender(addr, None, timeout).await?;
+    let request = request.map(RequestBody::from);
+    upstreams
+        .send_http1(connection, addr, timeout, request, false)
+        .await
+}
+
 /// A peer that answers one request, closes that connection while it is idle when told to,
 /// then answers one more request on a new connection (if one comes).
 fn closing_peer() -> (SocketAddr, mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
@@ -92,8 +107,7 @@ async fn after_the_peer_closed(method: hyper::Method) -> Result<u16, UpstreamErr
             .expect("request")
     };
     let timeout = Duration::from_secs(5);
-    let first = upstreams
-        .send_http1(addr, None, timeout, request(hyper::Method::GET), false)
+    let first = send(&upstreams, addr, timeout, request(hyper::Method::GET))
         .await
         .expect("first");
     assert_eq!(first.status(), 200);
@@ -102,8 +116,7 @@ async fn after_the_peer_closed(method: hyper::Method) -> Result<u16, UpstreamErr
     // before the next request takes the connection (the race under test), for longer than
     // a busy connection's idle time.
     std::thread::sleep(REPLAY_AFTER_IDLE + Duration::from_millis(50));
-    let second = upstreams
-        .send_http1(addr, None, timeout, request(method), false)
+    let second = send(&upstreams, addr, timeout, request(method))
         .await
         .map(|response| response.status().as_u16());
     let _ = peer.join();
@@ -124,16 +137,14 @@ async fn idle_pooled_connections_are_closed_after_the_timeout() {
     let upstreams = Arc::new(Upstreams::default());
     let body = incoming_bodies(1).await.pop().expect("body");
     let request = Request::get("/").header("host", "peer").body(body);
-    let response = upstreams
-        .send_http1(
-            addr,
-            None,
-            Duration::from_secs(5),
-            request.expect("request"),
-            false,
-        )
-        .await
-        .expect("response");
+    let response = send(
+        &upstreams,
+        addr,
+        Duration::from_secs(5),
+        request.expect("request"),
+    )
+    .await
+    .expect("response");
     assert_eq!(response.status(), 200);
     assert_eq!(upstreams.idle_connections(), 1);
     upstreams.close_idle(POOL_IDLE_TIMEOUT);

@@ -2,7 +2,8 @@
 //! 8081 and 8082: HTTP/1.1 and h2c (`v1`/`v2 <path> <version>`); 9000: gRPC echo, unary and
 //! streaming (h2c); 8090: websocket echo; 7000: TCP echo; 7001: TCP, server speaks first;
 //! 7002: TCP echo that no config names (passthrough); 7003: accepts and never answers; 7004:
-//! the counting TCP sink of [`crate::authz`]; 8095: the recorder of [`crate::inbound`].
+//! the counting TCP sink of [`crate::authz`]; 8095: the recorder of [`crate::inbound`];
+//! 8101–8108 and 9100: the failing applications of [`crate::resilience`].
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -128,7 +129,8 @@ async fn websocket(mut request: Request<Incoming>) -> Response<Empty<Bytes>> {
         .unwrap_or_default()
 }
 
-async fn serve_http<F, Fut, B>(port: u16, handler: F)
+/// Serves HTTP/1.1 and h2c on `port` with `handler`, upgrades included.
+pub async fn serve_http<F, Fut, B>(port: u16, handler: F)
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Response<B>> + Send + 'static,
@@ -189,5 +191,6 @@ pub async fn run() {
     tokio::spawn(crate::inbound::serve_recorder());
     tokio::spawn(serve_silent(7003));
     tokio::spawn(crate::authz::serve_sink());
+    crate::resilience::spawn_apps();
     serve_tcp(7002, None).await;
 }

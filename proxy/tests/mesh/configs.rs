@@ -1,7 +1,7 @@
 //! The pods' `proxy.json` documents: the client pod's destinations (with its canary split) and
 //! the server pod's inbound policy.
 
-use crate::pods::SERVER_IP;
+use crate::pods::{CLIENT_IP, SERVER_IP};
 
 pub const ORDER: &str = "spiffe://cluster.local/ns/shop/sa/order";
 pub const PAYMENT: &str = "spiffe://cluster.local/ns/shop/sa/payment";
@@ -19,6 +19,38 @@ fn destination(
 ) -> serde_json::Value {
     serde_json::json!({"name": name, "clusterIps": [cluster_ip],
                        "ports": [{"port": port, "endpoints": [endpoint]}]})
+}
+
+/// A destination on several ports of the server pod.
+fn endpoints(name: &str, cluster_ip: &str, port: u16, app_ports: &[u16]) -> serde_json::Value {
+    let endpoints: Vec<_> = app_ports.iter().map(|p| endpoint(*p, PAYMENT)).collect();
+    serde_json::json!({"name": name, "clusterIps": [cluster_ip],
+                       "ports": [{"port": port, "endpoints": endpoints}]})
+}
+
+/// `destination` with Braid's default client policy, `fields` over it.
+fn with_policy(mut destination: serde_json::Value, fields: serde_json::Value) -> serde_json::Value {
+    let mut policy = serde_json::json!({"loadBalancer": "P2C-EWMA", "connectTimeoutMs": 1000,
+        "idleTimeoutMs": 3_600_000, "circuitBreaker": {"maxConnections": 1024,
+        "maxPendingRequests": 1024, "maxRequests": 1024}});
+    for (key, value) in fields.as_object().expect("an object") {
+        policy[key] = value.clone();
+    }
+    destination["policy"] = policy;
+    destination
+}
+
+/// A retry policy: `attempts` on 5xx and connect failures, within `budget_percent`.
+fn retries(attempts: u32, budget_percent: u32) -> serde_json::Value {
+    serde_json::json!({"attempts": attempts, "on5xx": true, "onGatewayError": true,
+        "onConnectFailure": true, "onReset": true, "budgetPercent": budget_percent,
+        "budgetMinPerSecond": 10})
+}
+
+/// Outlier detection: ejected after `errors` in a row for `base_ms`, at most 50%.
+fn outlier(errors: u32, base_ms: u64) -> serde_json::Value {
+    serde_json::json!({"consecutiveErrors": errors, "baseEjectionMs": base_ms,
+        "maxEjectionPercent": 50})
 }
 
 /// The client pod's config, with `payment.shop` split `v1`/`v2` by weight.
@@ -49,6 +81,30 @@ pub fn client_config(v1: u32, v2: u32) -> String {
             serde_json::json!({"name": "nowhere.shop", "clusterIps": ["10.96.0.40"],
                                "ports": [{"port": 9000, "protocol": "http2", "endpoints": []}]}),
             hung,
+            // Issue 14's (crate::resilience): retries, failover, ejection, breaker.
+            with_policy(destination("flaky-retry.shop", "10.96.1.1", 80, endpoint(8101, PAYMENT)),
+                        serde_json::json!({"retries": retries(3, 100)})),
+            destination("flaky.shop", "10.96.1.2", 80, endpoint(8101, PAYMENT)),
+            with_policy(destination("failing.shop", "10.96.1.3", 80, endpoint(8104, PAYMENT)),
+                        serde_json::json!({"retries": retries(2, 20)})),
+            with_policy(endpoints("eject.shop", "10.96.1.4", 80, &[8105, 8106, 8107]),
+                        serde_json::json!({"loadBalancer": "ROUND_ROBIN",
+                            "outlierDetection": outlier(3, 2_000)})),
+            with_policy(endpoints("eject-both.shop", "10.96.1.5", 80, &[8104, 8109]),
+                        serde_json::json!({"loadBalancer": "ROUND_ROBIN",
+                            "outlierDetection": outlier(2, 30_000)})),
+            with_policy(destination("slow.shop", "10.96.1.6", 80, endpoint(8108, PAYMENT)),
+                        serde_json::json!({"circuitBreaker": {"maxConnections": 1024,
+                            "maxPendingRequests": 1024, "maxRequests": 2}})),
+            with_policy(serde_json::json!({"name": "grpc-flaky.shop", "clusterIps": ["10.96.1.7"],
+                            "ports": [{"port": 9100, "protocol": "http2",
+                                       "endpoints": [endpoint(9100, PAYMENT)]}]}),
+                        serde_json::json!({"retries": retries(2, 20)})),
+            with_policy(serde_json::json!({"name": "failover.shop", "clusterIps": ["10.96.1.8"],
+                            "ports": [{"port": 80, "endpoints": [
+                                {"ip": CLIENT_IP, "port": 8199, "identity": PAYMENT},
+                                endpoint(8105, PAYMENT)]}]}),
+                        serde_json::json!({"loadBalancer": "ROUND_ROBIN"})),
             destination("impostor.shop", "10.96.0.30", 80,
                         serde_json::json!({"ip": SERVER_IP, "port": 8081,
                                            "identity": "spiffe://cluster.local/ns/shop/sa/someone-else"})),

@@ -19,7 +19,8 @@
 //! counted, and the old config kept; rotating both pods' certificates under load fails nothing;
 //! the HTTP-aware inbound side forwards pipelined, chunked, HTTP/2, gRPC and websocket traffic
 //! under both modes and refuses smuggling ([`inbound`]); authorization and rate limits are
-//! enforced on real mTLS callers ([`authz`]); and the proxy holds against careless and hostile
+//! enforced on real mTLS callers ([`authz`]); retries, failover, outlier ejection and the
+//! circuit breaker work over mTLS ([`resilience`]); and the proxy holds against careless and hostile
 //! peers ([`hardening`]).
 
 mod apps;
@@ -30,6 +31,7 @@ mod configs;
 mod hardening;
 mod inbound;
 mod pods;
+mod resilience;
 
 use std::io::{BufRead as _, BufReader};
 
@@ -182,6 +184,7 @@ fn scenario(root: &Path) {
         "a peer with another identity must be refused: {impostor}"
     );
     inbound::check(&client, &server, &ca, root, "PERMISSIVE");
+    resilience::check(&client);
     // The proxy's own failures reach a gRPC client as gRPC codes, not as an HTTP mapping.
     assert_eq!(
         client.client(false, &["grpc-status", "10.96.0.40:9000"]),

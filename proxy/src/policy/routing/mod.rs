@@ -13,7 +13,9 @@ use regex::Regex;
 
 use crate::policy::authz::Authorizer;
 use crate::policy::balance::{EndpointRegistry, EndpointStats};
+use crate::policy::breaker::{DestinationRegistry, DestinationState};
 use crate::policy::rate_limit::RateLimiter;
+use crate::policy::retry::RetryRule;
 use crate::telemetry::policy::PolicyCounters;
 
 /// A Service port of a destination, found from the address the application dialled.
@@ -61,6 +63,10 @@ pub struct CompiledDestination {
     pub routes: Vec<CompiledRoute>,
     /// The round-robin counter of its balancer.
     pub cursor: AtomicUsize,
+    /// Its retry rule (a route's own wins), compiled.
+    pub retries: Option<Arc<RetryRule>>,
+    /// Its live numbers (circuit breaker, retry budget), shared across reloads.
+    pub state: Arc<DestinationState>,
 }
 
 /// A route with compiled matches.
@@ -73,6 +79,8 @@ pub struct CompiledRoute {
     pub timeout_ms: Option<u64>,
     /// Fault injection.
     pub fault: Option<Fault>,
+    /// The route's own retry rule, if it sets one.
+    pub retries: Option<Arc<RetryRule>>,
 }
 
 #[derive(Debug)]
@@ -164,8 +172,9 @@ impl CompiledMatch {
 /// The compiled config.
 #[derive(Debug)]
 pub struct Table {
-    /// Every destination, in config order.
-    pub destinations: Vec<CompiledDestination>,
+    /// Every destination, in config order (a request holds its backend's while it is under
+    /// way, not the whole config).
+    pub destinations: Vec<Arc<CompiledDestination>>,
     by_addr: HashMap<SocketAddr, Target>,
     opaque_ports: HashSet<u16>,
     /// Whether the workload's inbound policy decides on requests (HTTP fields in its
@@ -194,20 +203,13 @@ impl Table {
     /// Compiles `config` with endpoint numbers of their own; a regex that does not compile
     /// refuses the config, naming its field.
     pub fn compile(config: &ProxyConfig) -> Result<Self, String> {
-        Self::compile_with(
-            config,
-            &EndpointRegistry::default(),
-            &PolicyCounters::default(),
-        )
+        Self::compile_with(config, &Registries::default())
     }
 
-    /// Compiles `config`, each endpoint's numbers taken from `registry` and the policy's
-    /// counters from `counters` (so that what the previous config counted goes on).
-    pub fn compile_with(
-        config: &ProxyConfig,
-        registry: &EndpointRegistry,
-        counters: &PolicyCounters,
-    ) -> Result<Self, String> {
+    /// Compiles `config`, each endpoint's and destination's numbers and the policy's counters
+    /// taken from `live` (so that what the previous config counted goes on).
+    pub fn compile_with(config: &ProxyConfig, live: &Registries) -> Result<Self, String> {
+        let (registry, counters) = (&live.endpoints, &live.policy);
         let index: HashMap<&str, usize> = config
             .destinations
             .iter()
@@ -293,15 +295,25 @@ impl Table {
                         .fault
                         .clone()
                         .or_else(|| destination.policy.fault.clone()),
+                    retries: route
+                        .retries
+                        .as_ref()
+                        .map(|r| Arc::new(RetryRule::compile(r))),
                 });
             }
-            table.destinations.push(CompiledDestination {
+            table.destinations.push(Arc::new(CompiledDestination {
                 name: destination.name.clone(),
                 policy: destination.policy.clone(),
                 ports,
                 routes,
                 cursor: AtomicUsize::new(0),
-            });
+                retries: destination
+                    .policy
+                    .retries
+                    .as_ref()
+                    .map(|r| Arc::new(RetryRule::compile(r))),
+                state: live.destinations.state(&destination.name),
+            }));
         }
         Ok(table)
     }
@@ -330,12 +342,17 @@ impl Table {
                 .is_some_and(|port| port.protocol == Protocol::Tcp)
     }
 
-    /// The first route of the target's destination that matches, if any.
-    pub fn route(&self, target: Target, request: &RequestFacts<'_>) -> Option<&CompiledRoute> {
+    /// The first route of the target's destination that matches, if any, with its index.
+    pub fn route(
+        &self,
+        target: Target,
+        request: &RequestFacts<'_>,
+    ) -> Option<(usize, &CompiledRoute)> {
         self.destinations[target.destination]
             .routes
             .iter()
-            .find(|route| {
+            .enumerate()
+            .find(|(_, route)| {
                 route.matches.is_empty() || route.matches.iter().any(|m| m.matches(request))
             })
     }
@@ -352,17 +369,42 @@ impl Table {
 
     /// The target's Service port.
     fn port(&self, target: Target) -> Option<&CompiledPort> {
-        self.destinations[target.destination]
-            .ports
-            .iter()
-            .find(|port| port.port == target.port)
+        self.destinations[target.destination].port(target.port)
     }
 
     /// The endpoints of a destination's port.
     pub fn endpoints(&self, target: Target) -> &[Arc<CompiledEndpoint>] {
-        self.port(target)
+        self.destinations[target.destination].endpoints(target.port)
+    }
+
+    /// The names of every destination.
+    pub fn destination_names(&self) -> HashSet<&str> {
+        self.destinations.iter().map(|d| d.name.as_str()).collect()
+    }
+}
+
+impl CompiledDestination {
+    /// Its Service port `port`.
+    fn port(&self, port: u16) -> Option<&CompiledPort> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+
+    /// The endpoints of its Service port `port`.
+    pub fn endpoints(&self, port: u16) -> &[Arc<CompiledEndpoint>] {
+        self.port(port)
             .map_or(&[], |port| port.endpoints.as_slice())
     }
+}
+
+/// The live numbers compiled configs hold handles to, kept across reloads.
+#[derive(Debug, Default)]
+pub struct Registries {
+    /// Each endpoint's load, latency and outlier state, by address.
+    pub endpoints: EndpointRegistry,
+    /// Each destination's circuit breaker and retry budget, by name.
+    pub destinations: DestinationRegistry,
+    /// The inbound policy's counters.
+    pub policy: PolicyCounters,
 }
 
 impl CompiledRoute {

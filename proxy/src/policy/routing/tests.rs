@@ -36,13 +36,15 @@ fn routed(
         path,
         header: &header,
     };
-    let route = table.route(
-        Target {
-            destination: 0,
-            port: 80,
-        },
-        &facts,
-    )?;
+    let route = table
+        .route(
+            Target {
+                destination: 0,
+                port: 80,
+            },
+            &facts,
+        )?
+        .1;
     Some((route.backend(0, 80)?.destination, route.timeout_ms))
 }
 
@@ -136,7 +138,8 @@ fn weighted_backends_split_by_the_roll() {
                 header: &no_headers,
             },
         )
-        .expect("route");
+        .expect("route")
+        .1;
     assert_eq!(route.total_weight(), 100);
     let mut counts = [0; 3];
     for roll in 0..100 {
