@@ -136,6 +136,33 @@ async fn grpc_connection(
     Ok(sender)
 }
 
+/// A response's head and trailers (its body read and dropped).
+pub async fn head_and_trailers(
+    response: hyper::Response<hyper::body::Incoming>,
+) -> (hyper::http::response::Parts, Option<hyper::HeaderMap>) {
+    let (head, body) = response.into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .ok()
+        .and_then(|c| c.trailers().cloned());
+    (head, trailers)
+}
+
+/// A gRPC field (`grpc-status`, `grpc-message`) from the head of a trailers-only response or
+/// from the trailers; `-` when neither has it.
+pub fn grpc_field(
+    head: &hyper::http::response::Parts,
+    trailers: Option<&hyper::HeaderMap>,
+    name: &str,
+) -> String {
+    head.headers
+        .get(name)
+        .or_else(|| trailers.and_then(|t| t.get(name)))
+        .map_or("-", |v| v.to_str().unwrap_or("?"))
+        .to_string()
+}
+
 /// One unary gRPC call: `http=<status> grpc-status=<code> message=<grpc-message>
 /// proxy-error=<yes|no>`, from the response head (a trailers-only response) or its trailers.
 async fn grpc_status(target: SocketAddr) -> String {
@@ -157,19 +184,8 @@ async fn grpc_status(target: SocketAddr) -> String {
         Ok(response) => response,
         Err(e) => return format!("error:{e}"),
     };
-    let (head, body) = response.into_parts();
-    let trailers = body
-        .collect()
-        .await
-        .ok()
-        .and_then(|c| c.trailers().cloned());
-    let field = |name: &str| {
-        head.headers
-            .get(name)
-            .or_else(|| trailers.as_ref().and_then(|t| t.get(name)))
-            .map_or("-", |v| v.to_str().unwrap_or("?"))
-            .to_string()
-    };
+    let (head, trailers) = head_and_trailers(response).await;
+    let field = |name: &str| grpc_field(&head, trailers.as_ref(), name);
     format!(
         "http={} grpc-status={} message={} proxy-error={}",
         head.status.as_u16(),

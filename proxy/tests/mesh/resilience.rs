@@ -203,16 +203,8 @@ async fn grpc_calls(target: SocketAddr, n: usize) -> String {
             .expect("request");
         let status = match sender.send_request(request).await {
             Ok(response) => {
-                let (head, body) = response.into_parts();
-                let trailers = body
-                    .collect()
-                    .await
-                    .ok()
-                    .and_then(|c| c.trailers().cloned());
-                head.headers
-                    .get("grpc-status")
-                    .or_else(|| trailers.as_ref().and_then(|t| t.get("grpc-status")))
-                    .map_or("-".into(), |v| v.to_str().unwrap_or("?").to_string())
+                let (head, trailers) = crate::client::head_and_trailers(response).await;
+                crate::client::grpc_field(&head, trailers.as_ref(), "grpc-status")
             }
             Err(e) => format!("error:{e}"),
         };
