@@ -219,7 +219,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
         Ok(true)
     }
 
-    fn rewind(&mut self, discarded: Option<Answer>) {
+    fn rewind(&mut self, discarded: Option<Answer>) -> bool {
         let buffers = &mut *self.buffers;
         if let Some(Answer { head, peer }) = discarded {
             // A response read whole leaves its connection fit for the next request.
@@ -236,6 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
             buffers.out.clear();
             buffers.out.extend_from_slice(&buffers.replay);
         }
+        true
     }
 }
 

@@ -266,7 +266,7 @@ impl Exchange for HyperRequest<'_> {
         }
     }
 
-    fn rewind(&mut self, discarded: Option<Response<ProxyBody>>) {
+    fn rewind(&mut self, discarded: Option<Response<ProxyBody>>) -> bool {
         drop(discarded);
         if let Some((head, body)) = &self.kept {
             let mut again = Request::new(body.replay());
@@ -276,6 +276,9 @@ impl Exchange for HyperRequest<'_> {
             *again.headers_mut() = head.headers().clone();
             self.request = Some(again);
         }
+        // Without a copy, the request is still here only if the attempt failed to connect
+        // (a pooled connection's replay may have consumed it).
+        self.request.is_some()
     }
 }
 

@@ -191,7 +191,9 @@ impl Exchange for Opaque<'_> {
         Ok(true)
     }
 
-    fn rewind(&mut self, _discarded: Option<()>) {}
+    fn rewind(&mut self, _discarded: Option<()>) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -120,7 +120,13 @@ pub(super) async fn send<X: Exchange>(
             }
         }
         let avoid = picked.endpoint.addr;
-        exchange.rewind(result.ok());
+        let (response, failure) = match result {
+            Ok(response) => (Some(response), None),
+            Err(failure) => (None, Some(failure)),
+        };
+        if !exchange.rewind(response) {
+            return Err(failure.unwrap_or(Failure::ClientGone));
+        }
         picked = decide::pick_in(&backend, plan.backend.port, Some(avoid))?;
     }
 }

@@ -127,8 +127,9 @@ pub trait Exchange {
     fn keep_for_replay(&mut self) -> impl Future<Output = Result<bool, Failure>>;
 
     /// Readies the request to go again after an attempt: `discarded` is that attempt's
-    /// response, if it had one (dropped, its connection pooled when it can be).
-    fn rewind(&mut self, discarded: Option<Self::Response>);
+    /// response, if it had one (dropped, its connection pooled when it can be). Whether it
+    /// can go again (a request hyper's client consumed, with no copy kept, cannot).
+    fn rewind(&mut self, discarded: Option<Self::Response>) -> bool;
 }
 
 /// Drives one request through the steps above. `held` is the config the caller already holds
