@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::decide::{self, Injected, Picked, Plan};
-use super::drive::{Deadline, Exchange};
+use super::exchange::{Deadline, Exchange};
 use super::failure::Failure;
 use crate::h1::message::is_idempotent;
 use crate::policy::outlier;

@@ -32,10 +32,11 @@ use tokio::time::Instant;
 
 use super::admit;
 use super::attempts::{self, Sending};
-use super::decide::{self, Injected, Picked, Plan};
+use super::decide::{self, Injected, Picked};
+pub use super::exchange::{Deadline, Exchange};
 use super::failure::Failure;
-use crate::policy::authz::{Caller, HttpAccess};
-use crate::policy::routing::{Table, Target};
+use crate::policy::authz::Caller;
+use crate::policy::routing::Target;
 use crate::state::context::Context;
 use crate::state::reload::Loaded;
 use crate::telemetry::metrics::Direction;
@@ -44,30 +45,6 @@ use crate::telemetry::metrics::Direction;
 /// one before it fails with 503 (Linkerd queues such requests for up to 3 s too): the endpoint
 /// list lags pod readiness by the operator's write and the kubelet's volume sync.
 pub const HOLD_FOR_ENDPOINTS: Duration = Duration::from_secs(3);
-
-/// When a request's time is up, and what it was (to name it in the failure).
-#[derive(Clone, Copy, Debug)]
-pub struct Deadline {
-    /// The instant.
-    pub at: Instant,
-    /// The timeout it came from.
-    pub timeout: Duration,
-}
-
-impl Deadline {
-    /// `future`, or [`Failure::Timeout`] at the deadline if there is one.
-    pub async fn bound<T>(
-        deadline: Option<Self>,
-        future: impl Future<Output = Result<T, Failure>>,
-    ) -> Result<T, Failure> {
-        match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.at, future)
-                .await
-                .unwrap_or(Err(Failure::Timeout(deadline.timeout))),
-            None => future.await,
-        }
-    }
-}
 
 /// Where a request is bound.
 #[derive(Clone, Debug)]
@@ -95,41 +72,6 @@ impl Bound {
             Self::Inbound(_) => Direction::Inbound,
         }
     }
-}
-
-/// What the driver needs from a codec for one request.
-pub trait Exchange {
-    /// What a successful send yields (a response head, or the end of an opaque connection).
-    type Response;
-
-    /// The request's method and path, which authorization may decide on; `None` for an
-    /// opaque connection.
-    fn access(&self) -> Option<HttpAccess<'_>>;
-
-    /// The plan of an outbound request in `table`, where it is bound for `target`.
-    fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure>;
-
-    /// Sends the request to `peer`; the deadline, when set, bounds the send and the response
-    /// head. A failure to connect leaves the request unsent, to go to another endpoint.
-    fn send(
-        &mut self,
-        peer: &Picked,
-        deadline: Option<Deadline>,
-    ) -> impl Future<Output = Result<Self::Response, Failure>>;
-
-    /// The status of a response and, for gRPC, the `grpc-status` of a trailers-only one: what
-    /// retries and outlier detection judge; `None` for the end of an opaque connection.
-    fn answered(response: &Self::Response) -> Option<(u16, Option<u8>)>;
-
-    /// Keeps the whole request (its body up to
-    /// [`REPLAY_BODY_LIMIT`](crate::policy::retry::REPLAY_BODY_LIMIT)) so that it can be sent
-    /// again; whether it could. Asked before the first attempt, only when a retry policy applies.
-    fn keep_for_replay(&mut self) -> impl Future<Output = Result<bool, Failure>>;
-
-    /// Readies the request to go again after an attempt: `discarded` is that attempt's
-    /// response, if it had one (dropped, its connection pooled when it can be). Whether it
-    /// can go again (a request hyper's client consumed, with no copy kept, cannot).
-    fn rewind(&mut self, discarded: Option<Self::Response>) -> bool;
 }
 
 /// Drives one request through the steps above. `held` is the config the caller already holds

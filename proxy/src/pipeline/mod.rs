@@ -1,5 +1,5 @@
 //! The request pipeline shared by every path through the proxy: the driver ([`drive()`]) with
-//! its pure decisions ([`decide`]), an outbound request's attempts ([`attempts`]: breaker,
+//! what it asks of each codec ([`exchange`]), its pure decisions ([`decide`]), an outbound request's attempts ([`attempts`]: breaker,
 //! outlier state, failover and retries), the inbound side's admission ([`admit`]), failures that keep their cause ([`failure`]), the one place
 //! that answers for the proxy ([`respond`]), and the one record of each request ([`record`]).
 
@@ -7,6 +7,7 @@ pub mod admit;
 mod attempts;
 pub mod decide;
 pub mod drive;
+pub mod exchange;
 pub mod failure;
 pub mod record;
 pub mod respond;

@@ -1,0 +1,70 @@
+//! What the request driver ([`super::drive()`]) needs from a codec ([`Exchange`]: the HTTP/1.1
+//! fast path, hyper, opaque TCP), and a request's deadline ([`Deadline`]).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::decide::{Picked, Plan};
+use super::failure::Failure;
+use crate::policy::authz::HttpAccess;
+use crate::policy::routing::{Table, Target};
+
+/// When a request's time is up, and what it was (to name it in the failure).
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline {
+    /// The instant.
+    pub at: Instant,
+    /// The timeout it came from.
+    pub timeout: Duration,
+}
+
+impl Deadline {
+    /// `future`, or [`Failure::Timeout`] at the deadline if there is one.
+    pub async fn bound<T>(
+        deadline: Option<Self>,
+        future: impl Future<Output = Result<T, Failure>>,
+    ) -> Result<T, Failure> {
+        match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.at, future)
+                .await
+                .unwrap_or(Err(Failure::Timeout(deadline.timeout))),
+            None => future.await,
+        }
+    }
+}
+
+/// What the driver needs from a codec for one request.
+pub trait Exchange {
+    /// What a successful send yields (a response head, or the end of an opaque connection).
+    type Response;
+
+    /// The request's method and path, which authorization may decide on; `None` for an
+    /// opaque connection.
+    fn access(&self) -> Option<HttpAccess<'_>>;
+
+    /// The plan of an outbound request in `table`, where it is bound for `target`.
+    fn plan(&mut self, table: &Table, target: Target) -> Result<Plan, Failure>;
+
+    /// Sends the request to `peer`; the deadline, when set, bounds the send and the response
+    /// head. A failure to connect leaves the request unsent, to go to another endpoint.
+    fn send(
+        &mut self,
+        peer: &Picked,
+        deadline: Option<Deadline>,
+    ) -> impl Future<Output = Result<Self::Response, Failure>>;
+
+    /// The status of a response and, for gRPC, the `grpc-status` of a trailers-only one: what
+    /// retries and outlier detection judge; `None` for the end of an opaque connection.
+    fn answered(response: &Self::Response) -> Option<(u16, Option<u8>)>;
+
+    /// Keeps the whole request (its body up to
+    /// [`REPLAY_BODY_LIMIT`](crate::policy::retry::REPLAY_BODY_LIMIT)) so that it can be sent
+    /// again; whether it could. Asked before the first attempt, only when a retry policy applies.
+    fn keep_for_replay(&mut self) -> impl Future<Output = Result<bool, Failure>>;
+
+    /// Readies the request to go again after an attempt: `discarded` is that attempt's
+    /// response, if it had one (dropped, its connection pooled when it can be). Whether it
+    /// can go again (a request hyper's client consumed, with no copy kept, cannot).
+    fn rewind(&mut self, discarded: Option<Self::Response>) -> bool;
+}
