@@ -23,7 +23,7 @@ use crate::state::context::Context;
 use crate::telemetry::resilience::Again;
 
 /// An outbound request ready for its attempts: what the config said, kept without the config.
-pub(super) struct Sending {
+pub struct Sending {
     /// Its plan.
     pub plan: Plan,
     /// The first attempt's endpoint.
@@ -35,7 +35,7 @@ pub(super) struct Sending {
 }
 
 /// The attempts of one outbound request, until one stands.
-pub(super) async fn send<X: Exchange>(
+pub async fn send<X: Exchange>(
     context: &Context,
     sending: Sending,
     exchange: &mut X,

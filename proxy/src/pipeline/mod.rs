@@ -4,7 +4,7 @@
 //! that answers for the proxy ([`respond`]), and the one record of each request ([`record`]).
 
 pub mod admit;
-mod attempts;
+pub mod attempts;
 pub mod decide;
 pub mod drive;
 pub mod exchange;
