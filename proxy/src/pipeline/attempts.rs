@@ -59,11 +59,13 @@ pub async fn send<X: Exchange>(
     let mut attempted = Attempted {
         retries: 0,
         failovers: 0,
-        idempotent: exchange.access().is_some_and(|a| is_idempotent(a.method)),
+        idempotent: false,
         replayable: false,
         out_of_time: false,
     };
+    // Only a retry reads these: a request without a retry policy pays none of it.
     if retry.is_some() {
+        attempted.idempotent = exchange.access().is_some_and(|a| is_idempotent(a.method));
         backend.state.budget.deposit(retry::budget_second());
         attempted.replayable = exchange.keep_for_replay().await?;
     }
@@ -98,7 +100,9 @@ pub async fn send<X: Exchange>(
                 settings,
             );
         }
-        attempted.out_of_time = deadline.is_some_and(|d| Instant::now() >= d.at);
+        // Only an outcome that may go again needs the clock.
+        let may_go_again = retry.is_some() || matches!(outcome, Outcome::Failed(_));
+        attempted.out_of_time = may_go_again && deadline.is_some_and(|d| Instant::now() >= d.at);
         match retry::decide(retry.as_deref(), outcome, attempted) {
             Verdict::Done => return result,
             Verdict::FailOver => {
