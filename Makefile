@@ -68,7 +68,7 @@ BASELINE_DIR := /var/cache/braid/baseline
 
 .PHONY: bench-proxy
 bench-proxy: test-deps ## The proxy against direct, HAProxy and nginx (and BASELINE=<rev>'s build), in network namespaces (root); bench/results/proxy.md.
-	$(call apt_install,haproxy nginx-light nghttp2-client curl)
+	$(call apt_install,haproxy nginx-light nghttp2-client curl valgrind)
 ifneq ($(BASELINE),)
 	@rev=$$(git rev-parse --short $(BASELINE)) && bin=$(BASELINE_DIR)/braid-proxy-$$rev && \
 	if [ ! -x $$bin ]; then \

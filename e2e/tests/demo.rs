@@ -2,12 +2,16 @@
 //! shop pod is injected, STRICT mTLS keeps the bytes between pods encrypted and refuses a pod
 //! outside the mesh, a MeshRoute canary splits payments 80/20 and then moves them all to v2
 //! without a failed order, LEAST_CONN sends fewer requests than ROUND_ROBIN to a slow backend,
-//! and only order may call payment: loadgen and a pod of another service account get 403 from
-//! payment's proxy while orders succeed, until dry-run lets them through and counts them.
+//! rolling restarts, a canary failing half its requests and a hung pod cost (next to) no order
+//! under the demo's retry and outlier policy, and only order may call payment: loadgen and a pod
+//! of another service account get 403 from payment's proxy while orders succeed, until dry-run
+//! lets them through and counts them.
 //! The measured numbers are printed (run with `--nocapture` to see them).
 
 #[path = "demo/authz.rs"]
 mod authz;
+#[path = "demo/resilience.rs"]
+mod resilience;
 #[path = "demo/synced.rs"]
 mod synced;
 
@@ -138,6 +142,19 @@ fn inventory_policy(balancer: &str) -> Value {
     })
 }
 
+/// Waits until `deployment` of the shop has rolled out.
+fn rollout_status(cluster: &Cluster, deployment: &str) -> anyhow::Result<()> {
+    cluster.kubectl(&[
+        "rollout",
+        "status",
+        "-n",
+        NS,
+        &format!("deployment/{deployment}"),
+        "--timeout=180s",
+    ])?;
+    Ok(())
+}
+
 fn deploy_shop(cluster: &Cluster) -> anyhow::Result<()> {
     cluster.kubectl(&["apply", "-k", &deploy_dir()])?;
     cluster.kubectl(&["apply", "-f", &format!("{}/policies.yaml", deploy_dir())])?;
@@ -150,14 +167,7 @@ fn deploy_shop(cluster: &Cluster) -> anyhow::Result<()> {
         "payment-v2",
         "loadgen",
     ] {
-        cluster.kubectl(&[
-            "rollout",
-            "status",
-            "-n",
-            NS,
-            &format!("deployment/{deployment}"),
-            "--timeout=180s",
-        ])?;
+        rollout_status(cluster, deployment)?;
     }
     Ok(())
 }
@@ -413,6 +423,9 @@ fn the_demo_shop_runs_through_the_mesh() -> anyhow::Result<()> {
         slow_share[0]
     );
 
+    resilience::rolling_restarts_fail_no_order(&cluster)?;
+    resilience::a_failing_canary_costs_under_a_tenth_of_a_percent(&cluster)?;
+    resilience::a_hung_pod_is_timed_out_and_ejected(&cluster)?;
     authz::only_order_may_call_payment(&cluster)?;
     authz::probes_pass_under_a_deny_default(&cluster)?;
     cluster.kubectl(&["delete", "namespace", NS, "--wait=true", "--timeout=120s"])?;

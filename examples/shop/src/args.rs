@@ -7,6 +7,7 @@ use std::path::PathBuf;
 pub const USAGE: &str = "usage:
   braid-shop serve [--listen ADDR] [--role ROLE] [--version V] [--files DIR]
                    [--upstream NAME=URL]... [--delay-ms N]
+                   [--fail-percent P] [--hang-percent P] [--reset-percent P]
   braid-shop get URL
   braid-shop orders --url URL [--count N | --duration SECONDS] [--concurrency C] [--pause-ms N]";
 
@@ -56,6 +57,21 @@ pub struct ServeSettings {
     pub upstreams: Vec<(String, String)>,
     /// Wait this long before answering (a slow backend).
     pub delay_ms: u64,
+    /// How this backend misbehaves (a demo of what the mesh absorbs).
+    pub misbehave: Misbehave,
+}
+
+/// Ways to make a backend misbehave, each a percentage (0 to 100) spread evenly over the
+/// requests or connections (every second one at 50): `/healthz` always answers, so that the
+/// pod stays Ready and the mesh, not the kubelet, has to deal with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Misbehave {
+    /// Requests answered `503 Service Unavailable` at once.
+    pub fail_percent: u64,
+    /// Requests never answered (the connection stays open).
+    pub hang_percent: u64,
+    /// Connections closed as soon as they are accepted, before any request is read.
+    pub reset_percent: u64,
 }
 
 /// Parses the arguments after the program name.
@@ -83,6 +99,7 @@ fn parse_serve(mut args: impl Iterator<Item = String>) -> Result<ServeSettings, 
         files: None,
         upstreams: Vec::new(),
         delay_ms: 0,
+        misbehave: Misbehave::default(),
     };
     while let Some(flag) = args.next() {
         let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -102,6 +119,9 @@ fn parse_serve(mut args: impl Iterator<Item = String>) -> Result<ServeSettings, 
                 settings.upstreams.push((name.into(), url.into()));
             }
             "--delay-ms" => settings.delay_ms = number(&flag, &value)?,
+            "--fail-percent" => settings.misbehave.fail_percent = percent(&flag, &value)?,
+            "--hang-percent" => settings.misbehave.hang_percent = percent(&flag, &value)?,
+            "--reset-percent" => settings.misbehave.reset_percent = percent(&flag, &value)?,
             _ => return Err(format!("unknown flag {flag:?}")),
         }
     }
@@ -112,6 +132,13 @@ fn number(flag: &str, value: &str) -> Result<u64, String> {
     value
         .parse()
         .map_err(|_| format!("{flag} {value:?}: not a number"))
+}
+
+fn percent(flag: &str, value: &str) -> Result<u64, String> {
+    number(flag, value)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| format!("{flag} {value:?}: not a percentage from 0 to 100"))
 }
 
 fn parse_orders(mut args: impl Iterator<Item = String>) -> Result<OrderSettings, String> {
@@ -172,6 +199,20 @@ mod tests {
             [("user".into(), "http://user:8080".into())]
         );
         assert_eq!(order.delay_ms, 200);
+        assert_eq!(order.misbehave, Misbehave::default());
+        let Ok(Command::Serve(bad)) =
+            parse_words("serve --fail-percent 50 --hang-percent 0 --reset-percent 100")
+        else {
+            panic!("serve did not parse");
+        };
+        assert_eq!(
+            bad.misbehave,
+            Misbehave {
+                fail_percent: 50,
+                hang_percent: 0,
+                reset_percent: 100
+            }
+        );
         let Ok(Command::Orders(orders)) =
             parse_words("orders --url http://order:8080/order --count 10 --concurrency 4")
         else {
@@ -199,6 +240,10 @@ mod tests {
         assert_eq!(
             parse_words("orders --url http://order --count many"),
             Err("--count \"many\": not a number".into())
+        );
+        assert_eq!(
+            parse_words("serve --fail-percent 101"),
+            Err("--fail-percent \"101\": not a percentage from 0 to 100".into())
         );
         assert_eq!(
             parse_words("orders --count 1"),

@@ -1,7 +1,8 @@
 //! `braid-shop orders`: the traffic generator. It places orders with the order service and counts
 //! which version of every service each order went through (the order service's answer embeds the
 //! answers of user, inventory and payment), so a canary split or a load balancer's choices can be
-//! read off the summary: `{"orders":1000,"failed":0,"versions":{"payment":{"v1":801,"v2":199}}}`.
+//! read off the summary: `{"orders":1000,"failed":0,"versions":{"payment":{"v1":801,"v2":199}},
+//! "p50_ms":4.1,"p99_ms":12.5,…}` (latencies of whole orders, as the traffic generator saw them).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,6 +18,8 @@ struct Tally {
     failed: u64,
     versions: BTreeMap<String, BTreeMap<String, u64>>,
     errors: BTreeMap<String, u64>,
+    /// How long each order took, in microseconds.
+    latencies_us: Vec<u64>,
 }
 
 impl Tally {
@@ -54,12 +57,25 @@ impl Tally {
         }
     }
 
+    /// The nearest-rank percentile `p` of the orders' latencies, in milliseconds.
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted
+            .get(rank.clamp(1, sorted.len().max(1)) - 1)
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    }
+
     fn summary(&self) -> String {
         serde_json::json!({
             "orders": self.orders,
             "failed": self.failed,
             "versions": self.versions,
             "errors": self.errors,
+            "p50_ms": self.percentile_ms(50.0),
+            "p99_ms": self.percentile_ms(99.0),
+            "max_ms": self.percentile_ms(100.0),
         })
         .to_string()
     }
@@ -86,11 +102,14 @@ pub async fn run(settings: OrderSettings) -> anyhow::Result<()> {
                 if settings.count.is_some_and(|count| n >= count) {
                     return;
                 }
+                let started = Instant::now();
                 let outcome = fetch(&settings.url).await;
-                tally
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .record(outcome);
+                let took = started.elapsed().as_micros() as u64;
+                {
+                    let mut tally = tally.lock().unwrap_or_else(|e| e.into_inner());
+                    tally.record(outcome);
+                    tally.latencies_us.push(took);
+                }
                 if settings.pause_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(settings.pause_ms)).await;
                 }
@@ -140,5 +159,18 @@ mod tests {
         assert_eq!(summary["versions"]["payment"]["v2"], 2);
         assert_eq!(summary["versions"]["user"]["v1"], 3);
         assert_eq!(summary["errors"]["502 Bad Gateway: payment: down"], 1);
+        assert_eq!(summary["p99_ms"], 0.0, "no latency recorded");
+    }
+
+    #[test]
+    fn latencies_are_summed_up_as_nearest_rank_percentiles() {
+        let tally = Tally {
+            latencies_us: (1..=100).rev().map(|ms| ms * 1000).collect(),
+            ..Tally::default()
+        };
+        let summary: serde_json::Value = serde_json::from_str(&tally.summary()).expect("JSON");
+        assert_eq!(summary["p50_ms"], 50.0);
+        assert_eq!(summary["p99_ms"], 99.0);
+        assert_eq!(summary["max_ms"], 100.0);
     }
 }

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::args::ServeSettings;
+use crate::args::{Misbehave, ServeSettings};
 
 /// What every answer reports about the process that served it.
 struct Identity {
@@ -23,9 +24,22 @@ struct Identity {
     files: Option<PathBuf>,
     upstreams: Vec<(String, String)>,
     delay: std::time::Duration,
+    misbehave: Misbehave,
+    /// Requests (not `/healthz`) and connections so far, to spread the misbehaviour evenly.
+    requests: AtomicU64,
+    connections: AtomicU64,
 }
 
-/// Serves until SIGTERM or SIGINT.
+/// Whether the `n`-th (from 0) of a series is one of `percent` spread evenly over it.
+fn chosen(n: u64, percent: u64) -> bool {
+    (n + 1) * percent / 100 > n * percent / 100
+}
+
+/// How long in-flight requests may take to finish once SIGTERM came.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves until SIGTERM or SIGINT, then stops accepting, closes idle connections and lets
+/// requests under way finish (for up to [`SHUTDOWN_GRACE`]), as a well-behaved service does.
 pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(settings.listen)
         .await
@@ -37,30 +51,69 @@ pub async fn run(settings: ServeSettings) -> anyhow::Result<()> {
         files: settings.files,
         upstreams: settings.upstreams,
         delay: std::time::Duration::from_millis(settings.delay_ms),
+        misbehave: settings.misbehave,
+        requests: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
     });
     eprintln!(
-        "braid-shop: {} {} listening on {}",
-        identity.role, identity.version, settings.listen
+        "braid-shop: {} {} listening on {}{}",
+        identity.role,
+        identity.version,
+        settings.listen,
+        if identity.misbehave == Misbehave::default() {
+            String::new()
+        } else {
+            format!(" (misbehaving: {:?})", identity.misbehave)
+        }
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let (stopping, _) = tokio::sync::watch::channel(false);
+    let open = Arc::new(AtomicU64::new(0));
     loop {
         let (stream, _) = tokio::select! {
             accepted = listener.accept() => accepted?,
-            _ = terminate.recv() => return Ok(()),
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = terminate.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
         };
+        let n = identity.connections.fetch_add(1, Ordering::Relaxed);
+        if chosen(n, identity.misbehave.reset_percent) {
+            drop(stream);
+            continue;
+        }
         let identity = Arc::clone(&identity);
+        let mut stop = stopping.subscribe();
+        let open = Arc::clone(&open);
+        open.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let identity = Arc::clone(&identity);
                 async move { Ok::<_, Infallible>(answer(&identity, &request).await) }
             });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
             // A client that hangs up mid-request is its own business.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { stop.wait_for(|stopping| *stopping).await.is_ok() } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+            open.fetch_sub(1, Ordering::Relaxed);
         });
     }
+    drop(listener);
+    stopping.send_replace(true);
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "braid-shop: stopped ({} connections still open)",
+        open.load(Ordering::Relaxed)
+    );
+    Ok(())
 }
 
 async fn answer(identity: &Identity, request: &Request<Incoming>) -> Response<Full<Bytes>> {
@@ -76,6 +129,16 @@ async fn answer(identity: &Identity, request: &Request<Incoming>) -> Response<Fu
                 "this server has no --files directory\n",
             ),
         };
+    }
+    let n = identity.requests.fetch_add(1, Ordering::Relaxed);
+    if chosen(n, identity.misbehave.hang_percent) {
+        return std::future::pending().await;
+    }
+    if chosen(n, identity.misbehave.fail_percent) {
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "braid-shop: failing on purpose (--fail-percent)\n",
+        );
     }
     if !identity.delay.is_zero() {
         tokio::time::sleep(identity.delay).await;
@@ -147,4 +210,23 @@ fn pod_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chosen;
+
+    #[test]
+    fn a_percentage_is_spread_evenly() {
+        let picks = |percent| (0..100).filter(|&n| chosen(n, percent)).collect::<Vec<_>>();
+        assert_eq!(picks(0), Vec::<u64>::new());
+        assert_eq!(picks(100).len(), 100);
+        assert_eq!(picks(50), (0..50).map(|i| 2 * i + 1).collect::<Vec<_>>());
+        assert_eq!(picks(30).len(), 30);
+        assert_eq!(picks(25)[..2], [3, 7]);
+        // Over any window of 10, 30% takes exactly 3.
+        for start in 0..90 {
+            assert_eq!((start..start + 10).filter(|&n| chosen(n, 30)).count(), 3);
+        }
+    }
 }

@@ -174,6 +174,16 @@ pub fn fixed_rate(
     outcome(results, started)
 }
 
+/// `n` requests one after the other on one keep-alive connection (reopened after a failure):
+/// how many were answered with 200. Each request meets the proxies alone, so that what they do
+/// for it is the same in every run (the instruction counts of [`crate::cost`]).
+pub fn sequence(target: SocketAddr, n: u64) -> u64 {
+    let mut connection = None;
+    (0..n)
+        .filter(|_| Connection::request(&mut connection, target).is_ok())
+        .count() as u64
+}
+
 fn outcome(results: Vec<(Vec<u64>, u64)>, started: Instant) -> Outcome {
     let mut all = Vec::new();
     let mut errors = 0;

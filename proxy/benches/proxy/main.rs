@@ -17,6 +17,8 @@
 //! redirection: the direct path).
 
 mod baseline_report;
+mod cost;
+mod h2load;
 mod load;
 mod others;
 #[path = "../../tests/mesh/pods.rs"]
@@ -50,6 +52,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("upstream") => return runtime().block_on(load::upstream(&[8080, 8084, 9080])),
+        Some("sequence") => return cost::sequence_command(&args[1], &args[2]),
         Some("load") => {
             let target = args[1].parse().expect("target");
             let connections = args[2].parse().expect("connections");
@@ -71,14 +74,14 @@ fn main() {
         "0",
         "the proxy benchmark needs root: run `make bench`"
     );
-    for program in ["haproxy", "nginx", "h2load"] {
+    for program in ["haproxy", "nginx", "h2load", "valgrind"] {
         assert!(
             std::process::Command::new("sh")
                 .args(["-c", &format!("command -v {program}")])
                 .output()
                 .is_ok_and(|o| o.status.success()),
             "{program} is missing: `make bench` installs it \
-             (apt-get install haproxy nginx-light nghttp2-client)"
+             (apt-get install haproxy nginx-light nghttp2-client valgrind)"
         );
     }
     let root = std::env::temp_dir().join(format!("braid-bench-{}", std::process::id()));
@@ -87,10 +90,11 @@ fn main() {
     let result = std::panic::catch_unwind(|| bench(&root));
     let _ = std::fs::remove_dir_all(&root);
     match result {
-        Ok(measured) => {
+        Ok((measured, counted)) => {
             let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
             std::fs::create_dir_all(&out).expect("results dir");
-            let markdown = report::markdown(&measured);
+            let markdown =
+                report::markdown(&measured) + &cost::section(&counted, baseline().as_deref());
             std::fs::write(out.join("proxy.md"), &markdown).expect("write");
             std::fs::write(out.join("proxy.svg"), svg::svg(&measured)).expect("write");
             println!("{markdown}");
@@ -147,7 +151,7 @@ enum Process {
     Pid(u32),
 }
 
-fn bench(root: &Path) -> Vec<Measured> {
+fn bench(root: &Path) -> (Vec<Measured>, Vec<cost::Counted>) {
     let proxy = env!("CARGO_BIN_EXE_braid-proxy");
     let me = std::env::current_exe()
         .expect("self")
@@ -179,6 +183,11 @@ fn bench(root: &Path) -> Vec<Measured> {
         "name": "opaque-server.bench", "clusterIps": ["10.96.0.12"],
         "ports": [{"port": 80, "protocol": "http",
                    "endpoints": [{"ip": SERVER_IP, "port": 8084, "identity": SERVER_ID}]}]
+    }, {
+        "name": "resilient.bench", "clusterIps": ["10.96.0.13"],
+        "ports": [{"port": 80, "protocol": "http",
+                   "endpoints": [{"ip": SERVER_IP, "port": 8080, "identity": SERVER_ID}]}],
+        "policy": policy::resilient()
     }, {
         "name": "plain.bench", "clusterIps": ["10.96.0.11"],
         "ports": [{"port": 80, "protocol": "http",
@@ -283,6 +292,13 @@ fn bench(root: &Path) -> Vec<Measured> {
         (
             Setup::BraidPairPolicy,
             ["10.96.0.10:80", "10.96.0.10:80"],
+            false,
+            pair.to_vec(),
+            proxy,
+        ),
+        (
+            Setup::BraidPairResilience,
+            ["10.96.0.13:80", "10.96.0.13:80"],
             false,
             pair.to_vec(),
             proxy,
@@ -415,7 +431,7 @@ fn bench(root: &Path) -> Vec<Measured> {
                 let outcome = match kind {
                     Load::FixedRate => load(connections, RATE, RUN.as_secs_f64()),
                     Load::Closed => load(connections, 0, RUN.as_secs_f64()),
-                    Load::Http2 => h2load(&client, as_proxy, h2_target),
+                    Load::Http2 => h2load::timed(&client, as_proxy, h2_target),
                 };
                 let per_process = processes
                     .iter()
@@ -446,54 +462,15 @@ fn bench(root: &Path) -> Vec<Measured> {
             }
         }
     }
-    report::medians(&runs)
-}
-
-/// HTTP/2 at a fixed concurrency: h2load over h2c (prior knowledge) for [`RUN`], after a second
-/// of warm-up; the latencies come from its per-request log.
-fn h2load(client: &Pod, as_proxy: bool, target: &str) -> load::Outcome {
-    let log = client
-        .dir
-        .join(format!("h2load-{}.log", target.replace([':', '.'], "-")));
-    let output = client
-        .command(as_proxy, "h2load")
-        .args([
-            "-c",
-            &H2_CONNECTIONS.to_string(),
-            "-m",
-            &H2_STREAMS.to_string(),
-        ])
-        .args(["-D", &RUN.as_secs().to_string(), "--warm-up-time=1"])
-        .arg(format!("--log-file={}", log.to_string_lossy()))
-        .arg(format!("http://{target}/bench"))
-        .output()
-        .expect("h2load runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    // "requests: 10 total, 10 started, 10 done, 9 succeeded, 1 failed, 0 errored, 0 timeout"
-    let count = |what: &str| -> u64 {
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("requests: "))
-            .and_then(|l| {
-                l.split(", ")
-                    .find_map(|part| part.strip_suffix(what)?.trim().parse().ok())
-            })
-            .unwrap_or_else(|| panic!("no `{what}` count from h2load: {stdout}"))
-    };
-    // Each line of the log: start time, status, latency in µs (tab-separated).
-    let mut latencies: Vec<u64> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split('\t').collect();
-            (fields.get(1) == Some(&"200")).then(|| fields.get(2)?.parse().ok())?
-        })
-        .collect();
-    latencies.sort_unstable();
-    load::Outcome {
-        ok: count(" succeeded"),
-        errors: count(" failed") + count(" errored"),
-        seconds: RUN.as_secs_f64(),
-        percentiles_us: [50.0, 99.0, 99.9].map(|p| load::percentile(&latencies, p)),
-    }
+    let measured = report::medians(&runs);
+    let variants = cost::variants(proxy, baseline.as_deref(), &server_config, &policy_config);
+    let counted = cost::measure(
+        &mut client,
+        &mut server,
+        proxies,
+        &variants,
+        &mut server_version,
+        &root.join("callgrind"),
+    );
+    (measured, counted)
 }

@@ -1,7 +1,8 @@
-//! The inbound policy's price (issue 13): the braid pair with the server workload under an
+//! The policies' price. Inbound (issue 13): the braid pair with the server workload under an
 //! authorization policy of 10 rules (the first nine about other callers and paths, so that every
 //! request is matched against all ten) and a rate limit high enough never to refuse, against the
-//! same pair with no policy, in the same run.
+//! same pair with no policy, in the same run. Client side (issue 14): a destination with a
+//! retry policy and outlier detection, nothing failing ([`resilient`]).
 
 use std::fmt::Write as _;
 
@@ -26,6 +27,18 @@ pub fn with_policy(server_config: &str, client_id: &str) -> String {
     config.to_string()
 }
 
+/// The client policy of the destination with retries and outlier detection (issue 14): the
+/// defaults otherwise, so that it differs from the plain pair's destination in those alone.
+pub fn resilient() -> serde_json::Value {
+    let mut policy =
+        serde_json::to_value(braid_proxy_config::ClientPolicy::default()).expect("json");
+    policy["retries"] = serde_json::json!({"attempts": 2, "on5xx": true, "onGatewayError": true,
+        "onConnectFailure": true, "onReset": true, "budgetPercent": 20, "budgetMinPerSecond": 10});
+    policy["outlierDetection"] = serde_json::json!({"consecutiveErrors": 5,
+        "baseEjectionMs": 30_000, "maxEjectionPercent": 50});
+    policy
+}
+
 /// The report's lines on the policy's price.
 pub fn section(all: &[Measured], cost: impl Fn(Setup, Load) -> Vec<f64>) -> String {
     let mut out = String::new();
@@ -47,6 +60,19 @@ pub fn section(all: &[Measured], cost: impl Fn(Setup, Load) -> Vec<f64>) -> Stri
             } else {
                 ""
             }
+        );
+    }
+    for load in [Load::FixedRate, Load::Closed, Load::Http2] {
+        let client_hop = |setup: Setup| cost(setup, load).first().copied().unwrap_or(f64::NAN);
+        let (with, without) = (
+            client_hop(Setup::BraidPairResilience),
+            client_hop(Setup::BraidPair),
+        );
+        let _ = writeln!(
+            out,
+            "- Client hop with a retry policy and outlier detection (nothing failing), {}:              {with:.1} µs per request, the same hop without them {without:.1} µs (×{:.3}).              Target: ≤ 1.05.",
+            load.title(),
+            with / without,
         );
     }
     let p99 = |setup: Setup| {

@@ -17,6 +17,9 @@ pub enum Setup {
     /// [`Setup::BraidPair`] with the server workload under a 10-rule authorization policy and
     /// a rate limit that never refuses ([`crate::policy`]).
     BraidPairPolicy,
+    /// [`Setup::BraidPair`] to a destination whose client policy retries and ejects outliers
+    /// (nothing fails: the price of having them).
+    BraidPairResilience,
     /// The braid client proxy alone, to an upstream outside the mesh (plain HTTP on its side):
     /// the same work and the same chain of processes as HAProxy's and nginx's.
     BraidHop,
@@ -37,6 +40,7 @@ impl Setup {
             Self::BraidPair => "braid pair (mTLS)",
             Self::BraidPairOpaqueServer => "braid pair, server port opaque",
             Self::BraidPairPolicy => "braid pair, server under a 10-rule policy",
+            Self::BraidPairResilience => "braid pair, client with retries and outlier detection",
             Self::BraidHop => "braid one hop",
             Self::BaselinePair => "braid pair, baseline build",
             Self::BaselineHop => "braid one hop, baseline build",

@@ -11,7 +11,7 @@ use braid_sidecar::{ADMIN_PORT, AppProbes, INBOUND_PORT, OUTBOUND_PORT, env};
 use crate::admin;
 use crate::listener::{self, inbound, outbound};
 use crate::state::context::{Context, close_idle_connections, forget_removed_endpoints};
-use crate::state::reload;
+use crate::state::{drain, reload};
 
 /// Settings of `run`, all read from the environment before anything starts.
 pub struct RunSettings {
@@ -157,18 +157,42 @@ pub fn run(settings: RunSettings) -> Result<(), String> {
             _ = terminate.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
-        inbound.abort();
-        outbound.abort();
         let deadline = tokio::time::Instant::now() + settings.drain;
-        while context.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        drain(&context, &inbound, deadline).await;
+        outbound.abort();
         tracing::info!(
             "stopped, {} connections still open",
             context.metrics.open_connections()
         );
         Ok(())
     })
+}
+
+/// The end of the pod ([`crate::state::drain`]), until `deadline` at most: connections are
+/// told to go elsewhere; the inbound listener stops accepting once the application has stopped
+/// (a caller's connection is refused from then on, and goes to another endpoint); in-flight
+/// requests finish.
+async fn drain(
+    context: &Context,
+    inbound: &tokio::task::JoinHandle<()>,
+    deadline: tokio::time::Instant,
+) {
+    context.drain.start();
+    let app_ports = context.drain.app_ports();
+    let patience = Duration::from_millis(100);
+    while tokio::time::Instant::now() < deadline
+        && drain::application_listens(&app_ports, patience).await
+    {
+        tokio::time::sleep(patience).await;
+    }
+    inbound.abort();
+    tracing::info!(
+        "draining: the application has stopped; {} connections open",
+        context.metrics.open_connections()
+    );
+    while context.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[cfg(test)]

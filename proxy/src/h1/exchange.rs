@@ -10,8 +10,10 @@ use crate::policy::authz::HttpAccess;
 
 /// Why an attempt at sending a request and reading its response head failed.
 enum Attempt {
-    /// The peer answered nothing: the request may go again on a new connection.
-    NoAnswer(Failure),
+    /// The peer answered nothing: the request may go again on a new connection. `clean`: it
+    /// closed the connection in good order (a TLS `close_notify`, a FIN), as a peer does to an
+    /// idle connection, rather than breaking it.
+    NoAnswer(Failure, bool),
     /// The exchange failed otherwise, before the final response head.
     Failed(Failure),
 }
@@ -19,7 +21,7 @@ enum Attempt {
 impl From<Attempt> for Failure {
     fn from(attempt: Attempt) -> Self {
         match attempt {
-            Attempt::NoAnswer(failure) | Attempt::Failed(failure) => failure,
+            Attempt::NoAnswer(failure, _) | Attempt::Failed(failure) => failure,
         }
     }
 }
@@ -45,6 +47,9 @@ pub(super) struct Exchange<'a, S> {
     pub(super) to_head: bool,
     /// The whole request is kept in `buffers.replay`, to be sent again.
     pub(super) kept: bool,
+    /// Body bytes went to a peer straight from the application (not kept in `buffers.out`):
+    /// without a kept copy, the request cannot go again.
+    pub(super) streamed: bool,
 }
 
 /// A peer connection in use, with the identity it was verified as.
@@ -158,7 +163,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
                     identity: idle.identity,
                     addr,
                 },
-                idle.idle_for,
+                Some(idle.idle_for),
             ),
             None => (
                 Peer {
@@ -166,12 +171,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
                     identity: identity.map(str::to_string),
                     addr,
                 },
-                Duration::ZERO,
+                None,
             ),
         };
-        // A pooled connection idle a while may have been closed by its peer just now (its FIN
-        // not read yet): a request that can safely go twice goes once more on a new one.
-        let mut may_replay = self.replayable && idle_for >= REPLAY_AFTER_IDLE;
+        // A pooled connection may have been closed by its peer just now (its close not read
+        // yet): the request goes once more, on a new connection, when it is known not to have
+        // been processed — a mesh peer's proxy closes a connection in good order only between
+        // requests (idle, or at the end of its pod) — or when it can safely go twice and the
+        // connection was idle a while (Go's rule) or was closed in good order by the
+        // application on loopback (which stops, or timed the keep-alive connection out).
+        let mesh_peer = identity.is_some();
+        let application = addr.ip().is_loopback();
+        let mut replayed = false;
         loop {
             let attempt = Deadline::bound(deadline, async {
                 Ok(self.send_and_read_head(&mut peer).await)
@@ -179,8 +190,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
             .await?;
             match attempt {
                 Ok(head) => return Ok(Answer { head, peer }),
-                Err(Attempt::NoAnswer(_)) if may_replay => {
-                    may_replay = false;
+                Err(Attempt::NoAnswer(_, clean))
+                    if !replayed
+                        && idle_for.is_some_and(|idle_for| {
+                            (clean && mesh_peer && self.whole())
+                                || (self.replayable
+                                    && (idle_for >= REPLAY_AFTER_IDLE || (clean && application)))
+                        }) =>
+                {
+                    replayed = true;
+                    if self.kept {
+                        self.buffers.out.clear();
+                        self.buffers.out.extend_from_slice(&self.buffers.replay);
+                    }
                     peer.stream = connect().await?;
                 }
                 Err(failed) => return Err(failed.into()),
@@ -230,17 +252,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
             }
             buffers.from_peer.clear();
         }
-        // Without a kept copy the request is still whole in `out`: only a failure that sent
-        // nothing comes here then.
+        // Without a kept copy the request is still whole in `out` unless its body went
+        // straight to the peer.
         if self.kept {
             buffers.out.clear();
             buffers.out.extend_from_slice(&buffers.replay);
         }
-        true
+        self.whole()
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
+    /// Whether the whole request can be sent again: kept, or all of it in `buffers.out`.
+    fn whole(&self) -> bool {
+        self.kept || !self.streamed
+    }
+
     /// Takes the request out of the read buffer (once): its head and the body bytes already
     /// read go to `buffers.out`, after the head the parse wrote there; what follows them is the
     /// next request's. Returns the body bytes still to read from the application.
@@ -290,7 +317,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
         // A TLS client (inbound) may hold the last records back when its socket was full.
         self.client.flush().await.map_err(|_| Failure::ClientGone)?;
         // Anything the peer sent past the response is a protocol error: that connection ends.
-        if head.reusable && buffers.from_peer.is_empty() {
+        // At the end of the pod nothing is pooled: the application is stopping, and a pooled
+        // connection it closes meanwhile could take a request that was never processed.
+        if head.reusable && buffers.from_peer.is_empty() && !self.context.drain.is_draining() {
             self.context
                 .upstreams
                 .return_idle_stream(peer.addr, peer.identity, peer.stream);
@@ -305,7 +334,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
     /// that goes away meanwhile fails it with [`Failure::ClientGone`].
     async fn send_and_read_head(&mut self, peer: &mut Peer) -> Result<Head, Attempt> {
         let app_gone = || Attempt::Failed(Failure::ClientGone);
-        let no_answer = |e: std::io::Error, peer: &Peer| Attempt::NoAnswer(peer.error(e.into()));
+        let no_answer =
+            |e: std::io::Error, peer: &Peer| Attempt::NoAnswer(peer.error(e.into()), false);
         let buffers = &mut *self.buffers;
         let app = &mut *self.client;
         buffers.from_peer.clear();
@@ -314,6 +344,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
             .await
             .map_err(|e| no_answer(e, peer))?;
         let mut body_left = self.body_left.unwrap_or(0);
+        // A body small enough to keep is kept whole in `out` as it goes (a copy, in a reused
+        // buffer), so that the request can go to another endpoint when the peer's proxy says
+        // its application never got it; a larger one streams through.
+        let keep_copy = self.body_len <= REPLAY_BODY_LIMIT;
+        self.streamed |= body_left > 0 && !keep_copy;
         while body_left > 0 {
             if buffers.from_app.is_empty() {
                 match read_more(app, &mut buffers.from_app).await {
@@ -326,6 +361,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
                 .write_all(&buffers.from_app[..n])
                 .await
                 .map_err(|e| no_answer(e, peer))?;
+            if keep_copy {
+                buffers.out.extend_from_slice(&buffers.from_app[..n]);
+            }
             buffers.from_app.drain(..n);
             body_left -= n as u64;
             self.body_left = Some(body_left);
@@ -333,30 +371,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
         peer.stream.flush().await.map_err(|e| no_answer(e, peer))?;
 
         let mut answered = false;
+        let mesh_peer = peer.identity.is_some();
         loop {
             let parsed = {
                 let mut headers = [HEADER_SLOT; MAX_HEADERS];
-                message::parse_response(&buffers.from_peer, &mut headers, self.to_head).map(
-                    |response| {
-                        response.map(|r| {
-                            let close = !self.keep_alive || r.framing == Framing::UntilClose;
-                            buffers.out.clear();
-                            r.encode(close, &mut buffers.out);
-                            (
-                                r.head_len,
-                                Head {
-                                    status: r.status,
-                                    framing: r.framing,
-                                    body_sent: 0,
-                                    scanner: ChunkedScanner::default(),
-                                    body_done: false,
-                                    reusable: r.reusable,
-                                    close,
-                                },
-                            )
-                        })
-                    },
-                )
+                let response =
+                    message::parse_response(&buffers.from_peer, &mut headers, self.to_head);
+                if let Ok(Some(r)) = &response
+                    && mesh_peer
+                    && r.unprocessed()
+                {
+                    // The request is still in `out`: it may go to another endpoint.
+                    let cause = ExchangeCause::Unprocessed("its application is not listening");
+                    return Err(Attempt::Failed(peer.error(cause)));
+                }
+                response.map(|response| {
+                    response.map(|r| {
+                        // At the end of the pod, the client is told to go elsewhere.
+                        let close = !self.keep_alive
+                            || r.framing == Framing::UntilClose
+                            || self.context.drain.is_draining();
+                        buffers.out.clear();
+                        r.encode(close, &mut buffers.out);
+                        (
+                            r.head_len,
+                            Head {
+                                status: r.status,
+                                framing: r.framing,
+                                body_sent: 0,
+                                scanner: ChunkedScanner::default(),
+                                body_done: false,
+                                reusable: r.reusable,
+                                close,
+                            },
+                        )
+                    })
+                })
             };
             match parsed {
                 Ok(Some((head_len, mut head))) => {
@@ -393,7 +443,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
             };
             let closed = |when| peer.error(ExchangeCause::Closed(when));
             match read {
-                Ok(0) if nothing_yet => return Err(Attempt::NoAnswer(closed("before responding"))),
+                Ok(0) if nothing_yet => {
+                    return Err(Attempt::NoAnswer(closed("before responding"), true));
+                }
                 Ok(0) => return Err(Attempt::Failed(closed("before the response head ended"))),
                 Ok(_) => {}
                 Err(e) if nothing_yet => return Err(no_answer(e, peer)),

@@ -24,12 +24,12 @@ use self::message::{
 use crate::hyper_glue;
 use crate::pipeline::decide::{self, Picked, Plan, Rolls};
 use crate::pipeline::{
-    Bound, Deadline, ExchangeCause, Failure, RequestRecord, UpstreamError, drive, respond,
+    Bound, Deadline, ExchangeCause, Failure, Held, RequestRecord, UpstreamError, drive, respond,
 };
 use crate::policy::retry::REPLAY_BODY_LIMIT;
 use crate::policy::routing::{RequestFacts, Table, Target};
 use crate::state::context::Context;
-use crate::state::reload::Loaded;
+use crate::state::follow::Follow;
 use crate::transport::deadline::{Expired, Watchdog};
 use crate::transport::detect::Detected;
 use crate::transport::prefixed::Prefixed;
@@ -187,23 +187,34 @@ where
     let mut watchdog = Watchdog::new(started + head_timeout);
     let mut head_started = Some(started);
     let mut idle_since = started;
+    let mut follow = Follow::default();
+    // At the end of the pod, an idle connection closes at once, a busy one after its response.
+    let mut drain = context.drain.subscribe();
     loop {
-        // The config in force, for this request only: it is not held while the connection
-        // waits for the next one (an idle connection would keep a replaced config alive).
+        // The config in force, for this request only: the connection keeps it weakly while it
+        // waits for the next one (an idle connection never keeps a replaced config alive), and
+        // takes it again, and looks its destination up again, only after a swap.
         let (loaded, target) = match bound {
-            Bound::Outbound(original) => match config_for(context, *original) {
-                Some((loaded, target)) => (Some(loaded), Some(target)),
+            Bound::Outbound(original) => match follow.current(&context.config, Some(*original)) {
+                Some((loaded, Some(target))) => (Some(loaded), Some(target)),
                 // Without a config, or when the destination left it, hyper's path answers.
-                None => return Next::HandOver,
+                _ => return Next::HandOver,
             },
-            Bound::Inbound(_) => (None, None),
+            Bound::Inbound(_) => (
+                follow
+                    .current(&context.config, None)
+                    .map(|(loaded, _)| loaded),
+                None,
+            ),
         };
         let outbound = loaded.as_ref().zip(target).map(|(l, t)| (&l.table, t));
         let taken = match take(outbound, &buffers.from_app, &mut buffers.out) {
             Step::Take(taken) => taken,
             Step::Partial => {
                 let limits = loaded.map_or_else(|| context.limits(), |l| l.config.limits);
-                let (deadline, expiry) = if head_started.is_none() && buffers.from_app.is_empty() {
+                // (`loaded` is gone: the wait below holds no config.)
+                let idle = head_started.is_none() && buffers.from_app.is_empty();
+                let (deadline, expiry) = if idle {
                     let idle = Duration::from_millis(limits.idle_timeout_ms);
                     (idle_since + idle, Expired::Idle)
                 } else {
@@ -218,6 +229,7 @@ where
                         context.metrics.timed_out(direction, expiry);
                         return Next::Close;
                     }
+                    _ = drain.wait_for(|draining| *draining), if idle => return Next::Close,
                 };
                 match read {
                     Ok(0) | Err(_) => return Next::Close,
@@ -251,8 +263,9 @@ where
             replayable: taken.replayable,
             to_head: taken.to_head,
             kept: false,
+            streamed: false,
         };
-        let held = loaded.zip(target);
+        let held = loaded.map(|config| Held { config, target });
         let outcome = match drive(context, bound, held, &mut exchange).await {
             Ok(answer) => {
                 record.responded(answer.head.status);
@@ -266,7 +279,8 @@ where
             Ok(false) | Err(Failure::ClientGone) => return Next::Close,
             Err(failure) => {
                 // A body not read whole would be taken for the next request.
-                let close = !taken.keep_alive || exchange.consume_head() > 0;
+                let close =
+                    !taken.keep_alive || exchange.consume_head() > 0 || context.drain.is_draining();
                 let status = failure.status().as_u16();
                 record.failed(status, failure.kind());
                 drop(record);
@@ -279,13 +293,6 @@ where
             }
         }
     }
-}
-
-/// The config in force and the meshed destination `original` is in it.
-fn config_for(context: &Context, original: SocketAddr) -> Option<(Arc<Loaded>, Target)> {
-    let loaded = context.config.current()?;
-    let target = loaded.table.lookup(original)?;
-    Some((loaded, target))
 }
 
 /// The rest of the connection goes to hyper, the bytes read so far first.

@@ -20,12 +20,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::h1::message::HOP_BY_HOP;
 use crate::pipeline::decide::{self, Picked, Plan, Rolls};
 use crate::pipeline::{
-    Bound, Deadline, Exchange, Failure, Protocol, RequestRecord, drive, respond,
+    Bound, Deadline, Exchange, ExchangeCause, Failure, Held, Protocol, RequestRecord,
+    UNPROCESSED_HEADER, UpstreamError, drive, respond,
 };
 use crate::policy::authz::HttpAccess;
 use crate::policy::retry::REPLAY_BODY_LIMIT;
 use crate::policy::routing::{RequestFacts, Table, Target};
 use crate::state::context::Context;
+use crate::state::follow::TargetMemo;
 use crate::transport::deadline::{HeadWatch, Watch, Watched};
 use crate::transport::detect::Detected;
 use crate::upstream::{KeptBody, RequestBody, Upstreams};
@@ -50,10 +52,13 @@ pub async fn serve<S>(
     let direction = bound.direction();
     let service = {
         let context = context.clone();
+        // The connection's destination, looked up once per config (its streams share it).
+        let memo = Arc::new(TargetMemo::default());
         hyper::service::service_fn(move |request| {
             let context = context.clone();
             let bound = bound.clone();
-            async move { Ok::<_, Infallible>(handle(&context, &bound, request).await) }
+            let memo = memo.clone();
+            async move { Ok::<_, Infallible>(handle(&context, &bound, &memo, request).await) }
         })
     };
     let io = TokioIo::new(Watched::client(
@@ -61,22 +66,25 @@ pub async fn serve<S>(
         watch.clone(),
         HeadWatch::released(),
     ));
+    // At the end of the pod: GOAWAY (HTTP/2), or close once the request under way is answered
+    // (HTTP/1.1); the requests under way finish.
+    let mut drain = context.drain.subscribe();
     let served = async {
-        let _ = match version {
+        match version {
             Detected::Http2 => {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(io, service)
-                    .await
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service);
+                until_drained(connection, &mut drain, |c| c.graceful_shutdown()).await;
             }
             _ => {
-                hyper::server::conn::http1::Builder::new()
+                let connection = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_millis(limits.request_head_timeout_ms))
                     .serve_connection(io, service)
-                    .with_upgrades()
-                    .await
+                    .with_upgrades();
+                until_drained(connection, &mut drain, |c| c.graceful_shutdown()).await;
             }
-        };
+        }
     };
     tokio::select! {
         () = served => {}
@@ -86,9 +94,26 @@ pub async fn serve<S>(
     }
 }
 
+/// Serves `connection` to its end; when the drain starts, asks it to shut down gracefully and
+/// lets it finish.
+async fn until_drained<C: Future>(
+    connection: C,
+    drain: &mut tokio::sync::watch::Receiver<bool>,
+    shutdown: impl FnOnce(std::pin::Pin<&mut C>),
+) {
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = drain.wait_for(|draining| *draining) => {}
+    }
+    shutdown(connection.as_mut());
+    let _ = connection.await;
+}
+
 async fn handle(
     context: &Arc<Context>,
     bound: &Bound,
+    memo: &TargetMemo,
     request: Request<Incoming>,
 ) -> Response<ProxyBody> {
     let mut record = RequestRecord::start(&context.metrics, bound.direction());
@@ -98,7 +123,14 @@ async fn handle(
         request: Some(request.map(RequestBody::from)),
         kept: None,
     };
-    match drive(context, bound, None, &mut exchange).await {
+    let held = match bound {
+        Bound::Outbound(original) => context.config.current().map(|config| {
+            let target = memo.target(&config, *original);
+            Held { config, target }
+        }),
+        Bound::Inbound(_) => None,
+    };
+    match drive(context, bound, held, &mut exchange).await {
         Ok(response) => {
             record.responded(response.status().as_u16());
             response
@@ -146,6 +178,24 @@ impl HyperRequest<'_> {
         }
         Ok(request)
     }
+}
+
+/// `response`, unless a mesh peer's proxy says in it that its application did not get the
+/// request ([`crate::pipeline::UNPROCESSED_HEADER`]): then a failure that lets the request go
+/// to another endpoint (when a copy of it was kept: hyper's client consumed it).
+fn processed(
+    response: Response<ProxyBody>,
+    addr: std::net::SocketAddr,
+    identity: Option<&str>,
+) -> Result<Response<ProxyBody>, Failure> {
+    if identity.is_some()
+        && response.status().is_server_error()
+        && response.headers().contains_key(UNPROCESSED_HEADER)
+    {
+        let cause = ExchangeCause::Unprocessed("its application is not listening");
+        return Err(Failure::Upstream(UpstreamError::Exchange { addr, cause }));
+    }
+    Ok(response)
 }
 
 /// A copy of `request`'s line and headers.
@@ -209,7 +259,8 @@ impl Exchange for HyperRequest<'_> {
                     Err(error) => Err(Failure::of_upstream(error.into())),
                 }
             };
-            return Deadline::bound(deadline, send).await;
+            let response = Deadline::bound(deadline, send).await?;
+            return processed(response, addr, identity);
         }
         let connect = async {
             (upstreams.http1_sender(addr, identity, timeout).await).map_err(Failure::of_upstream)
@@ -223,7 +274,7 @@ impl Exchange for HyperRequest<'_> {
                 .await)
                 .map_err(Failure::of_upstream)
         };
-        let mut response = Deadline::bound(deadline, send).await?;
+        let mut response = processed(Deadline::bound(deadline, send).await?, addr, identity)?;
         if let Some(downstream) = downstream_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {

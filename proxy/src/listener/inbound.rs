@@ -113,6 +113,8 @@ async fn handle(
 ) -> (u64, u64) {
     let started = Instant::now();
     let app = SocketAddr::from((Ipv4Addr::LOCALHOST, original.port()));
+    // At the end of the pod, the listener stays open while the application listens here.
+    context.drain.saw_app_port(app.port());
     let (limits, mode, parsing) = match context.config.current() {
         Some(loaded) => (
             loaded.config.limits,

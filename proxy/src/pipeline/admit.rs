@@ -8,6 +8,7 @@
 use super::failure::Failure;
 use crate::policy::authz::{Access, Authorizer, Caller, HttpAccess};
 use crate::policy::rate_limit::now_ns;
+use crate::policy::routing::Table;
 use crate::state::context::Context;
 use crate::telemetry::policy::Outcome;
 
@@ -20,7 +21,16 @@ pub fn check(
     http: Option<HttpAccess<'_>>,
 ) -> Result<(), Failure> {
     let config = context.config.current().ok_or(Failure::NotReady)?;
-    let table = &config.table;
+    check_in(&config.table, caller, port, http)
+}
+
+/// Admits one request or opaque connection in `table` (the config its connection holds).
+pub fn check_in(
+    table: &Table,
+    caller: Option<&Caller>,
+    port: u16,
+    http: Option<HttpAccess<'_>>,
+) -> Result<(), Failure> {
     let access = Access { caller, port, http };
     authorize(&table.authorizer, &access)?;
     if let (Some(limiter), Some(_)) = (&table.rate_limiter, http) {

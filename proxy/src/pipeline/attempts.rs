@@ -2,7 +2,8 @@
 //! backend's circuit breaker, counted in flight to its endpoint and bounded by the per-try
 //! timeout within the request's deadline; its outcome goes to the endpoint's outlier state;
 //! then [`retry::decide`] says whether the request goes once more, to another endpoint (a
-//! failover when nothing was sent; a retry, taken from the budget, under the retry policy).
+//! failover when nothing was sent; a retry, taken from the budget, under the retry policy) —
+//! of another backend of its route when its own has no other.
 //!
 //! A request that succeeds at once costs, beyond the send: the breaker's two atomic
 //! operations, and with a retry policy a budget deposit and a copy of the request kept
@@ -13,16 +14,18 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use super::decide::{self, Injected, Picked, Plan};
-use super::exchange::{Deadline, Exchange};
+use super::exchange::{Deadline, Exchange, HOLD_FOR_ENDPOINTS};
 use super::failure::Failure;
 use crate::h1::message::is_idempotent;
 use crate::policy::outlier;
 use crate::policy::retry::{self, Attempted, Outcome, RetryRule, Verdict};
-use crate::policy::routing::CompiledDestination;
+use crate::policy::routing::{CompiledDestination, Target};
 use crate::state::context::Context;
+use crate::state::reload::Loaded;
 use crate::telemetry::resilience::Again;
 
-/// An outbound request ready for its attempts: what the config said, kept without the config.
+/// An outbound request ready for its attempts: what the config said, kept without the config
+/// (but for [`Alternatives`]).
 pub struct Sending {
     /// Its plan.
     pub plan: Plan,
@@ -32,6 +35,30 @@ pub struct Sending {
     pub backend: Arc<CompiledDestination>,
     /// The retry rule that applies, if any.
     pub retry: Option<Arc<RetryRule>>,
+    /// The other backends of its route, when it has several.
+    pub alternatives: Option<Alternatives>,
+}
+
+/// The backends of a request's route, for an attempt after one whose backend has no other
+/// endpoint to try (a canary's one pod): the config is kept for them, for as long as the
+/// request lasts, only when the route has more than one backend.
+pub struct Alternatives {
+    /// The config the request was planned in.
+    pub config: Arc<Loaded>,
+    /// The destination the application dialled, whose route it is.
+    pub dialled: Target,
+    /// The route's index in it.
+    pub route: usize,
+}
+
+impl Alternatives {
+    /// Another backend than destination `not`, by weight, with its destination.
+    fn other(&self, not: usize) -> Option<(Arc<CompiledDestination>, Target)> {
+        let table = &self.config.table;
+        let route = &table.destinations[self.dialled.destination].routes[self.route];
+        let target = decide::other_backend(route, self.dialled.port, not, fastrand::u32(..))?;
+        Some((table.destinations[target.destination].clone(), target))
+    }
 }
 
 /// The attempts of one outbound request, until one stands.
@@ -41,10 +68,11 @@ pub async fn send<X: Exchange>(
     exchange: &mut X,
 ) -> Result<X::Response, Failure> {
     let Sending {
-        plan,
+        mut plan,
         mut picked,
-        backend,
+        mut backend,
         retry,
+        alternatives,
     } = sending;
     if let Some(Injected::Delay(delay)) = plan.fault {
         tokio::time::sleep(delay).await;
@@ -55,7 +83,6 @@ pub async fn send<X: Exchange>(
         timeout,
     });
     let counters = &context.metrics.resilience;
-    let policy = &backend.policy;
     let mut attempted = Attempted {
         retries: 0,
         failovers: 0,
@@ -63,6 +90,8 @@ pub async fn send<X: Exchange>(
         replayable: false,
         out_of_time: false,
     };
+    // Whether the request waited once already for a config with another endpoint.
+    let mut waited = false;
     // Only a retry reads these: a request without a retry policy pays none of it.
     if retry.is_some() {
         attempted.idempotent = exchange.access().is_some_and(|a| is_idempotent(a.method));
@@ -70,8 +99,8 @@ pub async fn send<X: Exchange>(
         attempted.replayable = exchange.keep_for_replay().await?;
     }
     loop {
-        let max = policy.circuit_breaker.max_requests;
-        let Some(_slot) = backend.state.admit(max) else {
+        let max = backend.policy.circuit_breaker.max_requests;
+        let Some(slot) = backend.state.admit(max) else {
             counters.overloaded();
             return Err(Failure::Overloaded {
                 name: backend.name.clone(),
@@ -90,7 +119,7 @@ pub async fn send<X: Exchange>(
             },
             Err(failure) => Outcome::Failed(failure.kind()),
         };
-        if let Some(settings) = &policy.outlier_detection {
+        if let Some(settings) = &backend.policy.outlier_detection {
             judge(
                 context,
                 &backend,
@@ -103,7 +132,8 @@ pub async fn send<X: Exchange>(
         // Only an outcome that may go again needs the clock.
         let may_go_again = retry.is_some() || matches!(outcome, Outcome::Failed(_));
         attempted.out_of_time = may_go_again && deadline.is_some_and(|d| Instant::now() >= d.at);
-        match retry::decide(retry.as_deref(), outcome, attempted) {
+        let verdict = retry::decide(retry.as_deref(), outcome, attempted);
+        match verdict {
             Verdict::Done => return result,
             Verdict::FailOver => {
                 attempted.failovers += 1;
@@ -131,8 +161,56 @@ pub async fn send<X: Exchange>(
         if !exchange.rewind(response) {
             return Err(failure.unwrap_or(Failure::ClientGone));
         }
+        // The attempt is over: its slot goes back before the next one takes its own.
+        drop(slot);
         picked = decide::pick_in(&backend, plan.backend.port, Some(avoid))?;
+        if picked.endpoint.addr != avoid {
+            continue;
+        }
+        // No other endpoint in this backend: another backend of the route, if it has one;
+        // else, when the endpoint is going away (unreachable, or its application stopped),
+        // the config that lists its successor, for a while: during a rollout the endpoint
+        // list lags the pods.
+        if let Some((other, target)) = alternatives
+            .as_ref()
+            .and_then(|a| a.other(plan.backend.destination))
+        {
+            picked = decide::pick_in(&other, target.port, None)?;
+            (backend, plan.backend) = (other, target);
+        } else if verdict == Verdict::FailOver && !waited {
+            waited = true;
+            let hold = Instant::now() + HOLD_FOR_ENDPOINTS;
+            let until = deadline.map_or(hold, |d| d.at.min(hold));
+            let port = plan.backend.port;
+            if let Some(newer) = successor(context, &backend.name, port, avoid, until).await {
+                picked = decide::pick_in(&newer, port, Some(avoid))?;
+                backend = newer;
+            }
+        }
     }
+}
+
+/// Waits until `until` at most for a config in which destination `name` lists an endpoint on
+/// `port` other than `avoid`; that destination.
+async fn successor(
+    context: &Context,
+    name: &str,
+    port: u16,
+    avoid: std::net::SocketAddr,
+    until: Instant,
+) -> Option<Arc<CompiledDestination>> {
+    let mut generation = context.config.generation();
+    while context.config.newer_than(generation, until).await {
+        let config = context.config.current()?;
+        generation = config.generation;
+        let found = config.table.destinations.iter().find(|d| d.name == name);
+        if let Some(destination) = found
+            && destination.endpoints(port).iter().any(|e| e.addr != avoid)
+        {
+            return Some(destination.clone());
+        }
+    }
+    None
 }
 
 /// The deadline of one try: the per-try timeout's, within the request's.

@@ -12,7 +12,9 @@ use braid_proxy_config::Fault;
 
 use super::failure::Failure;
 use crate::policy::balance;
-use crate::policy::routing::{CompiledDestination, CompiledEndpoint, RequestFacts, Table, Target};
+use crate::policy::routing::{
+    CompiledDestination, CompiledEndpoint, CompiledRoute, RequestFacts, Table, Target,
+};
 
 /// A fault to inject into one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +100,23 @@ pub fn plan(
         fault: fault(route.fault.as_ref(), rolls),
         route: Some(index),
     })
+}
+
+/// Another backend of `route` than destination `not` (the one a failed attempt went to, with
+/// no other endpoint to try), drawn by weight among the others (`roll` uniform over `u32`);
+/// `None` when no other backend has weight. A canary's one failing pod is retried on the
+/// stable version rather than on itself.
+pub fn other_backend(
+    route: &CompiledRoute,
+    dialled_port: u16,
+    not: usize,
+    roll: u32,
+) -> Option<Target> {
+    let total = route.total_weight_except(Some(not));
+    let roll = ((u64::from(roll) * u64::from(total)) >> 32) as u32;
+    (total > 0)
+        .then(|| route.backend_except(roll, dialled_port, Some(not)))
+        .flatten()
 }
 
 /// The fault `fault` injects for these rolls: an abort first, else a delay.
@@ -213,5 +232,36 @@ mod tests {
         );
         assert_eq!(fault(Some(&both), rolls(0, 10, 50)), None);
         assert_eq!(fault(None, rolls(0, 0, 0)), None);
+    }
+
+    #[test]
+    fn a_retry_draws_another_backend_by_weight_among_the_others() {
+        let route =
+            CompiledRoute::with_backends(vec![(0, None, 80), (1, None, 20), (2, Some(9), 0)]);
+        // Destination 1 failed: only destination 0 has weight among the others.
+        for roll in [0, u32::MAX / 2, u32::MAX] {
+            assert_eq!(
+                other_backend(&route, 80, 1, roll),
+                Some(Target {
+                    destination: 0,
+                    port: 80
+                })
+            );
+        }
+        // Destination 0 failed: 1 is the only other with weight (2 has none).
+        assert_eq!(
+            other_backend(&route, 80, 0, u32::MAX).map(|t| t.destination),
+            Some(1)
+        );
+        let alone = CompiledRoute::with_backends(vec![(0, None, 100)]);
+        assert_eq!(other_backend(&alone, 80, 0, 7), None, "no other backend");
+        // Weights among the others: 30 and 10 of 40, so a quarter of the draws go to 3.
+        let three = CompiledRoute::with_backends(vec![(0, None, 60), (2, None, 30), (3, None, 10)]);
+        // The middle of each of 400 equal slices of the draws.
+        let slice = |i: u64| (((2 * i + 1) << 32) / 800) as u32;
+        let to_three = (0..400)
+            .filter(|&i| other_backend(&three, 80, 0, slice(i)).map(|t| t.destination) == Some(3))
+            .count();
+        assert_eq!(to_three, 100);
     }
 }

@@ -26,25 +26,19 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::admit;
 use super::attempts::{self, Sending};
 use super::decide::{self, Injected, Picked};
-pub use super::exchange::{Deadline, Exchange};
+pub use super::exchange::{Deadline, Exchange, HOLD_FOR_ENDPOINTS};
 use super::failure::Failure;
 use crate::policy::authz::Caller;
 use crate::policy::routing::Target;
 use crate::state::context::Context;
 use crate::state::reload::Loaded;
 use crate::telemetry::metrics::Direction;
-
-/// How long a request to a backend with no endpoint listed yet waits for a config that lists
-/// one before it fails with 503 (Linkerd queues such requests for up to 3 s too): the endpoint
-/// list lags pod readiness by the operator's write and the kubelet's volume sync.
-pub const HOLD_FOR_ENDPOINTS: Duration = Duration::from_secs(3);
 
 /// Where a request is bound.
 #[derive(Clone, Debug)]
@@ -74,13 +68,22 @@ impl Bound {
     }
 }
 
-/// Drives one request through the steps above. `held` is the config the caller already holds
-/// and the destination of an outbound request in it (the fast path parsed and planned the
-/// request there); `None`: the config in force.
+/// What a codec already holds for a request: the config in force when its connection read it
+/// ([`crate::state::follow`]), and an outbound request's destination in that config (`None`:
+/// to be looked up).
+pub struct Held {
+    /// The config.
+    pub config: Arc<Loaded>,
+    /// The destination of an outbound request's original address in it.
+    pub target: Option<Target>,
+}
+
+/// Drives one request through the steps above. `held`: the config the codec already holds
+/// (the fast path parsed and planned the request there); `None`: the config in force.
 pub async fn drive<X: Exchange>(
     context: &Context,
     bound: &Bound,
-    held: Option<(Arc<Loaded>, Target)>,
+    held: Option<Held>,
     exchange: &mut X,
 ) -> Result<X::Response, Failure> {
     match bound {
@@ -90,7 +93,11 @@ pub async fn drive<X: Exchange>(
         }
         Bound::Inbound(inbound) => {
             let port = inbound.app.endpoint.addr.port();
-            admit::check(context, inbound.caller.as_ref(), port, exchange.access())?;
+            let caller = inbound.caller.as_ref();
+            match held {
+                Some(held) => admit::check_in(&held.config.table, caller, port, exchange.access()),
+                None => admit::check(context, caller, port, exchange.access()),
+            }?;
             let _in_flight = inbound.app.endpoint.stats.start();
             exchange.send(&inbound.app, None).await
         }
@@ -102,15 +109,21 @@ pub async fn drive<X: Exchange>(
 async fn outbound<X: Exchange>(
     context: &Context,
     original: SocketAddr,
-    mut held: Option<(Arc<Loaded>, Target)>,
+    mut held: Option<Held>,
     exchange: &mut X,
 ) -> Result<Sending, Failure> {
     let mut hold_until = None;
     loop {
         let (config, target) = match held.take() {
-            Some(held) => held,
-            None => {
-                let config = context.config.current().ok_or(Failure::NotReady)?;
+            Some(Held {
+                config,
+                target: Some(target),
+            }) => (config, target),
+            held => {
+                let config = match held {
+                    Some(held) => held.config,
+                    None => context.config.current().ok_or(Failure::NotReady)?,
+                };
                 // Looked up in this config: a destination's index in another one may differ.
                 let target = config
                     .table
@@ -144,11 +157,27 @@ async fn outbound<X: Exchange>(
                     .clone()
             })
             .or_else(|| backend.retries.clone());
+        // A route with several backends keeps them for a retry whose backend has no other
+        // endpoint.
+        let alternatives = plan
+            .route
+            .filter(|&r| {
+                table.destinations[target.destination].routes[r]
+                    .backends
+                    .len()
+                    > 1
+            })
+            .map(|route| attempts::Alternatives {
+                config: config.clone(),
+                dialled: target,
+                route,
+            });
         return Ok(Sending {
             plan,
             picked,
             backend,
             retry,
+            alternatives,
         });
     }
 }

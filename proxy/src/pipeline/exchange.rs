@@ -1,5 +1,6 @@
 //! What the request driver ([`super::drive()`]) needs from a codec ([`Exchange`]: the HTTP/1.1
-//! fast path, hyper, opaque TCP), and a request's deadline ([`Deadline`]).
+//! fast path, hyper, opaque TCP), a request's deadline ([`Deadline`]), and how long a request
+//! waits for endpoints ([`HOLD_FOR_ENDPOINTS`]).
 
 use std::time::Duration;
 
@@ -9,6 +10,12 @@ use super::decide::{Picked, Plan};
 use super::failure::Failure;
 use crate::policy::authz::HttpAccess;
 use crate::policy::routing::{Table, Target};
+
+/// How long a request to a backend with no endpoint listed yet waits for a config that lists
+/// one before it fails with 503 (Linkerd queues such requests for up to 3 s too): the endpoint
+/// list lags pod readiness by the operator's write and the kubelet's volume sync. A request
+/// whose only endpoint is going away waits as long for its successor.
+pub const HOLD_FOR_ENDPOINTS: Duration = Duration::from_secs(3);
 
 /// When a request's time is up, and what it was (to name it in the failure).
 #[derive(Clone, Copy, Debug)]

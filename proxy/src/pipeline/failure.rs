@@ -172,6 +172,11 @@ pub enum ExchangeCause {
     /// The peer closed the connection before the response head was complete.
     #[error("closed {0}")]
     Closed(&'static str),
+    /// The peer's proxy did not pass the request on: its application refused the connection
+    /// (it is stopping, or not started yet), or it refused the stream. Nothing of the request
+    /// reached an application, so it may go to another endpoint.
+    #[error("not processed: {0}")]
+    Unprocessed(&'static str),
     /// The peer's response does not parse.
     #[error("malformed response: {0}")]
     Malformed(String),
@@ -224,6 +229,9 @@ pub enum Kind {
     IdentityMismatch,
     /// The connection was reset or closed before the response head.
     Reset,
+    /// The peer's proxy said its application did not get the request (stopping, not started)
+    /// or refused the stream.
+    Unprocessed,
     /// The peer's response was malformed, or HTTP failed otherwise.
     BadResponse,
     /// The request timeout passed.
@@ -252,6 +260,7 @@ impl Kind {
             Self::ConnectRefused | Self::ConnectTimeout | Self::ConnectFailed => "UF",
             Self::Tls | Self::IdentityMismatch => "UF",
             Self::Reset => "UC",
+            Self::Unprocessed => "UF",
             Self::BadResponse => "UPE",
             Self::Timeout => "UT",
             Self::Fault => "FI",
@@ -324,10 +333,12 @@ impl UpstreamError {
             },
             Self::Handshake { .. } | Self::NoIdentity => Kind::Tls,
             Self::WrongPeer { .. } => Kind::IdentityMismatch,
+            Self::Http(error) if never_sent(error) => Kind::Unprocessed,
             Self::Http(error) if closed_before_response(error) => Kind::Reset,
             Self::Http(_) => Kind::BadResponse,
             Self::Exchange { cause, .. } => match cause {
                 ExchangeCause::Reset | ExchangeCause::Closed(_) => Kind::Reset,
+                ExchangeCause::Unprocessed(_) => Kind::Unprocessed,
                 ExchangeCause::Malformed(_) | ExchangeCause::Io(_) => Kind::BadResponse,
             },
         }
@@ -338,6 +349,23 @@ impl UpstreamError {
 /// the application's request as hyper's server reads it, so its error is a hyper error too.
 fn request_body_failed(error: &hyper::Error) -> bool {
     std::error::Error::source(error).is_some_and(|cause| cause.is::<hyper::Error>())
+}
+
+/// Whether hyper's client never sent the request: it was cancelled on a connection that
+/// closed first, or the peer refused its HTTP/2 stream (`REFUSED_STREAM`, which a server sends
+/// for streams past its GOAWAY: RFC 9113 §8.7 says they were not processed).
+pub fn never_sent(error: &hyper::Error) -> bool {
+    if error.is_canceled() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(h2) = cause.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = cause.source();
+    }
+    false
 }
 
 /// Whether the connection was closed under a request before any response came.
@@ -408,6 +436,14 @@ mod tests {
             (Failure::Abort(418), 418, "FI"),
             (Failure::BadRequest("bad chunk".into()), 400, "DPE"),
             (Failure::Gone(addr()), 502, "NR"),
+            (
+                Failure::Upstream(UpstreamError::Exchange {
+                    addr: addr(),
+                    cause: ExchangeCause::Unprocessed("its application is not listening"),
+                }),
+                502,
+                "UF",
+            ),
             (
                 Failure::Denied {
                     policy: "shop/payment".into(),

@@ -13,7 +13,7 @@ pub mod record;
 pub mod respond;
 
 pub use decide::{Injected, Picked, Plan, Rolls};
-pub use drive::{Bound, Deadline, Exchange, HOLD_FOR_ENDPOINTS, InboundTarget, drive};
+pub use drive::{Bound, Deadline, Exchange, HOLD_FOR_ENDPOINTS, Held, InboundTarget, drive};
 pub use failure::{ConnectCause, ExchangeCause, Failure, Kind, UpstreamError};
 pub use record::RequestRecord;
-pub use respond::{PROXY_ERROR_HEADER, Protocol};
+pub use respond::{PROXY_ERROR_HEADER, Protocol, UNPROCESSED_HEADER};

@@ -13,10 +13,18 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode, Version};
 
 use super::failure::{Failure, Kind};
+use crate::policy::retry::sent_nothing;
 use crate::upstream::ProxyBody;
 
 /// The response header that says the proxy produced the response, and why.
 pub const PROXY_ERROR_HEADER: &str = "braid-proxy-error";
+
+/// The response header that says nothing of the request reached an application (the proxy
+/// could not connect to it, or to its peer): a caller's proxy that reads it from a mesh peer
+/// sends the request to another endpoint ([`crate::pipeline::Kind::Unprocessed`]), as it
+/// would after a refused connection — the application behind a stopping pod is gone before
+/// every caller's endpoint list says so.
+pub const UNPROCESSED_HEADER: &str = "braid-proxy-unprocessed";
 
 /// The protocol a reply must speak.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +157,11 @@ pub fn response(failure: &Failure, protocol: Protocol) -> Response<ProxyBody> {
     response
         .headers_mut()
         .insert(PROXY_ERROR_HEADER, header_text(failure));
+    if sent_nothing(failure.kind()) {
+        response
+            .headers_mut()
+            .insert(UNPROCESSED_HEADER, HeaderValue::from_static("true"));
+    }
     if let Some(seconds) = retry_after(failure) {
         response
             .headers_mut()
@@ -185,6 +198,12 @@ pub fn encode_h1(failure: &Failure, close: bool, out: &mut Vec<u8>) {
         let _ = write!(
             crate::h1::message::ByteWriter(out),
             "retry-after: {seconds}\r\n"
+        );
+    }
+    if sent_nothing(failure.kind()) {
+        let _ = write!(
+            crate::h1::message::ByteWriter(out),
+            "{UNPROCESSED_HEADER}: true\r\n"
         );
     }
     let _ = write!(
@@ -264,6 +283,27 @@ mod tests {
             grpc_status(&Failure::BadRequest("x".into())),
             grpc::INTERNAL
         );
+    }
+
+    #[test]
+    fn a_reply_says_when_nothing_reached_an_application() {
+        let refused = Failure::Upstream(super::super::failure::UpstreamError::Connect {
+            addr: "127.0.0.1:8080".parse().expect("addr"),
+            cause: super::super::failure::ConnectCause::Refused,
+        });
+        let reply = response(&refused, Protocol::Http);
+        assert_eq!(reply.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(reply.headers()[UNPROCESSED_HEADER], "true");
+        let mut out = Vec::new();
+        encode_h1(&refused, false, &mut out);
+        let text = String::from_utf8(out).expect("ascii");
+        assert!(
+            text.contains("\r\nbraid-proxy-unprocessed: true\r\n"),
+            "{text}"
+        );
+        // A timeout may have reached the application: not said.
+        let timeout = response(&Failure::Timeout(Duration::from_secs(1)), Protocol::Http);
+        assert!(!timeout.headers().contains_key(UNPROCESSED_HEADER));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! Two kinds of second attempt:
 //! - **failover**: the attempt failed before any byte of the request left the proxy (connect
-//!   refused or timed out, TLS, a peer with the wrong identity). Always allowed, for any
+//!   refused or timed out, TLS, a peer with the wrong identity), or the peer's proxy said its
+//!   application did not get it (stopping, or not started: [`Kind::Unprocessed`]; HTTP/2's
+//!   `REFUSED_STREAM`). Always allowed, for any
 //!   method and with no retry policy, up to [`FAILOVERS`] times, on another endpoint: nothing
 //!   reached a peer, and this is what keeps a rollout clean while the endpoint list lags.
 //! - **retry** (a retry policy is set): the failure is one of its conditions; the request is
@@ -108,7 +110,8 @@ impl Outcome {
     }
 }
 
-/// Whether a failure of this kind happened before any byte of the request left the proxy.
+/// Whether a failure of this kind left the request unprocessed: it failed before any byte of
+/// it left the proxy, or the peer's proxy said that its application did not get it.
 pub fn sent_nothing(kind: Kind) -> bool {
     matches!(
         kind,
@@ -117,6 +120,7 @@ pub fn sent_nothing(kind: Kind) -> bool {
             | Kind::ConnectFailed
             | Kind::Tls
             | Kind::IdentityMismatch
+            | Kind::Unprocessed
     )
 }
 

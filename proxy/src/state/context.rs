@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use braid_proxy_config::Limits;
 
+use crate::state::drain::Drain;
 use crate::state::reload::{ConfigState, IdentityState};
 use crate::telemetry::metrics::Metrics;
 use crate::upstream::Upstreams;
@@ -27,6 +28,8 @@ pub struct Context {
     /// The process's soft limit on open files, which lowers the connection caps
     /// ([`crate::listener::connection_cap`]).
     pub descriptor_limit: u64,
+    /// The end of the pod: from SIGTERM on, connections are told to go elsewhere.
+    pub drain: Drain,
 }
 
 impl Context {
@@ -51,6 +54,7 @@ impl Context {
             detect_timeout,
             own_ports,
             descriptor_limit,
+            drain: Drain::default(),
         })
     }
 

@@ -43,6 +43,9 @@ pub struct Loaded {
 #[derive(Debug)]
 pub struct ConfigState {
     current: watch::Sender<Option<Arc<Loaded>>>,
+    /// The generation of the config in force (0: none yet), which connections compare with
+    /// the one they last used ([`super::follow`]).
+    generation: AtomicU64,
     /// The endpoints' and destinations' live numbers and the inbound policy's counters, which
     /// compiled configs hold handles to.
     pub live: Registries,
@@ -58,6 +61,7 @@ impl Default for ConfigState {
     fn default() -> Self {
         Self {
             current: watch::channel(None).0,
+            generation: AtomicU64::new(0),
             live: Registries::default(),
             reload_errors: AtomicU64::new(0),
             last_error: std::sync::Mutex::new(None),
@@ -70,6 +74,11 @@ impl ConfigState {
     /// The config in force, if one was ever loaded.
     pub fn current(&self) -> Option<Arc<Loaded>> {
         self.current.borrow().clone()
+    }
+
+    /// The generation of the config in force; 0 before the first.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// A receiver that sees every swap.
@@ -139,6 +148,7 @@ impl ConfigState {
                     generation,
                     ignored,
                 })));
+                self.generation.store(generation, Ordering::Release);
                 *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 Ok(generation)
             }

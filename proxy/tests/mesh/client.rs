@@ -474,9 +474,12 @@ pub async fn run(args: &[String]) {
         }
         other => match crate::authz::command(other, |i| arg(i).to_string()).await {
             Some(result) => result,
-            None => crate::resilience::command(other, |i| arg(i).to_string())
-                .await
-                .unwrap_or_else(|| format!("unknown command {other}")),
+            None => match crate::resilience::command(other, |i| arg(i).to_string()).await {
+                Some(result) => result,
+                None => crate::drain::command(other, |i| arg(i).to_string())
+                    .await
+                    .unwrap_or_else(|| format!("unknown command {other}")),
+            },
         },
     };
     // One line, whatever the result holds (admin bodies are multi-line).

@@ -59,6 +59,10 @@ pub fn client_config(v1: u32, v2: u32) -> String {
     payment["routes"] = serde_json::json!([{"backends": [
         {"destination": "payment-v1.shop", "weight": v1},
         {"destination": "payment-v2.shop", "weight": v2}]}]);
+    let mut canary = destination("canary.shop", "10.96.1.10", 80, endpoint(8105, PAYMENT));
+    canary["routes"] = serde_json::json!([{"backends": [
+        {"destination": "canary-v2.shop", "weight": 50},
+        {"destination": "canary-v1.shop", "weight": 50}]}]);
     let mut hung = destination("hung.shop", "10.96.0.41", 9000, endpoint(7003, PAYMENT));
     hung["routes"] = serde_json::json!([{"backends": [
         {"destination": "hung.shop", "weight": 100}], "timeoutMs": 300}]);
@@ -104,6 +108,24 @@ pub fn client_config(v1: u32, v2: u32) -> String {
                             "ports": [{"port": 80, "endpoints": [
                                 {"ip": CLIENT_IP, "port": 8199, "identity": PAYMENT},
                                 endpoint(8105, PAYMENT)]}]}),
+                        serde_json::json!({"loadBalancer": "ROUND_ROBIN"})),
+            // A stopped application behind a live proxy (nothing listens on 8198): its proxy
+            // says so, and the request goes to the other endpoint (crate::resilience).
+            with_policy(endpoints("unprocessed.shop", "10.96.1.9", 80, &[8198, 8105]),
+                        serde_json::json!({"loadBalancer": "ROUND_ROBIN"})),
+            // A canary whose one pod fails everything: retried on the stable backend.
+            canary,
+            with_policy(destination("canary-v2.shop", "10.96.1.11", 80, endpoint(8104, PAYMENT)),
+                        serde_json::json!({"retries": retries(2, 100)})),
+            destination("canary-v1.shop", "10.96.1.12", 80, endpoint(8105, PAYMENT)),
+            // A destination whose only endpoint is gone, until the next config (crate::drain).
+            destination("successor.shop", "10.96.1.13", 80, endpoint(8198, PAYMENT)),
+            // The end of a pod (crate::drain): the server pod's application, and a spare in
+            // the client pod (plaintext: no identity).
+            with_policy(serde_json::json!({"name": "drain.shop", "clusterIps": ["10.96.1.20"],
+                            "ports": [{"port": 80, "endpoints": [
+                                endpoint(crate::drain::APP_PORT, PAYMENT),
+                                {"ip": CLIENT_IP, "port": 8111}]}]}),
                         serde_json::json!({"loadBalancer": "ROUND_ROBIN"})),
             destination("impostor.shop", "10.96.0.30", 80,
                         serde_json::json!({"ip": SERVER_IP, "port": 8081,

@@ -20,14 +20,15 @@
 //! the HTTP-aware inbound side forwards pipelined, chunked, HTTP/2, gRPC and websocket traffic
 //! under both modes and refuses smuggling ([`inbound`]); authorization and rate limits are
 //! enforced on real mTLS callers ([`authz`]); retries, failover, outlier ejection and the
-//! circuit breaker work over mTLS ([`resilience`]); and the proxy holds against careless and hostile
-//! peers ([`hardening`]).
+//! circuit breaker work over mTLS ([`resilience`]); the proxy holds against careless and hostile
+//! peers ([`hardening`]); and the end of a pod fails no caller's request ([`drain`]).
 
 mod apps;
 mod attack;
 mod authz;
 mod client;
 mod configs;
+mod drain;
 mod hardening;
 mod inbound;
 mod pods;
@@ -54,6 +55,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("apps") => return runtime().block_on(apps::run()),
         Some("client") => return runtime().block_on(client::run(&args[1..])),
+        Some("drain-app") => return runtime().block_on(drain::app(&args[1])),
         _ => {}
     }
     assert_eq!(
@@ -489,4 +491,5 @@ fn scenario(root: &Path) {
         !logs.contains("PRIVATE KEY"),
         "a private key reached the log"
     );
+    drain::check(&mut client, &mut server, &server_config("PERMISSIVE"), 90);
 }

@@ -296,6 +296,22 @@ pub fn check(client: &Pod) {
     assert_eq!(calls("GET", "10.96.1.8:80", 20, 0), "200=20");
     assert!(metric("braid_proxy_retries_total{kind=\"failover\"}") >= failovers + 10);
 
+    // An endpoint whose proxy answers that its application is not listening (stopped, or not
+    // started): the request goes to the other endpoint, POSTs too.
+    let failovers = metric("braid_proxy_retries_total{kind=\"failover\"}");
+    assert_eq!(calls("POST", "10.96.1.9:80", 20, 10), "200=20");
+    assert!(metric("braid_proxy_retries_total{kind=\"failover\"}") >= failovers + 10);
+
+    // A canary whose only pod fails every request: each failure is retried on the stable
+    // backend (the canary has no other pod), so every request succeeds.
+    let retries = metric("braid_proxy_retries_total{kind=\"retry\"}");
+    assert_eq!(calls("GET", "10.96.1.10:80", 40, 0), "200=40");
+    let retried = metric("braid_proxy_retries_total{kind=\"retry\"}") - retries;
+    assert!(
+        (10..=30).contains(&retried),
+        "{retried} retries of 40 requests, half to the canary"
+    );
+
     // Of three endpoints, the one that always fails is ejected after 3 failures (round robin:
     // within 9 requests) and gets nothing for its 2 s; back on probation, one failure ejects
     // it again.

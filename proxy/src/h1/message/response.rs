@@ -23,6 +23,12 @@ pub struct Response<'h, 'b> {
 }
 
 impl Response<'_, '_> {
+    /// Whether the peer's proxy says it did not pass the request on (a 5xx it answered itself
+    /// with [`crate::pipeline::UNPROCESSED_HEADER`]).
+    pub fn unprocessed(&self) -> bool {
+        self.status >= 500 && header(self.headers, crate::pipeline::UNPROCESSED_HEADER).is_some()
+    }
+
     /// Whether this is an interim (1xx) response: the final one follows.
     pub fn is_interim(&self) -> bool {
         (100..200).contains(&self.status)

@@ -42,7 +42,13 @@ fn a_failure_that_sent_nothing_fails_over_with_or_without_a_policy_up_to_the_lim
         };
         assert_eq!(decide(rule, refused, tried), expected, "{rule:?}");
     }
-    for kind in [Kind::ConnectTimeout, Kind::Tls, Kind::IdentityMismatch] {
+    for kind in [
+        Kind::ConnectTimeout,
+        Kind::Tls,
+        Kind::IdentityMismatch,
+        // The peer's proxy said its application did not get it.
+        Kind::Unprocessed,
+    ] {
         assert_eq!(
             decide(None, Outcome::Failed(kind), attempted(false)),
             Verdict::FailOver

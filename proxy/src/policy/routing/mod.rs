@@ -408,11 +408,35 @@ pub struct Registries {
 }
 
 impl CompiledRoute {
+    /// A route that matches every request and sends it to `backends`, with no timeout, fault
+    /// or retry rule of its own (for tests of the decisions).
+    #[cfg(test)]
+    pub fn with_backends(backends: Vec<(usize, Option<u16>, u32)>) -> Self {
+        Self {
+            matches: Vec::new(),
+            backends,
+            timeout_ms: None,
+            fault: None,
+            retries: None,
+        }
+    }
+
     /// The backend for a roll in `0..total weight` (the caller draws it), as a target whose port
     /// is the backend's own or else the port the application dialled.
     pub fn backend(&self, roll: u32, dialled_port: u16) -> Option<Target> {
+        self.backend_except(roll, dialled_port, None)
+    }
+
+    /// [`Self::backend`] among the backends whose destination is not `skip` (the roll is in
+    /// `0..`[`Self::total_weight_except`]).
+    pub fn backend_except(
+        &self,
+        roll: u32,
+        dialled_port: u16,
+        skip: Option<usize>,
+    ) -> Option<Target> {
         let mut left = roll;
-        for &(destination, port, weight) in &self.backends {
+        for &(destination, port, weight) in self.backends.iter().filter(|b| Some(b.0) != skip) {
             if left < weight {
                 return Some(Target {
                     destination,
@@ -426,7 +450,16 @@ impl CompiledRoute {
 
     /// The sum of the backends' weights.
     pub fn total_weight(&self) -> u32 {
-        self.backends.iter().map(|b| b.2).sum()
+        self.total_weight_except(None)
+    }
+
+    /// The sum of the weights of the backends whose destination is not `skip`.
+    pub fn total_weight_except(&self, skip: Option<usize>) -> u32 {
+        self.backends
+            .iter()
+            .filter(|b| Some(b.0) != skip)
+            .map(|b| b.2)
+            .sum()
     }
 }
 
