@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
         changed.clone(),
         leading.clone(),
         metrics.clone(),
+        client.clone(),
     ));
     tokio::select! {
         () = run::reconcile_loop(client, caches, changed, leading, metrics, proxies, pod_name) => {}

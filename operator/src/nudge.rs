@@ -17,6 +17,10 @@ use crate::workload::{WorkloadKey, workload_of};
 /// The pod annotation that carries the hash of the `proxy.json` the pod should run.
 pub const CONFIG_HASH_ANNOTATION: &str = "braid.dev/config-hash";
 
+/// The pod annotation changed once more when a proxy still runs an older config a while after
+/// its nudge ([`nudge_again`]).
+pub const RESYNC_ANNOTATION: &str = "braid.dev/config-resync";
+
 /// The live pods of `workload` that do not carry `hash` yet. Pods not yet scheduled are left
 /// out: no kubelet has mounted their volumes, and the one that does will mount the file as it
 /// is then (the scheduler would also re-examine every unschedulable pod that changes).
@@ -62,6 +66,26 @@ pub async fn nudge(
         }
     }
     patched
+}
+
+/// Makes the kubelet sync the volumes of `pod` (`namespace/name`) once more, by changing its
+/// [`RESYNC_ANNOTATION`] to `value`. A nudge can come too early: the kubelet takes the pod's
+/// change at once, but its cache of the ConfigMap may not have the new document yet, and it then
+/// writes the old file again; the read-back sees the proxy still behind and asks again.
+pub async fn nudge_again(client: &kube::Client, pod: &str, value: &str) {
+    let Some((namespace, name)) = pod.split_once('/') else {
+        return;
+    };
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({"metadata": {"annotations": {RESYNC_ANNOTATION: value}}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => tracing::info!("pod {pod} still runs an older config: nudged again"),
+        Err(kube::Error::Api(status)) if status.code == 404 => {}
+        Err(error) => tracing::warn!("nudging pod {pod} again failed: {error}"),
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //!
 //! Cost: a proxy in sync is read every [`SWEEP`]; one that lags (its workload's config was just
 //! rewritten, or it is unreachable) every [`CHASE`] for its first [`CHASE_FOR`], then every
-//! [`SLOW`], so that a change is seen applied within a quarter second of the swap. A read is one
+//! [`SLOW`], so that a change is seen applied within a quarter second of the swap. A proxy still
+//! on an older file [`RENUDGE_AFTER`] into its lag has its pod nudged once more. A read is one
 //! TCP connection and about 300 bytes each way; at most [`CONCURRENCY`] at once. Only the
 //! leader reads. When what a proxy reports changes whether it is in sync (or why not), the
 //! reconcile loop is woken, which rewrites the statuses that changed.
@@ -35,6 +36,9 @@ pub const CHASE: Duration = Duration::from_millis(250);
 pub const CHASE_FOR: Duration = Duration::from_secs(10);
 /// How often a proxy that has lagged longer is read.
 pub const SLOW: Duration = Duration::from_secs(5);
+/// How long a proxy may run an older config, with nothing wrong with the file it has, before
+/// its pod is nudged once more ([`crate::nudge::nudge_again`]).
+pub const RENUDGE_AFTER: Duration = Duration::from_secs(2);
 /// Reads in flight at once.
 pub const CONCURRENCY: usize = 32;
 /// How long one read may take.
@@ -49,6 +53,15 @@ pub fn next_read(behind_for: Option<Duration>) -> Duration {
         Some(lag) if lag < CHASE_FOR => CHASE,
         Some(_) => SLOW,
     }
+}
+
+/// Whether a proxy that has lagged `behind_for` and answered `heard` is nudged once more: it
+/// runs an older config without an error of its own (its file was not swapped) for
+/// [`RENUDGE_AFTER`], and was not nudged again in this lag yet.
+pub fn renudge(behind_for: Option<Duration>, already: bool, heard: &Heard) -> bool {
+    !already
+        && behind_for.is_some_and(|lag| lag >= RENUDGE_AFTER)
+        && matches!(heard, Heard::Runs { hash, last_error: None } if !hash.is_empty())
 }
 
 /// What the operator knows of every proxy, shared by the reconcile loop and the reader.
@@ -73,6 +86,8 @@ struct Schedule {
     workload: WorkloadKey,
     next: Instant,
     behind_since: Option<Instant>,
+    /// Its pod was nudged once more in this lag.
+    renudged: bool,
 }
 
 impl Readback {
@@ -94,6 +109,7 @@ impl Readback {
                 // A new file to chase: read at once, and chase it as a fresh lag.
                 entry.next = entry.next.min(now);
                 entry.behind_since = None;
+                entry.renudged = false;
             }
         }
         state.desired = desired;
@@ -119,6 +135,7 @@ pub async fn read_loop(
     changed: Arc<Notify>,
     leading: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
+    client: kube::Client,
 ) {
     loop {
         let _ = tokio::time::timeout(CHASE, readback.wake.notified()).await;
@@ -150,41 +167,57 @@ pub async fn read_loop(
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        let mut woke = false;
-        let mut state = readback.state.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        for (pod, heard) in answers {
-            let in_sync = matches!(&heard, Heard::Runs { hash, .. }
-                if state.desired.get(&pod.workload) == Some(hash));
-            metrics.record_readback(match (&heard, in_sync) {
-                (Heard::Unreachable(_), _) => "unreachable",
-                (_, true) => "in_sync",
-                (_, false) => "behind",
-            });
-            let previous = state.heard.insert(pod.uid.clone(), heard.clone());
-            woke |= previous.as_ref() != Some(&heard);
-            let behind_since = if in_sync {
-                None
-            } else {
-                state
-                    .schedule
-                    .get(&pod.uid)
-                    .and_then(|s| s.behind_since)
-                    .or(Some(now))
-            };
-            let wait = next_read(behind_since.map(|since| now - since));
-            state.schedule.insert(
-                pod.uid,
-                Schedule {
-                    workload: pod.workload,
-                    next: now + wait,
-                    behind_since,
-                },
-            );
-        }
-        drop(state);
+        let (woke, again) = {
+            let mut woke = false;
+            let mut again = Vec::new();
+            let mut state = readback.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            for (pod, heard) in answers {
+                let in_sync = matches!(&heard, Heard::Runs { hash, .. }
+                    if state.desired.get(&pod.workload) == Some(hash));
+                metrics.record_readback(match (&heard, in_sync) {
+                    (Heard::Unreachable(_), _) => "unreachable",
+                    (_, true) => "in_sync",
+                    (_, false) => "behind",
+                });
+                let previous = state.heard.insert(pod.uid.clone(), heard.clone());
+                woke |= previous.as_ref() != Some(&heard);
+                let behind_since = if in_sync {
+                    None
+                } else {
+                    state
+                        .schedule
+                        .get(&pod.uid)
+                        .and_then(|s| s.behind_since)
+                        .or(Some(now))
+                };
+                let behind_for = behind_since.map(|since| now - since);
+                let already = behind_since.is_some()
+                    && state.schedule.get(&pod.uid).is_some_and(|s| s.renudged);
+                let renudged = already || renudge(behind_for, already, &heard);
+                if renudged && !already {
+                    again.push(pod.name.clone());
+                }
+                state.schedule.insert(
+                    pod.uid,
+                    Schedule {
+                        workload: pod.workload,
+                        next: now + next_read(behind_for),
+                        behind_since,
+                        renudged,
+                    },
+                );
+            }
+            (woke, again)
+        };
         if woke {
             changed.notify_one();
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        for pod in again {
+            crate::nudge::nudge_again(&client, &pod, &stamp.to_string()).await;
         }
     }
 }
@@ -254,6 +287,35 @@ mod tests {
         assert_eq!(next_read(Some(Duration::ZERO)), CHASE);
         assert_eq!(next_read(Some(CHASE_FOR - CHASE)), CHASE);
         assert_eq!(next_read(Some(CHASE_FOR)), SLOW);
+    }
+
+    #[test]
+    fn a_proxy_left_on_an_older_file_is_nudged_once_more_after_a_while() {
+        let older = Heard::Runs {
+            hash: "old".into(),
+            last_error: None,
+        };
+        assert!(!renudge(None, false, &older), "in sync");
+        assert!(
+            !renudge(Some(RENUDGE_AFTER / 2), false, &older),
+            "too early"
+        );
+        assert!(renudge(Some(RENUDGE_AFTER), false, &older));
+        assert!(
+            !renudge(Some(RENUDGE_AFTER * 3), true, &older),
+            "once per lag"
+        );
+        // Its own error (a refused or unreadable file) is not the kubelet's: no nudge helps.
+        let refused = Heard::Runs {
+            hash: "old".into(),
+            last_error: Some("proxy.json refused".into()),
+        };
+        assert!(!renudge(Some(RENUDGE_AFTER), false, &refused));
+        assert!(!renudge(
+            Some(RENUDGE_AFTER),
+            false,
+            &Heard::Unreachable("no answer".into())
+        ));
     }
 
     #[test]

@@ -138,23 +138,39 @@ pub fn a_failing_canary_costs_under_a_tenth_of_a_percent(cluster: &Cluster) -> a
 }
 
 /// A third inventory pod that never answers (`--hang-percent 100`; its health check still
-/// passes, so it stays in the endpoints): each call to it gives up after inventory's
-/// `perTryTimeout` (500 ms) and goes elsewhere, three in a row eject it, and the orders' p99
-/// stays under inventory's request timeout (2 s).
+/// passes, so it stays in the endpoints). Under the demo's LEAST_CONN its calls stay
+/// outstanding and it gets (next to) none; under round robin it gets every third call: each
+/// gives up after inventory's `perTryTimeout` (500 ms) and goes elsewhere, three in a row eject
+/// it. Either way no order fails and their p99 stays under inventory's request timeout (2 s).
 pub fn a_hung_pod_is_timed_out_and_ejected(cluster: &Cluster) -> anyhow::Result<()> {
-    let hung = hung_inventory();
-    cluster.apply(&hung)?;
+    cluster.apply(&hung_inventory())?;
     rollout_status(cluster, "inventory-hung")?;
     std::thread::sleep(Duration::from_secs(15));
-    let ejections = order_metric(cluster, "braid_proxy_outlier_ejections_total")?;
-    let summary = orders(cluster, 600, 4)?;
-    let ejections = order_metric(cluster, "braid_proxy_outlier_ejections_total")? - ejections;
-    let p99 = summary["p99_ms"].as_f64().context("p99_ms")?;
-    println!(
-        "an inventory pod that hangs: {} of {} orders failed, p99 {p99:.0} ms, max {} ms, \
-         {ejections} ejections in order's proxy: {summary}",
-        summary["failed"], summary["orders"], summary["max_ms"]
-    );
+    for balancer in ["LEAST_CONN", "ROUND_ROBIN"] {
+        inventory_balancer(cluster, balancer)?;
+        let ejections = order_metric(cluster, "braid_proxy_outlier_ejections_total")?;
+        let summary = orders(cluster, 600, 4)?;
+        let ejections = order_metric(cluster, "braid_proxy_outlier_ejections_total")? - ejections;
+        let p99 = summary["p99_ms"].as_f64().context("p99_ms")?;
+        println!(
+            "an inventory pod that hangs, {balancer}: {} of {} orders failed, p99 {p99:.0} ms, \
+             max {} ms, {ejections} ejections in order's proxy: {summary}",
+            summary["failed"], summary["orders"], summary["max_ms"]
+        );
+        ensure!(summary["failed"] == 0, "orders failed: {summary}");
+        ensure!(
+            p99 < 2_000.0,
+            "the orders' p99 ({p99} ms) reached inventory's timeout"
+        );
+        ensure!(
+            summary["versions"]["inventory"]["hung"].is_null(),
+            "the hung pod answered: {summary}"
+        );
+        if balancer == "ROUND_ROBIN" {
+            ensure!(ejections >= 1.0, "the hung pod was never ejected");
+        }
+    }
+    inventory_balancer(cluster, "LEAST_CONN")?;
     cluster.kubectl(&[
         "delete",
         "-n",
@@ -162,17 +178,36 @@ pub fn a_hung_pod_is_timed_out_and_ejected(cluster: &Cluster) -> anyhow::Result<
         "deployment/inventory-hung",
         "--wait=true",
     ])?;
-    ensure!(summary["failed"] == 0, "orders failed: {summary}");
-    ensure!(
-        p99 < 2_000.0,
-        "the orders' p99 ({p99} ms) reached inventory's timeout"
-    );
-    ensure!(ejections >= 1.0, "the hung pod was never ejected");
-    ensure!(
-        summary["versions"]["inventory"]["hung"].is_null(),
-        "the hung pod answered: {summary}"
-    );
     Ok(())
+}
+
+/// Sets the inventory policy's load balancer and waits until every proxy runs it.
+fn inventory_balancer(cluster: &Cluster, balancer: &str) -> anyhow::Result<()> {
+    let patch = json!({"spec": {"loadBalancer": balancer}});
+    cluster.kubectl(&[
+        "patch",
+        "-n",
+        NS,
+        "meshpolicy/inventory",
+        "--type=merge",
+        "-p",
+        &patch.to_string(),
+    ])?;
+    braid_e2e::eventually(Duration::from_secs(90), || {
+        let policy = cluster.get_json(&["meshpolicy", "-n", NS, "inventory"])?;
+        let programmed = policy["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["type"] == "Programmed" && c["status"] == "True");
+        ensure!(
+            policy["status"]["observedGeneration"] == policy["metadata"]["generation"]
+                && programmed,
+            "{balancer} not on every proxy yet: {}",
+            policy["status"]
+        );
+        Ok(())
+    })
 }
 
 fn hung_inventory() -> Value {

@@ -205,6 +205,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
                     }
                     peer.stream = connect().await?;
                 }
+                // The application reset a connection it had not answered, and no longer
+                // listens: it stopped, and this connection was still in its listener's queue
+                // (closing a listener resets them), so it never read the request.
+                Err(Attempt::NoAnswer(..))
+                    if application && idle_for.is_none() && stopped_listening(addr).await =>
+                {
+                    let cause = ExchangeCause::Unprocessed("the application stopped listening");
+                    return Err(peer.error(cause));
+                }
                 Err(failed) => return Err(failed.into()),
             }
         }
@@ -453,6 +462,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
             }
         }
     }
+}
+
+/// Whether nothing listens on `addr` (a connection to it is refused) any more.
+async fn stopped_listening(addr: SocketAddr) -> bool {
+    let connect = tokio::net::TcpStream::connect(addr);
+    matches!(
+        tokio::time::timeout(Duration::from_millis(100), connect).await,
+        Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused
+    )
 }
 
 fn malformed(peer: &Peer, error: BadResponse) -> Attempt {
