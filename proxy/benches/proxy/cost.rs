@@ -192,6 +192,7 @@ fn start(pod: &mut Pod, binary: &str, dir: &Path) -> u32 {
         .args([binary, "run"])
         .env("BRAID_CONFIG_DIR", pod.dir.join("config"))
         .env("BRAID_IDENTITY_DIR", pod.dir.join("identity"))
+        .envs(VGDB_NAMES)
         .stderr(log)
         .spawn()
         .expect("valgrind starts");
@@ -213,9 +214,22 @@ fn wait_ready(pod: &Pod) {
     }
 }
 
+/// What valgrind's gdbserver and `vgdb` name their pipes by (user and host, from the
+/// environment): the same on both sides, whoever runs them.
+const VGDB_NAMES: [(&str, &str); 2] = [("LOGNAME", "braid-bench"), ("HOST", "braid-bench")];
+
+/// `callgrind_control <what> <pid>`, as the proxy's user: `vgdb` can then wake a proxy blocked in
+/// a system call (as root it could not open the pipes of another user's valgrind).
 fn callgrind_control(what: &str, pid: u32) {
-    let output = std::process::Command::new("callgrind_control")
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=1337",
+            "--regid=1337",
+            "--clear-groups",
+            "callgrind_control",
+        ])
         .args([what, &pid.to_string()])
+        .envs(VGDB_NAMES)
         .output()
         .expect("callgrind_control runs");
     assert!(

@@ -345,7 +345,9 @@ fn bench(root: &Path) -> (Vec<Measured>, Vec<cost::Counted>) {
     let policy_config = policy::with_policy(&server_config, CLIENT_ID);
     let (mut server_version, mut server_has_policy) = (1, false);
     let mut runs = Vec::new();
-    for round in 1..=ROUNDS {
+    // `BRAID_BENCH_ONLY=instructions`: the instruction counts alone (a quick look while working).
+    let instructions_only = std::env::var("BRAID_BENCH_ONLY").is_ok_and(|v| v == "instructions");
+    for round in 1..=if instructions_only { 0 } else { ROUNDS } {
         for (setup, [target, h2_target], as_proxy, processes, binary) in &setups {
             let (setup, as_proxy) = (*setup, *as_proxy);
             let wants_policy = setup == Setup::BraidPairPolicy;
