@@ -50,6 +50,10 @@ What to look at next:
                                                           # the order pod's proxy: requests, latency
   kubectl edit meshroute -n shop payment-canary           # move the canary: try 0/100
   kubectl describe meshpolicy -n shop shop                # conditions and events
+  kubectl rollout restart -n shop deployment/user         # a rolling update: no order fails
+  kubectl patch -n shop deployment/payment-v2 -p \
+    '{"spec":{"template":{"spec":{"containers":[{"name":"payment","args":["serve","--role","payment","--version","v2","--fail-percent","50"]}]}}}}'
+                                                          # v2 fails half its calls: retried on v1
   kubectl exec -n shop deploy/payment-v1 -- braid-shop get http://127.0.0.1:15020/metrics \
     | grep authz                                          # allowed and denied calls, by rule
   kubectl delete namespace shop                           # remove the shop

@@ -38,6 +38,11 @@ setup_network() {
     in_cluster ip addr add "$NODE_IP/24" dev "$BRIDGE"
     in_cluster ip link set "$BRIDGE" up
   fi
+  # A fixed MAC: a bridge without one takes the lowest of its ports' and changes when that pod's
+  # veth goes, and every pod's ARP entry for the node (their gateway and DNS server) points
+  # nowhere until it expires: DNS queries lost for seconds during rollouts (kubernetes#30783).
+  # The CNI bridge plugin sets the same, 0a:58 and the IPv4 address, on a bridge it creates.
+  in_cluster ip link set "$BRIDGE" address "$(printf '0a:58:%02x:%02x:%02x:%02x' ${NODE_IP//./ })"
   for cidr in "$POD_CIDR" "$SERVICE_CIDR"; do
     in_cluster ip route replace unreachable "$cidr"
     ip route replace unreachable "$cidr"

@@ -1,4 +1,5 @@
-//! Objects the API server refuses (naming the field), and references the operator reports in
+//! Objects the API server refuses (naming the field: bad durations, rules, retry settings that
+//! cannot hold), and references the operator reports in
 //! status: a policy that selects nothing or names what no caller can be, a route to a missing
 //! Service.
 
@@ -57,6 +58,42 @@ fn invalid_objects_are_refused_and_bad_references_reported() -> anyhow::Result<(
                 "spec": {"authorization": [rule]}
             }))
             .expect_err("a bad authorization rule was accepted");
+        let refused = refused.to_string();
+        ensure!(
+            refused.contains(field) && refused.contains(message),
+            "{field}: {refused}"
+        );
+    }
+    // Retry settings that cannot hold, refused naming the field: a try longer than the whole
+    // request, a budget over 100%.
+    for (kind, spec, field, message) in [
+        (
+            "MeshPolicy",
+            json!({"timeouts": {"request": "1s"}, "retries": {"perTryTimeout": "2s"}}),
+            "spec.retries.perTryTimeout",
+            "must not exceed timeouts.request",
+        ),
+        (
+            "MeshPolicy",
+            json!({"retries": {"budget": {"percent": 150}}}),
+            "spec.retries.budget.percent",
+            "100",
+        ),
+        (
+            "MeshRoute",
+            json!({"service": "payment", "rules": [{"timeout": "1s",
+                "retries": {"perTryTimeout": "2s"},
+                "backends": [{"service": "payment-v1", "weight": 100}]}]}),
+            "spec.rules[0].retries.perTryTimeout",
+            "must not exceed timeout",
+        ),
+    ] {
+        let refused = cluster
+            .apply(&json!({
+                "apiVersion": "braid.dev/v1alpha1", "kind": kind,
+                "metadata": {"name": "bad-retries", "namespace": ns}, "spec": spec
+            }))
+            .expect_err("an impossible retry setting was accepted");
         let refused = refused.to_string();
         ensure!(
             refused.contains(field) && refused.contains(message),

@@ -240,7 +240,7 @@ where
             Step::Refuse(reason) => {
                 let mut record = RequestRecord::start(&context.metrics, direction);
                 let failure = Failure::BadRequest(reason.into());
-                record.failed(failure.status().as_u16(), failure.kind());
+                record.failed(failure.status().as_u16(), &failure);
                 buffers.out.clear();
                 respond::encode_h1(&failure, true, &mut buffers.out);
                 let _ = client.write_all(&buffers.out).await;
@@ -282,7 +282,7 @@ where
                 let close =
                     !taken.keep_alive || exchange.consume_head() > 0 || context.drain.is_draining();
                 let status = failure.status().as_u16();
-                record.failed(status, failure.kind());
+                record.failed(status, &failure);
                 drop(record);
                 buffers.out.clear();
                 respond::encode_h1(&failure, close, &mut buffers.out);

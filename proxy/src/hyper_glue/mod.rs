@@ -137,7 +137,7 @@ async fn handle(
         }
         Err(failure) => {
             let response = respond::response(&failure, protocol);
-            record.failed(response.status().as_u16(), failure.kind());
+            record.failed(response.status().as_u16(), &failure);
             response
         }
     }

@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use super::failure::Kind;
+use super::failure::{Failure, Kind};
 use crate::telemetry::metrics::{Direction, Metrics};
 
 /// A request under way.
@@ -39,10 +39,22 @@ impl<'m> RequestRecord<'m> {
         }
     }
 
-    /// The proxy answered itself, for a failure of this cause.
-    pub fn failed(&mut self, status: u16, kind: Kind) {
+    /// The proxy answered itself with `status`, for `failure`: counted by its cause and
+    /// logged (at `info`, as linkerd2-proxy does; a denial or a rate limit, decisions the
+    /// policy asked for, at `debug`).
+    pub fn failed(&mut self, status: u16, failure: &Failure) {
         if !self.answered {
+            let kind = failure.kind();
             self.metrics.failure(self.direction, kind);
+            let direction = self.direction.label();
+            let after = self.started.elapsed().as_millis();
+            if matches!(kind, Kind::Denied | Kind::RateLimited) {
+                tracing::debug!(
+                    "{direction} request answered {status} after {after} ms: {failure}"
+                );
+            } else {
+                tracing::info!("{direction} request answered {status} after {after} ms: {failure}");
+            }
         }
         self.responded(status);
     }
@@ -76,7 +88,7 @@ mod tests {
         }
         {
             let mut record = RequestRecord::start(&metrics, Direction::Outbound);
-            record.failed(504, Kind::Timeout);
+            record.failed(504, &Failure::Timeout(std::time::Duration::from_millis(5)));
         }
         drop(RequestRecord::start(&metrics, Direction::Outbound));
         let text = rendered(&metrics);

@@ -21,6 +21,13 @@ pub enum Direction {
 
 const DIRECTIONS: [&str; 2] = ["inbound", "outbound"];
 
+impl Direction {
+    /// `inbound` or `outbound`, as the metrics' label and the log say it.
+    pub fn label(self) -> &'static str {
+        DIRECTIONS[self as usize]
+    }
+}
+
 /// Why a listener refused a connection as soon as it accepted it.
 #[derive(Clone, Copy, Debug)]
 pub enum Refusal {
