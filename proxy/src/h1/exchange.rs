@@ -5,6 +5,8 @@
 //! returns; [`Exchange::pass_on`] then passes the response on and gives the connection back to
 //! the pool.
 
+use std::pin::pin;
+
 use super::*;
 use crate::policy::authz::HttpAccess;
 
@@ -149,12 +151,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
         let identity = picked.endpoint.identity.as_deref();
         let upstreams = &self.context.upstreams;
         // Opening a connection is boxed: its future (TCP connect, TLS handshake) is large.
-        let connect = || {
-            Deadline::bound(deadline, async {
-                Box::pin(upstreams.connect(addr, identity, picked.connect_timeout))
-                    .await
-                    .map_err(Failure::from)
-            })
+        let connect = async || {
+            Box::pin(upstreams.connect(addr, identity, picked.connect_timeout))
+                .await
+                .map_err(Failure::from)
         };
         let (mut peer, idle_for) = match upstreams.take_idle_stream(addr, identity) {
             Some(idle) => (
@@ -167,7 +167,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
             ),
             None => (
                 Peer {
-                    stream: connect().await?,
+                    stream: Deadline::bound(deadline, pin!(connect())).await?,
                     identity: identity.map(str::to_string),
                     addr,
                 },
@@ -184,9 +184,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
         let application = addr.ip().is_loopback();
         let mut replayed = false;
         loop {
-            let attempt = Deadline::bound(deadline, async {
-                Ok(self.send_and_read_head(&mut peer).await)
-            })
+            let attempt = Deadline::bound(
+                deadline,
+                pin!(async { Ok(self.send_and_read_head(&mut peer).await) }),
+            )
             .await?;
             match attempt {
                 Ok(head) => return Ok(Answer { head, peer }),

@@ -7,6 +7,7 @@
 //! and then spliced.
 
 use std::convert::Infallible;
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -251,7 +252,7 @@ impl Exchange for HyperRequest<'_> {
                 (upstreams.http2_sender(addr, identity, timeout).await)
                     .map_err(Failure::of_upstream)
             };
-            let mut sender = Deadline::bound(deadline, connect).await?;
+            let mut sender = Deadline::bound(deadline, pin!(connect)).await?;
             let request = self.take(false)?;
             let send = async {
                 match sender.send_request(request).await {
@@ -259,22 +260,22 @@ impl Exchange for HyperRequest<'_> {
                     Err(error) => Err(Failure::of_upstream(error.into())),
                 }
             };
-            let response = Deadline::bound(deadline, send).await?;
+            let response = Deadline::bound(deadline, pin!(send)).await?;
             return processed(response, addr, identity);
         }
         let connect = async {
             (upstreams.http1_sender(addr, identity, timeout).await).map_err(Failure::of_upstream)
         };
-        let connection = Deadline::bound(deadline, connect).await?;
+        let connection = Deadline::bound(deadline, pin!(connect)).await?;
         let mut request = self.take(upgrade)?;
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        // Boxed: its future is the largest of a hyper request's, and in place it would be
+        // part of every HTTP/2 stream's (this path takes only what the fast path hands over).
         let send = async {
-            (upstreams
-                .send_http1(connection, addr, timeout, request, upgrade)
-                .await)
+            (Box::pin(upstreams.send_http1(connection, addr, timeout, request, upgrade)).await)
                 .map_err(Failure::of_upstream)
         };
-        let mut response = processed(Deadline::bound(deadline, send).await?, addr, identity)?;
+        let mut response = processed(Deadline::bound(deadline, pin!(send)).await?, addr, identity)?;
         if let Some(downstream) = downstream_upgrade
             && response.status() == StatusCode::SWITCHING_PROTOCOLS
         {

@@ -2,6 +2,7 @@
 //! fast path, hyper, opaque TCP), a request's deadline ([`Deadline`]), and how long a request
 //! waits for endpoints ([`HOLD_FOR_ENDPOINTS`]).
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,10 +28,13 @@ pub struct Deadline {
 }
 
 impl Deadline {
-    /// `future`, or [`Failure::Timeout`] at the deadline if there is one.
-    pub async fn bound<T>(
+    /// `future`, or [`Failure::Timeout`] at the deadline if there is one. It takes the future
+    /// pinned where its caller keeps it: moved in, it would be stored twice in the caller's
+    /// future (an async fn keeps its arguments beside what it moves them into), and a
+    /// request's futures are moved whole when hyper spawns an HTTP/2 stream.
+    pub async fn bound<T, F: Future<Output = Result<T, Failure>>>(
         deadline: Option<Self>,
-        future: impl Future<Output = Result<T, Failure>>,
+        future: Pin<&mut F>,
     ) -> Result<T, Failure> {
         match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.at, future)
