@@ -86,10 +86,12 @@ pub struct RetryBudget {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
-    /// Open connections (default 1024).
+    /// Open connections (default 1024). Not enforced yet: the proxy accepts it, and the
+    /// policy's Accepted condition says so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    /// Requests waiting for a connection (default 1024).
+    /// Requests waiting for a connection (default 1024). Not enforced yet, as
+    /// `maxConnections`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending_requests: Option<u32>,
     /// Requests in flight (default 1024).
