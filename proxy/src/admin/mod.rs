@@ -70,6 +70,9 @@ pub async fn answer(context: &Context, probes: &AppProbes, path: &str) -> Respon
                  # TYPE braid_proxy_certificate_expiry_seconds gauge\nbraid_proxy_certificate_expiry_seconds {expiry}\n"
             );
             context.metrics.render(&mut body);
+            if let Some(loaded) = &current {
+                crate::telemetry::resilience::render_ejected_now(&loaded.table, &mut body);
+            }
             context.config.live.policy.render(&mut body);
             respond(StatusCode::OK, "text/plain; version=0.0.4", body)
         }

@@ -316,10 +316,15 @@ pub fn check(client: &Pod) {
     // within 9 requests) and gets nothing for its 2 s; back on probation, one failure ejects
     // it again.
     let ejections = metric("braid_proxy_outlier_ejections_total");
+    let ejected_now =
+        || metric("braid_proxy_outlier_ejected_endpoints{destination=\"eject.shop\"}");
+    assert_eq!(ejected_now(), 0);
     let first = calls("GET", "10.96.1.4:80", 60, 0);
     assert_eq!(first, "200=57 503=3", "three failures, then none");
     assert_eq!(metric("braid_proxy_outlier_ejections_total"), ejections + 1);
+    assert_eq!(ejected_now(), 1, "the gauge counts the endpoint out");
     std::thread::sleep(Duration::from_millis(2_100));
+    assert_eq!(ejected_now(), 0, "back after its ejection time");
     let back = calls("GET", "10.96.1.4:80", 30, 0);
     assert_eq!(back, "200=29 503=1", "back, failed once, ejected again");
     assert_eq!(metric("braid_proxy_outlier_ejections_total"), ejections + 2);
