@@ -194,10 +194,11 @@ pub async fn read_loop(
                 let behind_for = behind_since.map(|since| now - since);
                 let already = behind_since.is_some()
                     && state.schedule.get(&pod.uid).is_some_and(|s| s.renudged);
-                let renudged = already || renudge(behind_for, already, &heard);
-                if renudged && !already {
+                let nudge_now = renudge(behind_for, already, &heard);
+                if nudge_now {
                     again.push(pod.name.clone());
                 }
+                let renudged = already || nudge_now;
                 state.schedule.insert(
                     pod.uid,
                     Schedule {

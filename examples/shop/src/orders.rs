@@ -57,25 +57,24 @@ impl Tally {
         }
     }
 
-    /// The nearest-rank percentile `p` of the orders' latencies, in milliseconds.
-    fn percentile_ms(&self, p: f64) -> f64 {
+    fn summary(&self) -> String {
         let mut sorted = self.latencies_us.clone();
         sorted.sort_unstable();
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted
-            .get(rank.clamp(1, sorted.len().max(1)) - 1)
-            .map_or(0.0, |us| *us as f64 / 1000.0)
-    }
-
-    fn summary(&self) -> String {
+        // The nearest-rank percentile `p` of the orders' latencies, in milliseconds.
+        let percentile_ms = |p: f64| {
+            let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+            sorted
+                .get(rank.clamp(1, sorted.len().max(1)) - 1)
+                .map_or(0.0, |us| *us as f64 / 1000.0)
+        };
         serde_json::json!({
             "orders": self.orders,
             "failed": self.failed,
             "versions": self.versions,
             "errors": self.errors,
-            "p50_ms": self.percentile_ms(50.0),
-            "p99_ms": self.percentile_ms(99.0),
-            "max_ms": self.percentile_ms(100.0),
+            "p50_ms": percentile_ms(50.0),
+            "p99_ms": percentile_ms(99.0),
+            "max_ms": percentile_ms(100.0),
         })
         .to_string()
     }

@@ -171,7 +171,7 @@ pub fn run(settings: RunSettings) -> Result<(), String> {
 /// The end of the pod ([`crate::state::drain`]), until `deadline`: connections are told to go
 /// elsewhere; the inbound listener stops accepting once the application has stopped (a
 /// caller's connection is refused from then on, and goes to another endpoint); in-flight
-/// requests finish; then the proxy waits out the deadline.
+/// requests finish while the proxy waits out the deadline.
 async fn drain(
     context: &Context,
     inbound: &tokio::task::JoinHandle<()>,
@@ -190,13 +190,10 @@ async fn drain(
         "draining: the application has stopped; {} connections open",
         context.metrics.open_connections()
     );
-    while context.metrics.open_connections() > 0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The proxy stays to the end of the drain time even when it has nothing left to do: while
-    // it lives the pod keeps its IP, so a caller whose endpoint list still names the pod is
-    // refused at once (its connection reset) and goes elsewhere, rather than waiting out a
-    // connect timeout on an address that no longer answers.
+    // In-flight requests finish meanwhile. The proxy stays to the end of the drain time even
+    // when they are done: while it lives the pod keeps its IP, so a caller whose endpoint list
+    // still names the pod is refused at once (its connection reset) and goes elsewhere, rather
+    // than waiting out a connect timeout on an address that no longer answers.
     tokio::time::sleep_until(deadline).await;
 }
 

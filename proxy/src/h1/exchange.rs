@@ -200,10 +200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
                         }) =>
                 {
                     replayed = true;
-                    if self.kept {
-                        self.buffers.out.clear();
-                        self.buffers.out.extend_from_slice(&self.buffers.replay);
-                    }
+                    self.restore_kept();
                     peer.stream = connect().await?;
                 }
                 // The application reset a connection it had not answered, and no longer
@@ -262,17 +259,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
             }
             buffers.from_peer.clear();
         }
-        // Without a kept copy the request is still whole in `out` unless its body went
-        // straight to the peer.
-        if self.kept {
-            buffers.out.clear();
-            buffers.out.extend_from_slice(&buffers.replay);
-        }
+        self.restore_kept();
         self.whole()
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<'_, S> {
+    /// Puts the kept copy of the request back in `buffers.out`, to be sent again. Without one
+    /// the request is still whole there unless its body went straight to the peer.
+    fn restore_kept(&mut self) {
+        if self.kept {
+            self.buffers.out.clear();
+            self.buffers.out.extend_from_slice(&self.buffers.replay);
+        }
+    }
+
     /// Whether the whole request can be sent again: kept, or all of it in `buffers.out`.
     fn whole(&self) -> bool {
         self.kept || !self.streamed

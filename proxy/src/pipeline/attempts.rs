@@ -190,8 +190,9 @@ pub async fn send<X: Exchange>(
     }
 }
 
-/// Waits until `until` at most for a config in which destination `name` lists an endpoint on
-/// `port` other than `avoid`; that destination.
+/// Destination `name` as the config in force lists it, or as the next configs do until `until`
+/// at most, once it has an endpoint on `port` other than `avoid`. (The config in force first:
+/// it may be newer than the one the request was planned in.)
 async fn successor(
     context: &Context,
     name: &str,
@@ -199,18 +200,20 @@ async fn successor(
     avoid: std::net::SocketAddr,
     until: Instant,
 ) -> Option<Arc<CompiledDestination>> {
-    let mut generation = context.config.generation();
-    while context.config.newer_than(generation, until).await {
-        let config = context.config.current()?;
-        generation = config.generation;
-        let found = config.table.destinations.iter().find(|d| d.name == name);
-        if let Some(destination) = found
-            && destination.endpoints(port).iter().any(|e| e.addr != avoid)
-        {
+    loop {
+        let config = context.config.current();
+        let generation = config.as_ref().map_or(0, |c| c.generation);
+        let found = config
+            .as_ref()
+            .and_then(|c| c.table.destinations.iter().find(|d| d.name == name))
+            .filter(|d| d.endpoints(port).iter().any(|e| e.addr != avoid));
+        if let Some(destination) = found {
             return Some(destination.clone());
         }
+        if !context.config.newer_than(generation, until).await {
+            return None;
+        }
     }
-    None
 }
 
 /// The deadline of one try: the per-try timeout's, within the request's.

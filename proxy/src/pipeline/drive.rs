@@ -157,21 +157,19 @@ async fn outbound<X: Exchange>(
                     .clone()
             })
             .or_else(|| backend.retries.clone());
-        // A route with several backends keeps them for a retry whose backend has no other
-        // endpoint.
-        let alternatives = plan
-            .route
-            .filter(|&r| {
-                table.destinations[target.destination].routes[r]
-                    .backends
-                    .len()
-                    > 1
-            })
-            .map(|route| attempts::Alternatives {
-                config: config.clone(),
-                dialled: target,
-                route,
-            });
+        // A route with several backends keeps them (the config, moved) for a retry whose
+        // backend has no other endpoint.
+        let several = plan.route.filter(|&r| {
+            table.destinations[target.destination].routes[r]
+                .backends
+                .len()
+                > 1
+        });
+        let alternatives = several.map(|route| attempts::Alternatives {
+            config,
+            dialled: target,
+            route,
+        });
         return Ok(Sending {
             plan,
             picked,
