@@ -86,12 +86,13 @@ pub struct RetryBudget {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CircuitBreaker {
-    /// Open connections (default 1024). Not enforced yet: the proxy accepts it, and the
-    /// policy's Accepted condition says so.
+    /// Connections open to the destination's endpoints, from each client proxy (default
+    /// 1024). A request that needs another waits for one to free (see `maxPendingRequests`);
+    /// HTTP/2 opens one per endpoint regardless, as it multiplexes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
-    /// Requests waiting for a connection (default 1024). Not enforced yet, as
-    /// `maxConnections`.
+    /// Requests that may wait for a connection at `maxConnections`, each for the connect
+    /// timeout at most (default 1024); past them a request fails at once with 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending_requests: Option<u32>,
     /// Requests in flight (default 1024).

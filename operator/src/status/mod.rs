@@ -57,33 +57,6 @@ fn in_effect_and_programmed(what: String, synced: &Synced) -> (bool, &'static st
     }
 }
 
-/// The Accepted message of a valid policy: it names the settings it holds that no proxy
-/// enforces yet, so that a user does not take them for protection.
-fn accepted_message(policy: &MeshPolicy) -> String {
-    let breaker = policy.spec.circuit_breaker.as_ref();
-    let unenforced: Vec<&str> = [
-        (
-            "circuitBreaker.maxConnections",
-            breaker.and_then(|b| b.max_connections),
-        ),
-        (
-            "circuitBreaker.maxPendingRequests",
-            breaker.and_then(|b| b.max_pending_requests),
-        ),
-    ]
-    .into_iter()
-    .filter_map(|(field, value)| value.map(|_| field))
-    .collect();
-    if unenforced.is_empty() {
-        "the policy is valid".to_owned()
-    } else {
-        format!(
-            "the policy is valid; not enforced yet by the proxy: {} (circuitBreaker.maxRequests is)",
-            unenforced.join(", ")
-        )
-    }
-}
-
 /// The status a MeshPolicy should report; `synced` tallies the proxies it concerns.
 pub fn policy_status(
     policy: &MeshPolicy,
@@ -103,7 +76,7 @@ pub fn policy_status(
             ACCEPTED,
             true,
             "Accepted",
-            accepted_message(policy),
+            "the policy is valid".to_owned(),
             generation,
             previous,
             now(),

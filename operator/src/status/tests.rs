@@ -357,34 +357,3 @@ fn only_running_pods_with_the_proxy_are_read_back() {
         ]
     );
 }
-
-#[test]
-fn breaker_settings_the_proxy_does_not_enforce_are_named_in_accepted() {
-    let accepted_message = |breaker: Option<braid_api::CircuitBreaker>| {
-        let spec = MeshPolicySpec {
-            circuit_breaker: breaker,
-            ..MeshPolicySpec::default()
-        };
-        let policy = MeshPolicy::new("payment", spec);
-        let status = policy_status(&policy, &outcome(1, 1, None), &all_synced(), &time(1));
-        let accepted = condition_of(&status.conditions, ACCEPTED);
-        assert_eq!(accepted.status, "True");
-        accepted.message.clone()
-    };
-    assert_eq!(accepted_message(None), "the policy is valid");
-    let only_requests = braid_api::CircuitBreaker {
-        max_requests: Some(10),
-        ..Default::default()
-    };
-    assert_eq!(accepted_message(Some(only_requests)), "the policy is valid");
-    let connections = braid_api::CircuitBreaker {
-        max_connections: Some(10),
-        max_requests: Some(10),
-        ..Default::default()
-    };
-    let message = accepted_message(Some(connections));
-    assert!(
-        message.contains("not enforced yet by the proxy: circuitBreaker.maxConnections ("),
-        "{message}"
-    );
-}

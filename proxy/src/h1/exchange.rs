@@ -150,29 +150,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
         let addr = picked.endpoint.addr;
         let identity = picked.endpoint.identity.as_deref();
         let upstreams = &self.context.upstreams;
-        // Opening a connection is boxed: its future (TCP connect, TLS handshake) is large.
-        let connect = async || {
-            Box::pin(upstreams.connect(addr, identity, picked.connect_timeout))
-                .await
-                .map_err(Failure::from)
+        let timeout = picked.connect_timeout;
+        // Getting a connection is boxed when it is not a pooled one at hand: its future
+        // (waiting for room under maxConnections, TCP connect, TLS handshake) is large.
+        let idle = match upstreams.take_idle_stream(addr, identity) {
+            Some(idle) => idle,
+            None => {
+                let new = async {
+                    (Box::pin(upstreams.stream_to(&picked.endpoint, timeout, true)).await)
+                        .map_err(Failure::from)
+                };
+                Deadline::bound(deadline, pin!(new)).await?
+            }
         };
-        let (mut peer, idle_for) = match upstreams.take_idle_stream(addr, identity) {
-            Some(idle) => (
-                Peer {
-                    stream: idle.stream,
-                    identity: idle.identity,
-                    addr,
-                },
-                Some(idle.idle_for),
-            ),
-            None => (
-                Peer {
-                    stream: Deadline::bound(deadline, pin!(connect())).await?,
-                    identity: identity.map(str::to_string),
-                    addr,
-                },
-                None,
-            ),
+        let idle_for = idle.idle_for;
+        let mut peer = Peer {
+            stream: idle.stream,
+            identity: idle.identity,
+            addr,
         };
         // A pooled connection may have been closed by its peer just now (its close not read
         // yet): the request goes once more, on a new connection, when it is known not to have
@@ -201,7 +196,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> crate::pipeline::Exchange for Exchange<'
                 {
                     replayed = true;
                     self.restore_kept();
-                    peer.stream = connect().await?;
+                    // The new connection takes the closed one's place under maxConnections.
+                    let slot = peer.stream.take_slot();
+                    let reconnect = upstreams.connect(addr, identity, timeout, slot);
+                    peer.stream = Box::pin(reconnect).await.map_err(Failure::from)?;
                 }
                 // The application reset a connection it had not answered, and no longer
                 // listens: it stopped, and this connection was still in its listener's queue

@@ -236,8 +236,8 @@ impl Exchange for HyperRequest<'_> {
         peer: &Picked,
         deadline: Option<Deadline>,
     ) -> Result<Response<ProxyBody>, Failure> {
-        let addr = peer.endpoint.addr;
-        let identity = peer.endpoint.identity.as_deref();
+        let endpoint = &*peer.endpoint;
+        let (addr, identity) = (endpoint.addr, endpoint.identity.as_deref());
         let timeout = peer.connect_timeout;
         let (h2, upgrade) = {
             let request = self.request.as_ref().ok_or(Failure::ClientGone)?;
@@ -249,8 +249,7 @@ impl Exchange for HyperRequest<'_> {
         // it can go to another endpoint.
         if h2 {
             let connect = async {
-                (upstreams.http2_sender(addr, identity, timeout).await)
-                    .map_err(Failure::of_upstream)
+                (upstreams.http2_sender(endpoint, timeout).await).map_err(Failure::of_upstream)
             };
             let mut sender = Deadline::bound(deadline, pin!(connect)).await?;
             let request = self.take(false)?;
@@ -264,7 +263,7 @@ impl Exchange for HyperRequest<'_> {
             return processed(response, addr, identity);
         }
         let connect = async {
-            (upstreams.http1_sender(addr, identity, timeout).await).map_err(Failure::of_upstream)
+            (upstreams.http1_sender(endpoint, timeout).await).map_err(Failure::of_upstream)
         };
         let connection = Deadline::bound(deadline, pin!(connect)).await?;
         let mut request = self.take(upgrade)?;

@@ -239,6 +239,7 @@ where
                     addr: app,
                     identity: None,
                     stats: context.config.live.endpoints.stats(app),
+                    limits: None,
                 }),
                 connect_timeout: APP_CONNECT_TIMEOUT,
             },

@@ -162,16 +162,10 @@ impl Exchange for Opaque<'_> {
     }
 
     async fn send(&mut self, picked: &Picked, _deadline: Option<Deadline>) -> Result<(), Failure> {
-        let endpoint = &picked.endpoint;
-        let mut upstream = self
-            .context
-            .upstreams
-            .connect(
-                endpoint.addr,
-                endpoint.identity.as_deref(),
-                picked.connect_timeout,
-            )
-            .await?;
+        let upstreams = &self.context.upstreams;
+        let mut upstream = (upstreams.stream_to(&picked.endpoint, picked.connect_timeout, false))
+            .await?
+            .stream;
         let limits = self.context.limits();
         let head = self.head.take().unwrap_or_else(HeadWatch::released);
         let spliced = splice(self.stream, &mut upstream, &limits, self.started, head).await;

@@ -1,5 +1,6 @@
 //! Step 6 of an outbound request ([`super::drive()`]): its attempts. Each is admitted by the
-//! backend's circuit breaker, counted in flight to its endpoint and bounded by the per-try
+//! backend's circuit breaker (`maxRequests` here; its connection limits where the codec gets
+//! a connection, [`crate::upstream`]), counted in flight to its endpoint and bounded by the per-try
 //! timeout within the request's deadline; its outcome goes to the endpoint's outlier state;
 //! then [`retry::decide`] says whether the request goes once more, to another endpoint (a
 //! failover when nothing was sent; a retry, taken from the budget, under the retry policy) —
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 
 use super::decide::{self, Injected, Picked, Plan};
 use super::exchange::{Deadline, Exchange, HOLD_FOR_ENDPOINTS};
-use super::failure::Failure;
+use super::failure::{Failure, Kind, Overload};
 use crate::h1::message::is_idempotent;
 use crate::policy::outlier;
 use crate::policy::retry::{self, Attempted, Outcome, RetryRule, Verdict};
@@ -104,7 +105,7 @@ pub async fn send<X: Exchange>(
             counters.overloaded();
             return Err(Failure::Overloaded {
                 name: backend.name.clone(),
-                max,
+                limit: Overload::Requests(max),
             });
         };
         let try_deadline = per_try(deadline, retry.as_deref());
@@ -117,7 +118,14 @@ pub async fn send<X: Exchange>(
                 Some((status, grpc)) => Outcome::Answered { status, grpc },
                 None => return result,
             },
-            Err(failure) => Outcome::Failed(failure.kind()),
+            Err(failure) => {
+                let kind = failure.kind();
+                // Past maxPendingRequests, or no connection free under maxConnections in time.
+                if kind == Kind::Overloaded {
+                    counters.overloaded();
+                }
+                Outcome::Failed(kind)
+            }
         };
         if let Some(settings) = &backend.policy.outlier_detection {
             judge(

@@ -34,7 +34,7 @@ pub enum Failure {
     },
     /// Reaching the peer failed.
     #[error("upstream: {0}")]
-    Upstream(#[from] UpstreamError),
+    Upstream(UpstreamError),
     /// No response head within the route's or policy's timeout.
     #[error("no response within {} ms", .0.as_millis())]
     Timeout(Duration),
@@ -56,18 +56,39 @@ pub enum Failure {
         /// Why.
         reason: Reason,
     },
-    /// The destination's circuit breaker refused the request: `max` requests are in flight to
-    /// it already. Never retried.
-    #[error("overloaded: {max} requests in flight to {name} (circuit breaker maxRequests)")]
+    /// The destination's circuit breaker refused the request. Never retried.
+    #[error("overloaded: {name}: {limit}")]
     Overloaded {
         /// The destination.
         name: String,
-        /// Its `maxRequests`.
-        max: u32,
+        /// The limit it is at.
+        limit: Overload,
     },
     /// The workload's rate limit refused the request.
     #[error("rate limited ({} bucket), retry after {} ms", limit_scope(.0), .0.retry_after.as_millis())]
     RateLimited(Limited),
+}
+
+/// Which of a destination's circuit breaker limits refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Overload {
+    /// `maxRequests` are in flight.
+    #[error("{0} requests in flight (circuit breaker maxRequests)")]
+    Requests(u32),
+    /// `maxConnections` are open and `maxPendingRequests` wait for one already.
+    #[error("{0} requests waiting for a connection (circuit breaker maxPendingRequests)")]
+    Pending(u32),
+    /// `maxConnections` were open, and none went idle or closed within the connect timeout.
+    #[error(
+        "no connection free within {} ms ({max} open, circuit breaker maxConnections)",
+        waited.as_millis()
+    )]
+    Connections {
+        /// Its `maxConnections`.
+        max: u32,
+        /// How long the request waited.
+        waited: Duration,
+    },
 }
 
 fn policy_text(policy: &str) -> String {
@@ -127,6 +148,15 @@ pub enum UpstreamError {
     /// No identity is loaded yet, so no mTLS is possible.
     #[error("no workload identity loaded yet")]
     NoIdentity,
+    /// The destination's circuit breaker refused a new connection (a request past
+    /// `maxPendingRequests`, or one that found none free in time).
+    #[error("overloaded: {name}: {limit}")]
+    Overloaded {
+        /// The destination.
+        name: String,
+        /// The limit it is at.
+        limit: Overload,
+    },
     /// HTTP failed on the connection (hyper's client).
     #[error("{0}")]
     Http(#[from] hyper::Error),
@@ -317,7 +347,18 @@ impl Failure {
     pub fn of_upstream(error: UpstreamError) -> Self {
         match &error {
             UpstreamError::Http(e) if request_body_failed(e) => Self::BadRequest(e.to_string()),
-            _ => Self::Upstream(error),
+            _ => Self::from(error),
+        }
+    }
+}
+
+impl From<UpstreamError> for Failure {
+    /// The upstream failure, but the circuit breaker's refusal of a connection: that is the
+    /// destination's overload, whatever layer found it.
+    fn from(error: UpstreamError) -> Self {
+        match error {
+            UpstreamError::Overloaded { name, limit } => Self::Overloaded { name, limit },
+            error => Self::Upstream(error),
         }
     }
 }
@@ -333,6 +374,7 @@ impl UpstreamError {
             },
             Self::Handshake { .. } | Self::NoIdentity => Kind::Tls,
             Self::WrongPeer { .. } => Kind::IdentityMismatch,
+            Self::Overloaded { .. } => Kind::Overloaded,
             Self::Http(error) if never_sent(error) => Kind::Unprocessed,
             Self::Http(error) if closed_before_response(error) => Kind::Reset,
             Self::Http(_) => Kind::BadResponse,

@@ -14,6 +14,6 @@ pub mod respond;
 
 pub use decide::{Injected, Picked, Plan, Rolls};
 pub use drive::{Bound, Deadline, Exchange, HOLD_FOR_ENDPOINTS, Held, InboundTarget, drive};
-pub use failure::{ConnectCause, ExchangeCause, Failure, Kind, UpstreamError};
+pub use failure::{ConnectCause, ExchangeCause, Failure, Kind, Overload, UpstreamError};
 pub use record::RequestRecord;
 pub use respond::{PROXY_ERROR_HEADER, Protocol, UNPROCESSED_HEADER};

@@ -1,16 +1,21 @@
-//! What a client proxy keeps per destination across reloads: the circuit breaker's count of
-//! requests in flight and the retry budget ([`super::retry::Budget`]). Past `maxRequests` in
-//! flight a request fails at once (503, [`crate::pipeline::Failure::Overloaded`]) and is not
-//! retried: a destination that is overloaded is told so by fewer requests, not more.
+//! What a client proxy keeps per destination across reloads: the circuit breaker's counts
+//! (requests in flight, connections open, requests waiting for one) and the retry budget
+//! ([`super::retry::Budget`]). Past `maxRequests` in flight a request fails at once (503,
+//! [`crate::pipeline::Failure::Overloaded`]) and is not retried: a destination that is
+//! overloaded is told so by fewer requests, not more.
 //!
-//! `maxConnections` and `maxPendingRequests` are in `proxy.json` but not enforced yet: this
-//! proxy opens a connection per concurrent HTTP/1.1 request and shares one per endpoint for
-//! HTTP/2, so requests never wait in a queue for a connection, and `maxRequests` bounds both.
+//! Connections, idle or busy, count against `maxConnections` for as long as they are open (a
+//! [`ConnectionSlot`] lives with each). A request that needs a new connection past it waits
+//! for one to go idle or close, as one of at most `maxPendingRequests`; past those it is
+//! refused as overloaded too. The waiting itself is the upstream side's
+//! ([`crate::upstream`]): this module only counts.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use tokio::sync::Notify;
 
 use super::balance::lock;
 use super::retry::Budget;
@@ -19,6 +24,12 @@ use super::retry::Budget;
 #[derive(Debug, Default)]
 pub struct DestinationState {
     in_flight: AtomicU32,
+    /// Connections open to its endpoints.
+    connections: AtomicU32,
+    /// Requests waiting for a connection.
+    pending: AtomicU32,
+    /// Wakes a waiting request when a connection closes or goes idle.
+    connection_freed: Notify,
     /// Its retry budget.
     pub budget: Budget,
     /// Until when one of its endpoints may be ejected (ms on the ejections' clock; 0: none
@@ -49,6 +60,60 @@ impl DestinationState {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Counts a new connection open until the slot is dropped; `None` (nothing counted) when
+    /// `max` are open already.
+    pub fn open_connection(self: &Arc<Self>, max: u32) -> Option<ConnectionSlot> {
+        let before = self.connections.fetch_add(1, Ordering::Relaxed);
+        if admits(before, max) {
+            Some(ConnectionSlot(Some(self.clone())))
+        } else {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Counts a new connection open past any limit (an HTTP/2 endpoint's one shared
+    /// connection, without which no request could reach it).
+    pub fn open_connection_anyway(self: &Arc<Self>) -> ConnectionSlot {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+        ConnectionSlot(Some(self.clone()))
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> u32 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request waiting for a connection until the guard is dropped; `None` when
+    /// `max` wait already.
+    pub fn wait_for_connection(&self, max: u32) -> Option<PendingSlot<'_>> {
+        let before = self.pending.fetch_add(1, Ordering::Relaxed);
+        if admits(before, max) {
+            Some(PendingSlot { state: self })
+        } else {
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            None
+        }
+    }
+
+    /// Requests waiting for a connection now.
+    pub fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// What a waiting request awaits: a connection closed or gone idle. (Enable it before
+    /// checking, so that nothing in between is missed.)
+    pub fn connection_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.connection_freed.notified()
+    }
+
+    /// Wakes one waiting request, if any waits: a connection closed or went idle.
+    pub fn free_connection(&self) {
+        if self.pending.load(Ordering::Relaxed) > 0 {
+            self.connection_freed.notify_one();
+        }
+    }
+
     /// Notes that one of its endpoints is ejected until `until`.
     pub fn ejected_until(&self, until: u64) {
         self.ejections_until.fetch_max(until, Ordering::Relaxed);
@@ -71,6 +136,59 @@ impl Drop for RequestSlot<'_> {
     fn drop(&mut self) {
         self.state.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// A connection counted open to a destination's endpoints (none: a connection no limit
+/// applies to, to the application on loopback). Lives as long as the connection: dropped,
+/// it wakes a request waiting for one.
+#[derive(Debug, Default)]
+pub struct ConnectionSlot(Option<Arc<DestinationState>>);
+
+impl ConnectionSlot {
+    /// Whether it counts against `state`'s connections.
+    pub fn is_of(&self, state: &Arc<DestinationState>) -> bool {
+        self.0.as_ref().is_some_and(|own| Arc::ptr_eq(own, state))
+    }
+
+    /// The destination it counts against.
+    pub fn destination(&self) -> Option<&Arc<DestinationState>> {
+        self.0.as_ref()
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some(state) = self.0.take() {
+            state.connections.fetch_sub(1, Ordering::Relaxed);
+            state.free_connection();
+        }
+    }
+}
+
+/// A request counted as waiting for a connection.
+#[derive(Debug)]
+pub struct PendingSlot<'a> {
+    state: &'a DestinationState,
+}
+
+impl Drop for PendingSlot<'_> {
+    fn drop(&mut self) {
+        self.state.pending.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A destination's connection limits, as each of its endpoints carries them (from the config
+/// in force when the endpoint was compiled).
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    /// The destination, to name it in a refusal.
+    pub name: String,
+    /// Its `maxConnections`.
+    pub max_connections: u32,
+    /// Its `maxPendingRequests`.
+    pub max_pending: u32,
+    /// Its live numbers.
+    pub state: Arc<DestinationState>,
 }
 
 /// Every destination's live numbers, by name: a config compiles its destinations with the
@@ -112,6 +230,66 @@ mod tests {
         drop((second, third));
         assert_eq!(state.in_flight(), 0);
         assert!(admits(0, 1) && !admits(1, 1) && !admits(0, 0));
+    }
+
+    #[test]
+    fn connections_count_until_closed_and_past_max_none_opens() {
+        let state = Arc::new(DestinationState::default());
+        let first = state.open_connection(2).expect("1 of 2");
+        let second = state.open_connection(2).expect("2 of 2");
+        assert!(state.open_connection(2).is_none(), "a third is refused");
+        assert_eq!(state.connections(), 2);
+        assert!(first.is_of(&state) && !first.is_of(&Arc::default()));
+        let forced = state.open_connection_anyway();
+        assert_eq!(
+            state.connections(),
+            3,
+            "an HTTP/2 endpoint's one connection counts"
+        );
+        drop((first, forced));
+        let third = state
+            .open_connection(2)
+            .expect("a closed one frees its slot");
+        drop((second, third));
+        assert_eq!(state.connections(), 0);
+        assert!(ConnectionSlot::default().destination().is_none());
+    }
+
+    #[test]
+    fn past_max_pending_a_request_does_not_wait() {
+        let state = DestinationState::default();
+        let first = state.wait_for_connection(1).expect("1 of 1");
+        assert!(state.wait_for_connection(1).is_none());
+        assert_eq!(state.pending(), 1);
+        drop(first);
+        assert!(state.wait_for_connection(1).is_some());
+        assert!(
+            state.wait_for_connection(0).is_none(),
+            "0: no request waits"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_closed_connection_wakes_a_waiting_request() {
+        let state = Arc::new(DestinationState::default());
+        let open = state.open_connection(1).expect("1 of 1");
+        let waiting = state.wait_for_connection(1).expect("waits");
+        let mut freed = std::pin::pin!(state.connection_freed());
+        freed.as_mut().enable();
+        drop(open);
+        tokio::time::timeout(std::time::Duration::from_secs(5), freed)
+            .await
+            .expect("woken");
+        drop(waiting);
+        // With nobody waiting nothing is signalled: a later waiter is not woken by it.
+        let open = state.open_connection(1).expect("free");
+        drop(open);
+        let later = state.connection_freed();
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), later)
+                .await
+                .is_err()
+        );
     }
 
     #[test]

@@ -36,7 +36,7 @@ impl ResilienceCounters {
         self.again[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The circuit breaker refused a request.
+    /// The circuit breaker refused a request (any of its limits).
     pub fn overloaded(&self) {
         self.overloaded.fetch_add(1, Ordering::Relaxed);
     }
@@ -64,8 +64,9 @@ impl ResilienceCounters {
         }
         let _ = writeln!(
             out,
-            "# HELP braid_proxy_circuit_breaker_open_total Outbound requests refused because \
-             maxRequests were in flight.\n# TYPE braid_proxy_circuit_breaker_open_total counter\n\
+            "# HELP braid_proxy_circuit_breaker_open_total Outbound requests the circuit \
+             breaker refused: maxRequests in flight, maxPendingRequests waiting for a connection, \
+             or none free under maxConnections in time.\n# TYPE braid_proxy_circuit_breaker_open_total counter\n\
              braid_proxy_circuit_breaker_open_total {}\n\
              # HELP braid_proxy_outlier_ejections_total Endpoints ejected by outlier detection.\n\
              # TYPE braid_proxy_outlier_ejections_total counter\n\

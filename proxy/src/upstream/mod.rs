@@ -2,8 +2,10 @@
 //! mTLS with the workload's certificate, and the connection is kept only if the peer's SPIFFE ID
 //! is the one the config expects; an endpoint without identity (not meshed) is reached in
 //! plaintext. HTTP/1.1 connections are pooled per endpoint (idle ones reused); HTTP/2 ones are
-//! shared by every request to that endpoint (multiplexed). Failures keep their cause
-//! ([`UpstreamError`]).
+//! shared by every request to that endpoint (multiplexed). Every connection to a destination
+//! counts against its `maxConnections` while it is open ([`limit`]); HTTP/2's one per endpoint
+//! is opened past it, as Envoy does, since no request could reach the endpoint without it.
+//! Failures keep their cause ([`UpstreamError`]).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -24,14 +26,19 @@ pub use crate::pipeline::{ConnectCause, UpstreamError};
 use crate::policy::balance::lock;
 
 mod body;
+mod limit;
 mod pool;
 mod stream;
 
 pub use body::{KeptBody, RequestBody};
 
+use crate::policy::breaker::{ConnectionLimits, ConnectionSlot, DestinationState};
+use crate::policy::routing::CompiledEndpoint;
 use crate::state::reload::IdentityState;
 use crate::tls::identity::spiffe_id;
-use pool::{IdlePool, Pool, close_idle_in, put_idle, take_idle};
+use limit::{Room, room};
+use pool::{IdlePool, Pool, Pooled, close_idle_in, evict_one, put_idle, take_idle};
+use stream::PeerIo;
 pub use stream::{IdleStream, PeerStream};
 
 /// How long an HTTP/1.1 connection may sit idle in the pool before it is closed (Go's HTTP
@@ -72,8 +79,31 @@ fn head_copy(request: &Request<RequestBody>) -> Request<RequestBody> {
 /// long it sat idle in the pool.
 pub struct Http1Sender {
     identity: Option<String>,
-    sender: http1::SendRequest<RequestBody>,
+    connection: Http1Connection,
     idle_for: Duration,
+}
+
+/// An HTTP/1.1 connection of hyper's client: its sender, and the limits of the destination it
+/// counts against (its slot lives with the stream, in the connection's task).
+struct Http1Connection {
+    sender: http1::SendRequest<RequestBody>,
+    limits: Option<Arc<ConnectionLimits>>,
+}
+
+impl Http1Connection {
+    fn is_of(&self, state: &Arc<DestinationState>) -> bool {
+        self.limits
+            .as_ref()
+            .is_some_and(|limits| Arc::ptr_eq(&limits.state, state))
+    }
+}
+
+impl Pooled for Http1Connection {
+    fn went_idle(&self) {
+        if let Some(limits) = &self.limits {
+            limits.state.free_connection();
+        }
+    }
 }
 
 /// Pools and endpoint numbers, shared by every connection of the proxy.
@@ -81,7 +111,7 @@ pub struct Http1Sender {
 pub struct Upstreams {
     identity: Arc<IdentityState>,
     /// Idle HTTP/1.1 connections of hyper's client.
-    idle_h1: IdlePool<http1::SendRequest<RequestBody>>,
+    idle_h1: IdlePool<Http1Connection>,
     /// Idle connections of the HTTP/1.1 fast path ([`crate::h1`]): the streams
     /// themselves, which nothing reads while they wait.
     idle_streams: IdlePool<PeerStream>,
@@ -131,9 +161,48 @@ impl Upstreams {
             |(identity, stream, idle_for)| IdleStream {
                 identity,
                 stream,
-                idle_for,
+                idle_for: Some(idle_for),
             },
         )
+    }
+
+    /// A connection to `endpoint` for a request or a TCP stream: a new one, within its
+    /// destination's `maxConnections` ([`limit`]); or, when `pooled` and one to the endpoint
+    /// went idle while the request waited, that one.
+    pub async fn stream_to(
+        &self,
+        endpoint: &CompiledEndpoint,
+        timeout: Duration,
+        pooled: bool,
+    ) -> Result<IdleStream, UpstreamError> {
+        let addr = endpoint.addr;
+        let identity = endpoint.identity.as_deref();
+        let reuse = || {
+            pooled
+                .then(|| self.take_idle_stream(addr, identity))
+                .flatten()
+        };
+        let evict = |state: &Arc<DestinationState>| self.evict_idle_of(state);
+        match room(endpoint.limits.as_deref(), timeout, reuse, evict).await? {
+            Room::Reuse(idle) => Ok(idle),
+            Room::Open(slot) => Ok(IdleStream {
+                identity: identity.map(str::to_string),
+                stream: self.connect(addr, identity, timeout, slot).await?,
+                idle_for: None,
+            }),
+        }
+    }
+
+    /// Closes one idle connection of the destination `state` counts, if the pools have one:
+    /// whether they had.
+    fn evict_idle_of(&self, state: &Arc<DestinationState>) -> bool {
+        // Dropped outside the pools' locks.
+        if let Some(stream) = evict_one(&self.idle_streams, |s| s.is_of(state)) {
+            drop(stream);
+            return true;
+        }
+        // Its connection's task ends, and frees the slot, once it sees the sender gone.
+        evict_one(&self.idle_h1, |c| c.is_of(state)).is_some()
     }
 
     /// Puts a connection whose last response was read whole back in the pool.
@@ -146,13 +215,14 @@ impl Upstreams {
         put_idle(&self.idle_streams, addr, identity, stream);
     }
 
-    /// Opens a connection to `addr`: mTLS checked against `identity` when the endpoint is
-    /// meshed, plaintext otherwise.
+    /// Opens a connection to `addr`, counted by `slot`: mTLS checked against `identity` when
+    /// the endpoint is meshed, plaintext otherwise.
     pub async fn connect(
         &self,
         addr: SocketAddr,
         identity: Option<&str>,
         timeout: Duration,
+        slot: ConnectionSlot,
     ) -> Result<PeerStream, UpstreamError> {
         let connect_error = |cause: ConnectCause| UpstreamError::Connect { addr, cause };
         let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
@@ -161,7 +231,7 @@ impl Upstreams {
             .map_err(|e| connect_error(e.into()))?;
         let _ = tcp.set_nodelay(true);
         let Some(expected) = identity else {
-            return Ok(PeerStream::Plain(tcp));
+            return Ok(PeerStream::new(PeerIo::Plain(tcp), slot));
         };
         let own = self.identity.current().ok_or(UpstreamError::NoIdentity)?;
         let connector = tokio_rustls::TlsConnector::from(own.client.clone());
@@ -191,35 +261,54 @@ impl Upstreams {
                 expected: expected.to_string(),
             });
         }
-        Ok(PeerStream::Tls(Box::new(tls)))
+        Ok(PeerStream::new(PeerIo::Tls(Box::new(tls)), slot))
     }
 
-    /// An HTTP/1.1 connection to `addr` for one request: an idle pooled one or a new one. (A
-    /// connect failure leaves the request unsent, so that it can go to another endpoint.)
+    /// An HTTP/1.1 connection to `endpoint` for one request: an idle pooled one or a new one,
+    /// within its destination's `maxConnections`. (A connect failure leaves the request
+    /// unsent, so that it can go to another endpoint.)
     pub async fn http1_sender(
         &self,
-        addr: SocketAddr,
-        identity: Option<&str>,
+        endpoint: &CompiledEndpoint,
         timeout: Duration,
     ) -> Result<Http1Sender, UpstreamError> {
+        let (addr, identity) = (endpoint.addr, endpoint.identity.as_deref());
         // Pooled connections were ready when they went in; one the peer has closed since is
         // dropped when met. The most recently used comes first, so this is O(1) as a rule.
-        let idle = take_idle(&self.idle_h1, addr, identity, |sender| sender.is_ready());
-        // The identity goes back into the pool with the connection (allocated once per
-        // connection, not per request). Opening a connection is boxed: its future (TCP connect,
-        // TLS handshake) is large, and would otherwise be moved with every request's future.
-        Ok(match idle {
-            Some((identity, sender, idle_for)) => Http1Sender {
+        let take = || take_idle(&self.idle_h1, addr, identity, |c| c.sender.is_ready());
+        if let Some((identity, connection, idle_for)) = take() {
+            return Ok(Http1Sender {
                 identity,
-                sender,
+                connection,
                 idle_for,
-            },
-            None => Http1Sender {
-                identity: identity.map(str::to_string),
-                sender: Box::pin(self.open_http1(addr, identity, timeout)).await?,
-                idle_for: Duration::ZERO,
-            },
+            });
+        }
+        // The identity goes back into the pool with the connection (allocated once per
+        // connection, not per request). Opening a connection is boxed: its future (waiting
+        // for room, TCP connect, TLS handshake) is large, and would otherwise be moved with
+        // every request's future.
+        Box::pin(async {
+            let evict = |state: &Arc<DestinationState>| self.evict_idle_of(state);
+            let limits = endpoint.limits.as_ref();
+            Ok(
+                match room(limits.map(|l| &**l), timeout, take, evict).await? {
+                    Room::Reuse((identity, connection, idle_for)) => Http1Sender {
+                        identity,
+                        connection,
+                        idle_for,
+                    },
+                    Room::Open(slot) => Http1Sender {
+                        identity: identity.map(str::to_string),
+                        connection: Http1Connection {
+                            sender: self.open_http1(addr, identity, timeout, slot).await?,
+                            limits: limits.cloned(),
+                        },
+                        idle_for: Duration::ZERO,
+                    },
+                },
+            )
         })
+        .await
     }
 
     /// Sends an HTTP/1.1 request on `connection` (from [`Self::http1_sender`]). Unless
@@ -235,7 +324,7 @@ impl Upstreams {
     ) -> Result<Response<ProxyBody>, UpstreamError> {
         let Http1Sender {
             identity: identity_key,
-            mut sender,
+            connection: Http1Connection { mut sender, limits },
             idle_for,
         } = connection;
         let identity = identity_key.as_deref();
@@ -248,7 +337,14 @@ impl Upstreams {
             Ok(response) => response,
             Err(error) => match replay {
                 Some(again) if closed_before_response(&error) => {
-                    sender = Box::pin(self.open_http1(addr, identity, timeout)).await?;
+                    // The closed connection's slot is freed as its task ends: past
+                    // `maxConnections`, this one waits for it.
+                    let evict = |state: &Arc<DestinationState>| self.evict_idle_of(state);
+                    let reopen = async {
+                        let slot = limit::slot(limits.as_deref(), timeout, evict).await?;
+                        self.open_http1(addr, identity, timeout, slot).await
+                    };
+                    sender = Box::pin(reopen).await?;
                     sender.send_request(again).await?
                 }
                 _ => return Err(error.into()),
@@ -271,49 +367,44 @@ impl Upstreams {
             response.map(Either::Left)
         };
         let identity = identity_key;
-        if sender.is_ready() {
-            self.return_idle(addr, identity, sender);
+        let connection = Http1Connection { sender, limits };
+        if connection.sender.is_ready() {
+            put_idle(&self.idle_h1, addr, identity, connection);
         } else {
             // A streamed body: the connection is free once the application has read it.
             let pools = self.clone();
             tokio::spawn(async move {
-                if sender.ready().await.is_ok() {
-                    pools.return_idle(addr, identity, sender);
+                let mut connection = connection;
+                if connection.sender.ready().await.is_ok() {
+                    put_idle(&pools.idle_h1, addr, identity, connection);
                 }
             });
         }
         Ok(response)
     }
 
-    /// A new HTTP/1.1 connection to `addr`, its connection task spawned.
+    /// A new HTTP/1.1 connection to `addr`, counted by `slot`, its connection task spawned.
     async fn open_http1(
         &self,
         addr: SocketAddr,
         identity: Option<&str>,
         timeout: Duration,
+        slot: ConnectionSlot,
     ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
-        let stream = self.connect(addr, identity, timeout).await?;
+        let stream = self.connect(addr, identity, timeout, slot).await?;
         let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection.with_upgrades());
         Ok(sender)
     }
 
-    fn return_idle(
-        &self,
-        addr: SocketAddr,
-        identity: Option<String>,
-        sender: http1::SendRequest<RequestBody>,
-    ) {
-        put_idle(&self.idle_h1, addr, identity, sender);
-    }
-
-    /// The endpoint's shared HTTP/2 connection, opened if needed and ready for a request.
+    /// The endpoint's shared HTTP/2 connection, opened if needed (counted, but past
+    /// `maxConnections` if need be) and ready for a request.
     pub async fn http2_sender(
         &self,
-        addr: SocketAddr,
-        identity: Option<&str>,
+        endpoint: &CompiledEndpoint,
         timeout: Duration,
     ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let (addr, identity) = (endpoint.addr, endpoint.identity.as_deref());
         let shared = lock(&self.h2).get_mut(&addr).and_then(|senders| {
             senders.retain(|(_, s)| !s.is_closed());
             senders
@@ -326,7 +417,10 @@ impl Upstreams {
             None => {
                 // Boxed: the connect future is large and the shared connection is the rule.
                 let (sender, connection) = Box::pin(async {
-                    let stream = self.connect(addr, identity, timeout).await?;
+                    let slot = (endpoint.limits.as_ref())
+                        .map(|limits| limits.state.open_connection_anyway())
+                        .unwrap_or_default();
+                    let stream = self.connect(addr, identity, timeout, slot).await?;
                     Ok::<_, UpstreamError>(
                         http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?,
                     )

@@ -36,9 +36,17 @@ pub(super) fn take_idle<S>(
     None
 }
 
+/// A connection the pools keep.
+pub(super) trait Pooled {
+    /// Tells a request waiting for a connection to its destination, if one waits, that this
+    /// one went idle. (Called under the pool's lock: a request that starts waiting looks in
+    /// the pool after it counts itself, so either it finds the connection or is told.)
+    fn went_idle(&self);
+}
+
 /// Pools `connection` to `addr`, verified as `identity`, unless the endpoint has
 /// [`IDLE_PER_ENDPOINT`] already.
-pub(super) fn put_idle<S>(
+pub(super) fn put_idle<S: Pooled>(
     pool: &IdlePool<S>,
     addr: SocketAddr,
     identity: Option<String>,
@@ -47,6 +55,7 @@ pub(super) fn put_idle<S>(
     let mut pool = lock(pool);
     let idle = pool.entry(addr).or_default();
     if idle.len() < IDLE_PER_ENDPOINT {
+        connection.went_idle();
         idle.push((identity, (connection, Instant::now())));
     }
 }
@@ -56,4 +65,15 @@ pub(super) fn close_idle_in<S>(pool: &IdlePool<S>, idle: Duration) {
     for connections in lock(pool).values_mut() {
         connections.retain(|(_, (_, since))| since.elapsed() < idle);
     }
+}
+
+/// Takes one idle connection of `pool` that `belongs` accepts, the longest idle first, out of
+/// the pool (the caller drops it, outside the pool's lock).
+pub(super) fn evict_one<S>(pool: &IdlePool<S>, belongs: impl Fn(&S) -> bool) -> Option<S> {
+    let mut pool = lock(pool);
+    let (connections, i) = pool.values_mut().find_map(|connections| {
+        let i = connections.iter().position(|(_, (c, _))| belongs(c))?;
+        Some((connections, i))
+    })?;
+    Some(connections.remove(i).1.0)
 }

@@ -58,7 +58,28 @@ async fn send(
     timeout: Duration,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, UpstreamError> {
-    let connection = upstreams.http1_sender(addr, None, timeout).await?;
+    send_limited(upstreams, &endpoint(addr, None), timeout, request).await
+}
+
+/// A plaintext endpoint at `addr`, with `limits` if any.
+fn endpoint(addr: SocketAddr, limits: Option<Arc<ConnectionLimits>>) -> CompiledEndpoint {
+    CompiledEndpoint {
+        addr,
+        identity: None,
+        stats: Arc::default(),
+        limits,
+    }
+}
+
+/// [`send`] to `endpoint`, under its limits.
+async fn send_limited(
+    upstreams: &Arc<Upstreams>,
+    endpoint: &CompiledEndpoint,
+    timeout: Duration,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, UpstreamError> {
+    let addr = endpoint.addr;
+    let connection = upstreams.http1_sender(endpoint, timeout).await?;
     let request = request.map(RequestBody::from);
     upstreams
         .send_http1(connection, addr, timeout, request, false)
@@ -163,4 +184,82 @@ async fn an_idempotent_request_on_a_connection_the_peer_closed_goes_again_on_a_n
 async fn a_request_that_may_not_go_twice_is_not_sent_again() {
     let second = after_the_peer_closed(hyper::Method::POST).await;
     assert!(second.is_err(), "a POST was replayed: {second:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn past_max_connections_a_request_waits_for_a_pooled_one_and_past_max_pending_is_refused() {
+    // A peer that answers each request after 100 ms, and counts its connections.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    std::thread::spawn({
+        let accepted = accepted.clone();
+        move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                std::thread::spawn(move || {
+                    loop {
+                        read_head(&mut stream);
+                        std::thread::sleep(Duration::from_millis(100));
+                        if stream.write_all(OK).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        }
+    });
+    let limits = Arc::new(ConnectionLimits {
+        name: "slow.shop".into(),
+        max_connections: 1,
+        max_pending: 1,
+        state: Arc::default(),
+    });
+    let endpoint = Arc::new(endpoint(addr, Some(limits.clone())));
+    let upstreams = Arc::new(Upstreams::default());
+    let calls: Vec<_> = incoming_bodies(3)
+        .await
+        .into_iter()
+        .map(|body| {
+            let (upstreams, endpoint) = (upstreams.clone(), endpoint.clone());
+            let request = Request::get("/").header("host", "peer").body(body);
+            tokio::spawn(async move {
+                let request = request.expect("request");
+                let timeout = Duration::from_secs(5);
+                match send_limited(&upstreams, &endpoint, timeout, request).await {
+                    Ok(response) => response.status().to_string(),
+                    Err(error) => error.to_string(),
+                }
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for call in calls {
+        outcomes.push(call.await.expect("call"));
+    }
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            "200 OK",
+            "200 OK",
+            "overloaded: slow.shop: 1 requests waiting for a connection \
+             (circuit breaker maxPendingRequests)"
+        ]
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the waiting request took the first one's connection"
+    );
+    assert_eq!(limits.state.connections(), 1, "pooled, still counted");
+    upstreams.close_idle(Duration::ZERO);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while limits.state.connections() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("closed, no longer counted");
 }

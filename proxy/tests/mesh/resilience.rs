@@ -2,7 +2,8 @@
 //! real mTLS to the server pod (issue 14). The server pod's applications here fail on purpose
 //! and count what they receive (`GET /count`), so that retries are measured where they land:
 //! 8101 fails 3 requests in 10 with 503 (never two in a row), 8104 fails every one, 8105 and
-//! 8106 never fail, 8107 and 8109 always do, 8108 answers after 500 ms; 9100 is gRPC answering every
+//! 8106 never fail, 8107 and 8109 always do, 8108 answers after 500 ms, 8112 after 300 ms
+//! and tells the most requests it had at once (`GET /peak`); 9100 is gRPC answering every
 //! other call `UNAVAILABLE`. The destinations calling them are in [`crate::configs`].
 
 use std::collections::BTreeMap;
@@ -46,6 +47,26 @@ async fn serve_failing(port: u16, fails: fn(u64) -> bool, delay: Duration) {
             } else {
                 text(StatusCode::OK, format!("ok {port}"))
             }
+        }
+    })
+    .await;
+}
+
+/// An HTTP application on `port` that answers after `delay`, and tells the most requests it
+/// had at once (`GET /peak`).
+async fn serve_counting_peak(port: u16, delay: Duration) {
+    let now = Arc::new(AtomicU64::new(0));
+    let peak = Arc::new(AtomicU64::new(0));
+    serve_http(port, move |request: Request<Incoming>| {
+        let (now, peak) = (now.clone(), peak.clone());
+        async move {
+            if request.uri().path() == "/peak" {
+                return text(StatusCode::OK, peak.load(Ordering::Relaxed).to_string());
+            }
+            peak.fetch_max(now.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+            tokio::time::sleep(delay).await;
+            now.fetch_sub(1, Ordering::Relaxed);
+            text(StatusCode::OK, format!("ok {port}"))
         }
     })
     .await;
@@ -97,6 +118,7 @@ pub fn spawn_apps() {
     tokio::spawn(serve_failing(8107, always, no_delay));
     tokio::spawn(serve_failing(8109, always, no_delay));
     tokio::spawn(serve_failing(8108, never, Duration::from_millis(500)));
+    tokio::spawn(serve_counting_peak(8112, Duration::from_millis(300)));
     tokio::spawn(serve_flaky_grpc(9100));
 }
 
@@ -143,8 +165,9 @@ async fn calls(method: &str, target: SocketAddr, path: &str, count: usize, size:
     counts.join(" ")
 }
 
-/// `count <target>`: what the application behind it received (`GET /count`).
-async fn count(target: SocketAddr) -> String {
+/// `count <target> [path]`: what the application behind it received (`GET /count`, or the
+/// path given).
+async fn count(target: SocketAddr, path: &str) -> String {
     let stream = tokio::net::TcpStream::connect(target)
         .await
         .expect("connect");
@@ -152,7 +175,7 @@ async fn count(target: SocketAddr) -> String {
         .await
         .expect("handshake");
     tokio::spawn(connection);
-    let request = Request::get("/count")
+    let request = Request::get(path)
         .header("host", "flaky.shop")
         .body(Full::new(Bytes::new()))
         .expect("request");
@@ -220,7 +243,7 @@ pub async fn command(command: &str, arg: impl Fn(usize) -> String) -> Option<Str
     let number = |i: usize| arg(i).parse::<usize>().expect("a number");
     Some(match command {
         "calls" => calls(&arg(1), addr(2), &arg(3), number(4), number(5)).await,
-        "count" => count(addr(1)).await,
+        "count" => count(addr(1), &arg(2)).await,
         "burst" => burst(addr(1), number(2)).await,
         "grpc-calls" => grpc_calls(addr(1), number(2)).await,
         _ => return None,
@@ -239,7 +262,7 @@ pub fn check(client: &Pod) {
     };
     let received = |target: &str| -> usize {
         client
-            .client(false, &["count", target])
+            .client(false, &["count", target, "/count"])
             .parse()
             .expect("a count")
     };
@@ -348,6 +371,18 @@ pub fn check(client: &Pod) {
         "ok=2 overloaded=4 other=0"
     );
     assert_eq!(metric("braid_proxy_circuit_breaker_open_total"), open + 4);
+
+    // maxConnections 2, maxPendingRequests 2: of 6 requests at once (300 ms each), 2 go on
+    // the 2 connections, 2 wait and take them as they free, 2 are refused at once; the
+    // application never has more than 2 at a time.
+    let open = metric("braid_proxy_circuit_breaker_open_total");
+    assert_eq!(
+        client.client(false, &["burst", "10.96.1.14:80", "6"]),
+        "ok=4 overloaded=2 other=0"
+    );
+    assert_eq!(metric("braid_proxy_circuit_breaker_open_total"), open + 2);
+    let peak = client.client(false, &["count", "10.96.1.14:80", "/peak"]);
+    assert_eq!(peak, "2", "requests at once behind maxConnections 2");
 
     // gRPC answered UNAVAILABLE every other call: each call succeeds on its retry.
     assert_eq!(

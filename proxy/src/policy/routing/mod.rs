@@ -13,7 +13,7 @@ use regex::Regex;
 
 use crate::policy::authz::Authorizer;
 use crate::policy::balance::{EndpointRegistry, EndpointStats};
-use crate::policy::breaker::{DestinationRegistry, DestinationState};
+use crate::policy::breaker::{ConnectionLimits, DestinationRegistry, DestinationState};
 use crate::policy::rate_limit::RateLimiter;
 use crate::policy::retry::RetryRule;
 use crate::telemetry::policy::PolicyCounters;
@@ -37,6 +37,8 @@ pub struct CompiledEndpoint {
     pub identity: Option<String>,
     /// Its load and latency.
     pub stats: Arc<EndpointStats>,
+    /// Its destination's connection limits (none: the application on loopback).
+    pub limits: Option<Arc<ConnectionLimits>>,
 }
 
 /// A Service port of a destination.
@@ -231,6 +233,14 @@ impl Table {
                 .map(|limit| RateLimiter::compile(limit, policy, counters)),
         };
         for (d, destination) in config.destinations.iter().enumerate() {
+            let state = live.destinations.state(&destination.name);
+            let breaker = &destination.policy.circuit_breaker;
+            let limits = Arc::new(ConnectionLimits {
+                name: destination.name.clone(),
+                max_connections: breaker.max_connections,
+                max_pending: breaker.max_pending_requests,
+                state: state.clone(),
+            });
             let mut ports = Vec::new();
             for port in &destination.ports {
                 let target = Target {
@@ -264,6 +274,7 @@ impl Table {
                                 addr,
                                 identity: e.identity.clone(),
                                 stats: registry.stats(addr),
+                                limits: Some(limits.clone()),
                             })
                         })
                         .collect(),
@@ -312,7 +323,7 @@ impl Table {
                     .retries
                     .as_ref()
                     .map(|r| Arc::new(RetryRule::compile(r))),
-                state: live.destinations.state(&destination.name),
+                state,
             }));
         }
         Ok(table)
