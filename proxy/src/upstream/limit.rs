@@ -40,6 +40,11 @@ pub(super) async fn room<T>(
     if let Some(slot) = state.open_connection(max) {
         return Ok(Room::Open(slot));
     }
+    if evict_idle(state)
+        && let Some(slot) = state.open_connection(max)
+    {
+        return Ok(Room::Open(slot));
+    }
     let overloaded = |limit| UpstreamError::Overloaded {
         name: limits.name.clone(),
         limit,
@@ -133,7 +138,8 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn an_idle_connection_of_the_destination_is_closed_to_make_room() {
-        let limits = limits(1, 1);
+        // No request may wait: the idle connection makes room all the same.
+        let limits = limits(1, 0);
         let mut idle = limits.state.open_connection(1);
         let evict = |_: &Arc<DestinationState>| idle.take().is_some();
         let found = room(Some(&limits), Duration::ZERO, no_idle, evict).await;
