@@ -62,9 +62,16 @@ endif
 	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-operator
 
 # BASELINE=<git revision>: the proxy of that revision is measured beside this one, in the same
-# run (its binary is built once in a worktree and cached outside the clone, by revision).
+# run (its binary is built once in a worktree and cached outside the clone, by revision). Both
+# are `cargo build --release -p braid-proxy`: the binary `cargo bench` builds carries features
+# of the benchmark's dev-dependencies, and would not compare like with like.
 BASELINE ?=
 BASELINE_DIR := /var/cache/braid/baseline
+# The build under test, copied aside: `cargo bench` writes its own build of the binary, with the
+# benchmark's dev-dependency features, to the same target/release/braid-proxy.
+PROXY_UNDER_TEST := $${CARGO_TARGET_DIR:-$(CURDIR)/target}/bench-braid-proxy
+BUILD_PROXY_UNDER_TEST = $(CARGO) build --release -p braid-proxy && \
+	cp $${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/braid-proxy $(PROXY_UNDER_TEST)
 
 .PHONY: bench-proxy
 bench-proxy: test-deps ## The proxy against direct, HAProxy and nginx (and BASELINE=<rev>'s build), in network namespaces (root); bench/results/proxy.md.
@@ -75,9 +82,11 @@ ifneq ($(BASELINE),)
 	  rm -rf $(BASELINE_DIR)/src && git worktree add -f --detach $(BASELINE_DIR)/src $$rev && \
 	  (cd $(BASELINE_DIR)/src && CARGO_TARGET_DIR=$(BASELINE_DIR)/target $(CARGO) build --release -p braid-proxy) && \
 	  cp $(BASELINE_DIR)/target/release/braid-proxy $$bin && git worktree remove --force $(BASELINE_DIR)/src; fi
-	BRAID_BASELINE_PROXY=$(BASELINE_DIR)/braid-proxy-$$(git rev-parse --short $(BASELINE)) $(CARGO) bench -p braid-proxy --bench proxy
+	$(BUILD_PROXY_UNDER_TEST)
+	BRAID_PROXY=$(PROXY_UNDER_TEST) BRAID_BASELINE_PROXY=$(BASELINE_DIR)/braid-proxy-$$(git rev-parse --short $(BASELINE)) $(CARGO) bench -p braid-proxy --bench proxy
 else
-	$(CARGO) bench -p braid-proxy --bench proxy
+	$(BUILD_PROXY_UNDER_TEST)
+	BRAID_PROXY=$(PROXY_UNDER_TEST) $(CARGO) bench -p braid-proxy --bench proxy
 endif
 
 # Fuzz targets (cargo fuzz, libFuzzer): the proxy's parsers (proxy/fuzz/) and the webhook's
