@@ -9,6 +9,7 @@
 pub mod encoding;
 mod inbound;
 mod model;
+pub mod shared;
 mod skew;
 mod validate;
 

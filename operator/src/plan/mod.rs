@@ -98,6 +98,18 @@ impl PolicyOutcome {
 impl Plan {
     /// The complete `proxy.json` of a workload.
     pub fn config_for(&self, key: &WorkloadKey, snapshot: &Snapshot) -> Option<ProxyConfig> {
+        let mut config = self.config_without_destinations(key, snapshot)?;
+        config.destinations = self.destinations.clone();
+        Some(config)
+    }
+
+    /// [`Self::config_for`] but its destinations, which are [`Self::destinations`] for every
+    /// workload: the writer renders them once a pass ([`braid_proxy_config::shared`]).
+    pub fn config_without_destinations(
+        &self,
+        key: &WorkloadKey,
+        snapshot: &Snapshot,
+    ) -> Option<ProxyConfig> {
         let workload = self.workloads.get(key)?;
         let config = ProxyConfig {
             version: config::VERSION,
@@ -108,7 +120,7 @@ impl Plan {
                 identity: workload.identity.clone(),
             },
             inbound: workload.inbound.clone(),
-            destinations: self.destinations.clone(),
+            destinations: Vec::new(),
             opaque_ports: vec![25, 3306, 5432, 6379, 11211, 27017],
             tracing: snapshot.mesh.tracing.as_ref().map(|t| config::Tracing {
                 collector: t.collector.clone(),

@@ -7,8 +7,10 @@
 //!   workload calls, so all 1,000 `proxy.json` change;
 //!
 //! and the time from the `patch` to the last affected ConfigMap written, with the API server's
-//! write requests per change by resource. The baseline, in the same run: the API server storing as many ConfigMaps of the
-//! same size written straight from here.
+//! write requests per change by resource. The baselines, in the same run: the API server storing
+//! as many ConfigMaps of the same size written straight from here (one by one, and 16 at a time
+//! as the operator writes), and taking an annotation on every pod (what nudging them would cost
+//! were they running).
 //! Also the operator's peak RSS (VmHWM). Writes a Markdown table to bench/results/operator-scale.md.
 
 mod report;
@@ -103,15 +105,20 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let (size, json_size) = config_size(&client).await?;
-    let baseline_100 = baseline(&client, 100, size).await?;
-    let baseline_1000 = baseline(&client, WORKLOADS, size).await?;
+    let baseline_100 = baseline(&client, 100, size, 1).await?;
+    let baseline_1000 = baseline(&client, WORKLOADS, size, 1).await?;
+    let concurrent_1000 = baseline(&client, WORKLOADS, size, 16).await?;
+    let pods_annotated = annotate_every_pod(&client, 16).await?;
+    eprintln!(
+        "baseline: {WORKLOADS} ConfigMaps one by one {baseline_1000:.2?}, 16 at a time \
+         {concurrent_1000:.2?}; {WORKLOADS} pods annotated 16 at a time {pods_annotated:.2?}"
+    );
     let peak = operator_peak_rss_mib()?;
     let report = report::report(
         converged,
         &server_side,
         &client_side,
-        baseline_100,
-        baseline_1000,
+        [baseline_100, baseline_1000, concurrent_1000, pods_annotated],
         (size, json_size),
         peak,
     );
@@ -334,20 +341,56 @@ async fn config_size(client: &kube::Client) -> anyhow::Result<(usize, usize)> {
     Ok((stored.len(), json.len()))
 }
 
-/// The API server storing `count` ConfigMaps of `size` bytes, written one after another from here.
-async fn baseline(client: &kube::Client, count: usize, size: usize) -> anyhow::Result<Duration> {
+/// The API server storing `count` ConfigMaps of `size` bytes, written from here `in_flight` at a
+/// time (1: one after another; 16: as the operator writes them).
+async fn baseline(
+    client: &kube::Client,
+    count: usize,
+    size: usize,
+    in_flight: usize,
+) -> anyhow::Result<Duration> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), BASELINE_NS);
     let payload = "x".repeat(size);
     let started = Instant::now();
-    for i in 0..count {
-        let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("baseline-{i}")},
-                            "data": {"proxy.json": payload, "round": format!("{count}")}});
-        api.patch(
-            &format!("baseline-{i}"),
-            &PatchParams::apply("braid-bench").force(),
-            &Patch::Apply(config),
-        )
-        .await?;
+    let writes = (0..count).map(|i| {
+        let (api, payload) = (&api, &payload);
+        async move {
+            let name = format!("baseline-{i}");
+            let config = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name},
+                                "data": {"proxy.json": payload, "round": format!("{count}-{in_flight}")}});
+            api.patch(&name, &PatchParams::apply("braid-bench").force(), &Patch::Apply(config))
+                .await
+        }
+    });
+    let mut writes = futures::stream::iter(writes).buffer_unordered(in_flight);
+    while let Some(written) = writes.next().await {
+        written?;
+    }
+    Ok(started.elapsed())
+}
+
+/// The API server taking an annotation on each of the benchmark's pods, `in_flight` at a time:
+/// what nudging that many running pods costs (here they are Pending, so the scheduler also
+/// looks at each again).
+async fn annotate_every_pod(client: &kube::Client, in_flight: usize) -> anyhow::Result<Duration> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let started = Instant::now();
+    let stamp = format!("{}", started.elapsed().as_nanos());
+    let patches = (0..WORKLOADS).map(|i| {
+        let (pods, stamp) = (&pods, &stamp);
+        async move {
+            let patch = json!({"metadata": {"annotations": {"braid.dev/bench-nudge": stamp}}});
+            pods.patch(
+                &format!("w-{i}"),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        }
+    });
+    let mut patches = futures::stream::iter(patches).buffer_unordered(in_flight);
+    while let Some(patched) = patches.next().await {
+        patched?;
     }
     Ok(started.elapsed())
 }
