@@ -59,7 +59,13 @@ ifndef KUBECONFIG
 	$(MAKE) cluster-up install
 endif
 	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-webhook
-	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(CARGO) run --release -q -p braid-e2e --bin bench-operator
+	$(CARGO) build --release -q -p braid-e2e --bin bench-operator
+	KUBECONFIG=$${KUBECONFIG:-/var/lib/braid-cluster/kubeconfig} $(IN_CLUSTER_NETNS) \
+	  $${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/bench-operator
+
+# The operator benchmark asks running proxies on their pod IPs: on the local test cluster those
+# are routed only inside its network namespace.
+IN_CLUSTER_NETNS = $(if $(and $(wildcard /run/netns/braid-cluster),$(if $(KUBECONFIG),,local)),nsenter --net=/run/netns/braid-cluster --)
 
 # BASELINE=<git revision>: the proxy of that revision is measured beside this one, in the same
 # run (its binary is built once in a worktree and cached outside the clone, by revision). Both

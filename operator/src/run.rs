@@ -301,7 +301,8 @@ async fn pass(
     )
     .await?;
     let config_maps = caches.config_maps.state();
-    let (mut written, file_hashes) = sync_configs(client, &plan, &snapshot, &config_maps).await?;
+    let (mut written, file_hashes) =
+        sync_configs(client, &plan, &snapshot, &config_maps, &caches.config_maps).await?;
     let desired = desired_file_hashes(&config_maps, file_hashes);
     readback.want(desired.clone());
     let identities = sync_identities(

@@ -12,6 +12,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
@@ -34,9 +35,11 @@ const CA_FINGERPRINT: &str = "braid.dev/ca-fingerprint";
 const NOT_BEFORE: &str = "braid.dev/not-before";
 const NOT_AFTER: &str = "braid.dev/not-after";
 
-/// How many ConfigMap writes are in flight at once: enough to hide the API server's round trip,
-/// few enough not to swamp it.
-const WRITE_CONCURRENCY: usize = 16;
+/// How many ConfigMap writes are in flight at once, and as many pod nudges beside them: enough
+/// to hide the API server's round trip (tens of milliseconds under a burst of writes), few
+/// enough to leave most of its mutating-request concurrency to others. On the test cluster,
+/// 1,000 pod annotations took 3.2 s 16 at a time, 2.1 s 32 at a time, 1.8 s 64 at a time.
+const WRITE_CONCURRENCY: usize = 32;
 
 /// What one pass wrote, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -113,12 +116,14 @@ pub fn desired_file_hashes(
 
 /// Writes every workload's `proxy.json` that differs from what its ConfigMap holds, and deletes
 /// the ConfigMaps of workloads that are gone. Returns what it wrote and the hash of each file
-/// written (see [`desired_file_hashes`]).
+/// written (see [`desired_file_hashes`]). `existing` is the state of `cache`, the operator's
+/// watch of its ConfigMaps, which tells when a write has reached watchers (the kubelets).
 pub async fn sync_configs(
     client: &kube::Client,
     plan: &Plan,
     snapshot: &Snapshot,
     existing: &[Arc<PartialObjectMeta<ConfigMap>>],
+    cache: &Store<PartialObjectMeta<ConfigMap>>,
 ) -> Result<(Written, BTreeMap<WorkloadKey, String>), Error> {
     let mut written = Written::default();
     let mut file_hashes = BTreeMap::new();
@@ -178,7 +183,23 @@ pub async fn sync_configs(
                 &Patch::Apply(&config_map),
             )
             .await?;
-            // The pods get the new file now, not at the kubelet's next periodic sync.
+            Ok::<_, kube::Error>((workload, name, hash, file_hash))
+        })
+        .buffer_unordered(WRITE_CONCURRENCY)
+        // The pods get the new file now, not at the kubelet's next periodic sync; nudged in a
+        // stage of their own, so that ConfigMap writes go on meanwhile.
+        .map(|written| async move {
+            let (workload, name, hash, file_hash) = written?;
+            let reference = ObjectRef::new(&name).within(&workload.namespace);
+            let delivered = crate::nudge::when_delivered(|| {
+                cache
+                    .get(&reference)
+                    .is_some_and(|cm| config_map_hashes(&cm).is_some_and(|(_, h, _)| h == hash))
+            })
+            .await;
+            if !delivered {
+                tracing::debug!(%workload, "ConfigMap not back from the watch yet; nudging anyway");
+            }
             let nudged = crate::nudge::nudge(client, &snapshot.pods, workload, &hash).await;
             Ok::<_, kube::Error>((workload, file_hash, nudged))
         })

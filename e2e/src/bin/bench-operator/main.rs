@@ -1,18 +1,21 @@
-//! `make bench` part: the operator at scale. 1,000 meshed workloads (pods kept Pending by an
-//! unsatisfiable nodeSelector, so they exist but never run, and are not nudged: see
-//! `braid_operator::nudge`) behind 500 Services whose
-//! EndpointSlices this program writes. Then, repeatedly:
+//! `make bench` part: the operator at scale, a change from `kubectl apply` to the proxies
+//! running it. 1,000 meshed workloads behind 500 Services whose EndpointSlices this program
+//! writes; every 50th workload's pod runs on the test node with its proxy, the others are bound
+//! to a node no kubelet runs (see `fixture`), so the operator nudges all 1,000 as it would
+//! running pods. Then, repeatedly:
 //! - a server-side MeshPolicy change (mTLS mode) that affects the 100 workloads it selects;
 //! - a client-side change (load balancer) of the workloads behind one Service, which every
 //!   workload calls, so all 1,000 `proxy.json` change;
 //!
-//! and the time from the `patch` to the last affected ConfigMap written, with the API server's
-//! write requests per change by resource. The baselines, in the same run: the API server storing
-//! as many ConfigMaps of the same size written straight from here (one by one, and 16 at a time
-//! as the operator writes), and taking an annotation on every pod (what nudging them would cost
-//! were they running).
+//! and the time from the `patch` to the last affected ConfigMap written, to the last affected
+//! pod nudged, and to the last running proxy running the new file, with the API server's write
+//! requests per change by resource. The baselines, in the same run: the API server storing as
+//! many ConfigMaps of the same size written straight from here (one by one, and 16 at a time as
+//! the operator writes), and taking an annotation on every pod, 16 at a time.
 //! Also the operator's peak RSS (VmHWM). Writes a Markdown table to bench/results/operator-scale.md.
 
+mod applied;
+mod fixture;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,9 +23,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt as _;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher;
 use serde_json::json;
@@ -32,6 +34,8 @@ const BASELINE_NS: &str = "braid-bench-baseline";
 const WORKLOADS: usize = 1000;
 const SERVICES: usize = 500;
 const HASH: &str = "braid.dev/config-hash";
+/// How long a change may take to reach everything before the benchmark gives up.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -43,27 +47,26 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    recreate_namespace(&client, NS).await?;
-    recreate_namespace(&client, BASELINE_NS).await?;
+    let injected = json!({"braid.dev/inject": "enabled"});
+    fixture::recreate_namespace(&client, NS, Some(injected)).await?;
+    fixture::recreate_namespace(&client, BASELINE_NS, Some(json!({}))).await?;
+    fixture::create_hollow_node(&client).await?;
 
     let started = Instant::now();
-    create_fixture(&client).await?;
+    fixture::create(&client, NS).await?;
     let configs: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), NS);
-    let all: BTreeSet<String> = (0..WORKLOADS)
-        .map(|i| format!("braid-proxy-w-{i}"))
-        .collect();
-    let initial = wait_until_stable(&configs, &all, Duration::from_secs(600)).await?;
+    let all: BTreeSet<usize> = (0..WORKLOADS).collect();
+    wait_until_stable(&configs, &all, Duration::from_secs(600)).await?;
     let converged = started.elapsed();
     eprintln!("initial: {WORKLOADS} workloads converged in {converged:.1?}");
+    let running = (0..WORKLOADS).filter(|i| fixture::runs(*i)).count();
+    let proxies = applied::running_proxies(&client, NS, running, Duration::from_secs(600)).await?;
+    eprintln!("{} proxies running", proxies.len());
 
     let policies: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client.clone(), NS, &policy_resource());
-    let mut hashes = initial;
+        Api::namespaced_with(client.clone(), NS, &fixture::policy_resource());
     let (mut server_side, mut client_side) = (Vec::new(), Vec::new());
-    let group0: BTreeSet<String> = (0..WORKLOADS)
-        .filter(|i| i % 10 == 0)
-        .map(|i| format!("braid-proxy-w-{i}"))
-        .collect();
+    let group0: BTreeSet<usize> = (0..WORKLOADS).filter(|i| i % 10 == 0).collect();
     for round in 0..iterations {
         let mode = if round % 2 == 0 {
             "STRICT"
@@ -71,36 +74,20 @@ async fn main() -> anyhow::Result<()> {
             "PERMISSIVE"
         };
         let patch = json!({"spec": {"mtls": {"mode": mode}}});
-        let (took, now) = timed_change(
-            &client, &configs, &policies, "group-0", patch, &group0, &hashes,
-        )
-        .await?;
-        hashes = now;
-        server_side.push(took);
+        let change = timed_change(&client, &proxies, &policies, "group-0", patch, &group0).await?;
+        server_side.push(change);
         let balancer = if round % 2 == 0 {
             "LEAST_CONN"
         } else {
             "ROUND_ROBIN"
         };
         let patch = json!({"spec": {"loadBalancer": balancer}});
-        let (took, now) = timed_change(
-            &client,
-            &configs,
-            &policies,
-            "svc-1-backends",
-            patch,
-            &all,
-            &hashes,
-        )
-        .await?;
-        hashes = now;
-        client_side.push(took);
+        let change =
+            timed_change(&client, &proxies, &policies, "svc-1-backends", patch, &all).await?;
+        client_side.push(change);
         eprintln!(
-            "round {round}: server-side {:.2?} (writes {:?}), client-side {:.2?} (writes {:?})",
-            server_side[round].configs,
-            server_side[round].writes,
-            client_side[round].configs,
-            client_side[round].writes
+            "round {round}: server-side {}; client-side {}",
+            server_side[round], client_side[round]
         );
     }
 
@@ -116,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     let peak = operator_peak_rss_mib()?;
     let report = report::report(
         converged,
+        proxies.len(),
         &server_side,
         &client_side,
         [baseline_100, baseline_1000, concurrent_1000, pods_annotated],
@@ -125,203 +113,194 @@ async fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all("bench/results")?;
     std::fs::write("bench/results/operator-scale.md", &report)?;
     print!("{report}");
-    recreate_namespace(&client, BASELINE_NS).await?;
-    Api::<Namespace>::all(client.clone())
-        .delete(NS, &DeleteParams::default())
-        .await?;
-    Api::<Namespace>::all(client)
-        .delete(BASELINE_NS, &DeleteParams::default())
-        .await?;
+    fixture::recreate_namespace(&client, BASELINE_NS, None).await?;
+    fixture::recreate_namespace(&client, NS, None).await?;
+    fixture::delete_hollow_node(&client).await?;
     Ok(())
 }
 
-fn policy_resource() -> kube::api::ApiResource {
-    kube::api::ApiResource {
-        group: "braid.dev".into(),
-        version: "v1alpha1".into(),
-        api_version: "braid.dev/v1alpha1".into(),
-        kind: "MeshPolicy".into(),
-        plural: "meshpolicies".into(),
-    }
-}
-
-async fn recreate_namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
-    let api: Api<Namespace> = Api::all(client.clone());
-    if api.get_opt(name).await?.is_some() {
-        let _ = api.delete(name, &DeleteParams::default()).await;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        while api.get_opt(name).await?.is_some() {
-            if Instant::now() > deadline {
-                bail!("namespace {name} is not going away");
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
-    api.create(
-        &PostParams::default(),
-        &serde_json::from_value(json!({"metadata": {"name": name}}))?,
-    )
-    .await?;
-    Ok(())
-}
-
-async fn create_fixture(client: &kube::Client) -> anyhow::Result<()> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let services: Api<Service> = Api::namespaced(client.clone(), NS);
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NS);
-    let policies: Api<kube::api::DynamicObject> =
-        Api::namespaced_with(client.clone(), NS, &policy_resource());
-    let create = PostParams::default();
-    for i in 0..WORKLOADS {
-        let pod = json!({
-            "metadata": {"name": format!("w-{i}"), "labels": {"braid.dev/workload": format!("w-{i}"), "group": format!("g-{}", i % 10), "service": format!("svc-{}", i / 2)}},
-            "spec": {"nodeSelector": {"braid.dev/bench": "nowhere"}, "containers": [{"name": "app", "image": "braid.local/braid-shop:dev"}]}
-        });
-        pods.create(&create, &serde_json::from_value(pod)?).await?;
-    }
-    for j in 0..SERVICES {
-        let service = json!({"metadata": {"name": format!("svc-{j}")}, "spec": {"ports": [{"name": "http", "port": 80}]}});
-        services
-            .create(&create, &serde_json::from_value(service)?)
-            .await?;
-        let endpoints: Vec<_> = (0..2)
-            .map(|k| {
-                let i = 2 * j + k;
-                json!({"addresses": [format!("10.250.{}.{}", i / 250, i % 250 + 1)], "conditions": {"ready": true},
-                       "targetRef": {"kind": "Pod", "name": format!("w-{i}"), "namespace": NS}})
-            })
-            .collect();
-        let slice = json!({
-            "metadata": {"name": format!("svc-{j}-bench"), "labels": {"kubernetes.io/service-name": format!("svc-{j}")}},
-            "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "http", "port": 8080}]
-        });
-        slices
-            .create(&create, &serde_json::from_value(slice)?)
-            .await?;
-    }
-    for (name, selector) in [
-        ("group-0", json!({"group": "g-0"})),
-        ("svc-1-backends", json!({"service": "svc-1"})),
-    ] {
-        let policy = json!({"apiVersion": "braid.dev/v1alpha1", "kind": "MeshPolicy", "metadata": {"name": name},
-                            "spec": {"selector": {"matchLabels": selector}}});
-        policies
-            .create(&create, &serde_json::from_value(policy)?)
-            .await?;
-    }
-    Ok(())
-}
-
-/// The hash annotation of every managed ConfigMap in the namespace.
-async fn hashes(
-    configs: &Api<PartialObjectMeta<ConfigMap>>,
-) -> anyhow::Result<BTreeMap<String, String>> {
-    let list = configs.list_metadata(&Default::default()).await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter_map(|m| Some((m.metadata.name?, m.metadata.annotations?.get(HASH)?.clone())))
-        .collect())
-}
-
-/// Waits until every ConfigMap in `names` exists and none changed for 5 s; returns their hashes.
+/// Waits until the ConfigMap of every workload in `workloads` exists and none changed for 5 s.
 async fn wait_until_stable(
     configs: &Api<PartialObjectMeta<ConfigMap>>,
-    names: &BTreeSet<String>,
+    workloads: &BTreeSet<usize>,
     timeout: Duration,
-) -> anyhow::Result<BTreeMap<String, String>> {
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     let mut last = BTreeMap::new();
     let mut stable_since = Instant::now();
     loop {
-        let now = hashes(configs).await?;
+        let list = configs.list_metadata(&Default::default()).await?;
+        let now: BTreeMap<String, String> = list
+            .items
+            .into_iter()
+            .filter_map(|m| Some((m.metadata.name?, m.metadata.annotations?.get(HASH)?.clone())))
+            .collect();
         if now != last {
             stable_since = Instant::now();
             last = now;
-        } else if names.iter().all(|n| last.contains_key(n))
+        } else if workloads
+            .iter()
+            .all(|i| last.contains_key(&config_map_of(*i)))
             && stable_since.elapsed() > Duration::from_secs(5)
         {
-            return Ok(last);
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
                 "{} of {} ConfigMaps after {timeout:?}",
                 last.len(),
-                names.len()
+                workloads.len()
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// Consumes a watch's initial list, so that only changes after it count.
-async fn skip_initial_list<K>(
-    events: &mut (impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Unpin),
-) -> anyhow::Result<()> {
-    while let Some(event) = events.next().await {
-        if matches!(event?, watcher::Event::InitDone) {
-            break;
-        }
-    }
-    Ok(())
+fn config_map_of(workload: usize) -> String {
+    format!("braid-proxy-w-{workload}")
 }
 
-/// What one change cost: the time from the patch to the last affected ConfigMap written, and
-/// the API server's write requests in that time, by resource.
+fn pod_of(workload: usize) -> String {
+    format!("w-{workload}")
+}
+
+type Events<K> = futures::stream::BoxStream<'static, Result<watcher::Event<K>, watcher::Error>>;
+
+/// Starts watching `api`; the [`HASH`] annotation of every object now, and the watch, whose
+/// events from then on are changes.
+async fn watch_hashes<K>(
+    api: &Api<PartialObjectMeta<K>>,
+) -> anyhow::Result<(BTreeMap<String, String>, Events<PartialObjectMeta<K>>)>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    let mut events = watcher(api.clone(), watcher::Config::default()).boxed();
+    let mut hashes = BTreeMap::new();
+    while let Some(event) = events.next().await {
+        match event? {
+            watcher::Event::InitApply(meta) => {
+                if let (Some(name), Some(hash)) =
+                    (meta.metadata.name, annotation(&meta.metadata.annotations))
+                {
+                    hashes.insert(name, hash);
+                }
+            }
+            watcher::Event::InitDone => return Ok((hashes, events)),
+            _ => {}
+        }
+    }
+    bail!("the watch ended before its initial list")
+}
+
+fn annotation(annotations: &Option<BTreeMap<String, String>>) -> Option<String> {
+    annotations.as_ref()?.get(HASH).cloned()
+}
+
+/// Waits until every object in `names` carries another [`HASH`] than in `before`; the time
+/// from `started` to the last of them.
+async fn all_rehashed<K>(
+    mut events: Events<PartialObjectMeta<K>>,
+    mut names: BTreeSet<String>,
+    before: &BTreeMap<String, String>,
+    started: Instant,
+    what: &str,
+) -> anyhow::Result<Duration> {
+    while !names.is_empty() {
+        let left = CHANGE_TIMEOUT.saturating_sub(started.elapsed());
+        let event = tokio::time::timeout(left, events.next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("{} {what} unchanged after {CHANGE_TIMEOUT:?}", names.len())
+            })?
+            .context("watch ended")??;
+        if let watcher::Event::Apply(meta) = event
+            && let (Some(name), Some(hash)) =
+                (meta.metadata.name, annotation(&meta.metadata.annotations))
+            && before.get(&name) != Some(&hash)
+        {
+            names.remove(&name);
+        }
+    }
+    Ok(started.elapsed())
+}
+
+/// What one change cost: the time from the patch to the last affected ConfigMap written, to the
+/// last affected pod nudged and to the last running proxy running the new file, and the API
+/// server's write requests in that time, by resource.
 struct Change {
     configs: Duration,
+    nudged: Duration,
+    applied: Duration,
     writes: BTreeMap<String, f64>,
 }
 
-/// Patches a policy and waits until every ConfigMap in `affected` has a new hash.
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ConfigMaps {:.2?}, pods nudged {:.2?}, applied {:.2?} (writes {:?})",
+            self.configs, self.nudged, self.applied, self.writes
+        )
+    }
+}
+
+/// Patches a policy and waits until every workload in `affected` has a new ConfigMap, each of
+/// its pods was nudged and each of its running proxies runs the new file.
 async fn timed_change(
     client: &kube::Client,
-    configs: &Api<PartialObjectMeta<ConfigMap>>,
+    proxies: &BTreeMap<String, String>,
     policies: &Api<kube::api::DynamicObject>,
     policy: &str,
     patch: serde_json::Value,
-    affected: &BTreeSet<String>,
-    before: &BTreeMap<String, String>,
-) -> anyhow::Result<(Change, BTreeMap<String, String>)> {
-    let mut events = watcher(configs.clone(), watcher::Config::default()).boxed();
-    skip_initial_list(&mut events).await?;
+    affected: &BTreeSet<usize>,
+) -> anyhow::Result<Change> {
+    let (configs_before, config_events) = watch_hashes(
+        &Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), NS),
+    )
+    .await?;
+    let (pods_before, pod_events) = watch_hashes(&Api::<PartialObjectMeta<Pod>>::namespaced(
+        client.clone(),
+        NS,
+    ))
+    .await?;
+    let affected_pods: BTreeSet<String> = affected.iter().map(|i| pod_of(*i)).collect();
+    let proxies_before = applied::hashes(proxies)
+        .await?
+        .into_iter()
+        .filter(|(name, _)| affected_pods.contains(name))
+        .collect();
     let writes_before = braid_e2e::apiserver::writes(client).await?;
     let started = Instant::now();
     policies
         .patch(policy, &PatchParams::default(), &Patch::Merge(patch))
         .await?;
-    let mut pending = affected.clone();
-    let mut now = before.clone();
-    while !pending.is_empty() {
-        let event = tokio::time::timeout(Duration::from_secs(120), events.next())
-            .await
-            .with_context(|| format!("{} ConfigMaps still unchanged after 120 s", pending.len()))?
-            .context("watch ended")??;
-        if let watcher::Event::Apply(meta) = event {
-            let (Some(name), Some(hash)) = (
-                meta.metadata.name,
-                meta.metadata.annotations.and_then(|a| a.get(HASH).cloned()),
-            ) else {
-                continue;
-            };
-            if before.get(&name) != Some(&hash) {
-                pending.remove(&name);
-            }
-            now.insert(name, hash);
-        }
-    }
-    let configs_written = started.elapsed();
+    let (configs, nudged, applied) = tokio::try_join!(
+        all_rehashed(
+            config_events,
+            affected.iter().map(|i| config_map_of(*i)).collect(),
+            &configs_before,
+            started,
+            "ConfigMaps"
+        ),
+        all_rehashed(
+            pod_events,
+            affected_pods.clone(),
+            &pods_before,
+            started,
+            "pods"
+        ),
+        applied::all_changed(proxies, &proxies_before, started, CHANGE_TIMEOUT),
+    )?;
     // Let the pass finish its status writes before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writes =
         braid_e2e::apiserver::since(&writes_before, braid_e2e::apiserver::writes(client).await?);
-    Ok((
-        Change {
-            configs: configs_written,
-            writes,
-        },
-        now,
-    ))
+    Ok(Change {
+        configs,
+        nudged,
+        applied,
+        writes,
+    })
 }
 
 /// The size of a workload's `proxy.json` as stored (gzip above 64 KiB) and as JSON.
@@ -370,8 +349,7 @@ async fn baseline(
 }
 
 /// The API server taking an annotation on each of the benchmark's pods, `in_flight` at a time:
-/// what nudging that many running pods costs (here they are Pending, so the scheduler also
-/// looks at each again).
+/// what nudging them costs, without the operator.
 async fn annotate_every_pod(client: &kube::Client, in_flight: usize) -> anyhow::Result<Duration> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let started = Instant::now();
