@@ -65,7 +65,7 @@ endif
 
 # The operator benchmark asks running proxies on their pod IPs: on the local test cluster those
 # are routed only inside its network namespace.
-IN_CLUSTER_NETNS = $(if $(and $(wildcard /run/netns/braid-cluster),$(if $(KUBECONFIG),,local)),nsenter --net=/run/netns/braid-cluster --)
+IN_CLUSTER_NETNS = $(if $(and $(wildcard /run/netns/braid-cluster),$(if $(filter-out /var/lib/braid-cluster/kubeconfig,$(KUBECONFIG)),,local)),nsenter --net=/run/netns/braid-cluster --)
 
 # BASELINE=<git revision>: the proxy of that revision is measured beside this one, in the same
 # run (its binary is built once in a worktree and cached outside the clone, by revision). Both
