@@ -223,8 +223,8 @@ pub async fn read_loop(
     }
 }
 
-/// GETs `/config` from the proxy at `ip`'s admin port.
-async fn read_proxy(ip: &str) -> Heard {
+/// GETs `/config` from the proxy at `ip`'s admin port (the operator benchmark asks with it too).
+pub async fn read_proxy(ip: &str) -> Heard {
     let address = match ip.parse::<std::net::IpAddr>() {
         Ok(ip) => std::net::SocketAddr::new(ip, braid_sidecar::ADMIN_PORT),
         Err(_) => return Heard::Unreachable(format!("pod IP {ip:?} is not an address")),

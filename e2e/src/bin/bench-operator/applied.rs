@@ -6,13 +6,13 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use braid_operator::readback::read_proxy;
+use braid_operator::status::synced::Heard;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// How often a proxy is asked while the change has not reached it.
 const POLL: Duration = Duration::from_millis(50);
-const ADMIN_PORT: u16 = 15020;
 
 /// The running meshed pods of the namespace, by name, with their IPs; waits up to `timeout` for
 /// `expected` of them to run.
@@ -50,28 +50,13 @@ pub async fn running_proxies(
     }
 }
 
-/// The hash of the config the proxy at `ip` runs.
+/// The hash of the config the proxy at `ip` runs, read as the operator reads it.
 pub async fn config_hash(ip: &str) -> anyhow::Result<String> {
-    let ask = async {
-        let mut stream = tokio::net::TcpStream::connect((ip, ADMIN_PORT)).await?;
-        stream.write_all(b"GET /config HTTP/1.0\r\n\r\n").await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        anyhow::Ok(answer)
-    };
-    let answer = tokio::time::timeout(Duration::from_secs(1), ask)
-        .await
-        .context("no answer within 1 s")??;
-    let body = answer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|at| &answer[at + 4..])
-        .context("no HTTP response")?;
-    let summary: serde_json::Value = serde_json::from_slice(body)?;
-    summary["hash"]
-        .as_str()
-        .map(str::to_owned)
-        .context("the proxy runs no config")
+    match read_proxy(ip).await {
+        Heard::Runs { hash, .. } if !hash.is_empty() => Ok(hash),
+        Heard::Runs { last_error, .. } => bail!("the proxy runs no config: {last_error:?}"),
+        Heard::Unreachable(why) => bail!("{why}"),
+    }
 }
 
 /// The hash each proxy in `proxies` runs now.
