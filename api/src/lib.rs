@@ -53,6 +53,10 @@ pub fn proxy_config_map_name(workload: &str) -> String {
     format!("braid-proxy-{workload}")
 }
 
+/// Name of a namespace's shared destinations ConfigMap (key `destinations.json`), projected into
+/// every injected pod's config volume beside its workload's `proxy.json`.
+pub const DESTINATIONS_CONFIG_MAP: &str = "braid-destinations";
+
 /// Name of a workload's identity Secret.
 pub fn identity_secret_name(workload: &str) -> String {
     format!("braid-identity-{workload}")

@@ -52,18 +52,29 @@ fn service(cluster: &Cluster, ns: &str, name: &str, selector: Value) -> anyhow::
     }))
 }
 
-/// The parsed `proxy.json` of a workload and its ConfigMap's resourceVersion.
+/// The parsed `proxy.json` of a workload with its destinations (from the namespace's
+/// `destinations.json` in the split layout, which pods this release injected use; this test's
+/// pods are labelled, not injected, so theirs are whole), and the resourceVersions of the
+/// ConfigMaps it comes from.
 fn proxy_config(cluster: &Cluster, ns: &str, workload: &str) -> anyhow::Result<(Value, String)> {
-    let config_map =
-        cluster.get_json(&["configmap", &format!("braid-proxy-{workload}"), "-n", ns])?;
-    let text = config_map["data"]["proxy.json"]
-        .as_str()
-        .context("no proxy.json")?;
-    let version = config_map["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    Ok((serde_json::from_str(text)?, version))
+    let file = |config_map: &str, key: &str| -> anyhow::Result<(Value, String)> {
+        let config_map = cluster.get_json(&["configmap", config_map, "-n", ns])?;
+        let text = config_map["data"][key]
+            .as_str()
+            .with_context(|| format!("no {key}"))?;
+        let version = config_map["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        Ok((serde_json::from_str(text)?, version))
+    };
+    let (mut config, version) = file(&format!("braid-proxy-{workload}"), "proxy.json")?;
+    if config["sharedDestinations"] != true {
+        return Ok((config, version));
+    }
+    let (destinations, destinations_version) = file("braid-destinations", "destinations.json")?;
+    config["destinations"] = destinations;
+    Ok((config, format!("{version}+{destinations_version}")))
 }
 
 fn endpoints_of(config: &Value, destination: &str) -> Vec<Value> {

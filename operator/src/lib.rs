@@ -1,14 +1,17 @@
 //! `braid-operator`: Braid's control plane. It watches Pods, Services, EndpointSlices,
 //! Namespaces and the mesh CRDs, and writes for every meshed workload the ConfigMap
-//! `braid-proxy-<workload>` (key `proxy.json`) and the Secret `braid-identity-<workload>` (its
-//! SPIFFE certificate from the mesh CA), plus the status of every Mesh, MeshPolicy and MeshRoute.
+//! `braid-proxy-<workload>` (key `proxy.json`), for each namespace the ConfigMap
+//! `braid-destinations` (key `destinations.json`, the destinations every document shares), and
+//! the Secret `braid-identity-<workload>` (its SPIFFE certificate from the mesh CA), plus the
+//! status of every Mesh, MeshPolicy and MeshRoute.
 //!
 //! The decision is a pure function ([`plan::plan`]) of a snapshot of the cluster; the modules
 //! around it only read the cluster into that snapshot ([`run`]) and write the differences back
-//! ([`write`], [`status`]), and read back which config each running proxy has in force
+//! ([`configs`], [`write`], [`status`]), and read back which config each running proxy has in force
 //! ([`readback`]). Only the replica holding the Lease ([`leader`]) writes and reads back.
 
 pub mod certs;
+pub mod configs;
 pub mod leader;
 pub mod metrics;
 pub mod nudge;

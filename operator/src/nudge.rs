@@ -1,5 +1,6 @@
-//! Config that is live in seconds: after a workload's `proxy.json` changed, the operator
-//! annotates each of its pods with the new document's hash (`braid.dev/config-hash`). The
+//! Config that is live in seconds: after a workload's `proxy.json` changed, or the namespace's
+//! `destinations.json` its document leaves the destinations to, the operator annotates each of
+//! its pods with a hash of the new files (`braid.dev/config-hash`). The
 //! kubelet re-syncs a pod's volumes when the pod object changes, so the mounted file is swapped
 //! within a second, instead of at the kubelet's next periodic sync (a minute and more on a stock
 //! kubelet). It costs one merge patch per pod per changed document; a pod that already carries
@@ -75,7 +76,7 @@ pub async fn nudge(
     let mut patched = 0;
     for name in pods_to_nudge(pods, workload, hash) {
         match api
-            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => patched += 1,
@@ -102,7 +103,7 @@ pub async fn nudge_again(client: &kube::Client, pod: &str, value: &str) {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {RESYNC_ANNOTATION: value}}});
     match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => tracing::info!("pod {pod} still runs an older config: nudged again"),

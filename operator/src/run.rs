@@ -20,13 +20,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::{Notify, watch};
 
+use crate::configs::sync_configs;
 use crate::metrics::Metrics;
 use crate::plan::{Snapshot, object_key, plan};
 use crate::readback::Readback;
 use crate::status::synced::{Synced, proxy_pods, tally};
-use crate::write::{
-    MANAGED_LABEL, MANAGER, desired_file_hashes, load_or_create_ca, sync_configs, sync_identities,
-};
+use crate::write::{MANAGED_LABEL, MANAGER, load_or_create_ca, sync_identities};
 use crate::{Error, status, webhook_cert};
 
 /// How long the loop waits for more changes before a pass.
@@ -301,9 +300,8 @@ async fn pass(
     )
     .await?;
     let config_maps = caches.config_maps.state();
-    let (mut written, file_hashes) =
+    let (mut written, desired) =
         sync_configs(client, &plan, &snapshot, &config_maps, &caches.config_maps).await?;
-    let desired = desired_file_hashes(&config_maps, file_hashes);
     readback.want(desired.clone());
     let identities = sync_identities(
         client,

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use braid_api::WORKLOAD_LABEL;
+use braid_api::{DESTINATIONS_CONFIG_MAP, WORKLOAD_LABEL};
 use k8s_openapi::api::core::v1::Pod;
 
 /// A workload's namespace and name.
@@ -32,6 +32,30 @@ pub struct Workload {
     pub pod_labels: Vec<BTreeMap<String, String>>,
     /// The container ports its pods declare (for authorization rules that name ports).
     pub ports: BTreeSet<u16>,
+    /// Whether every pod of it mounts the namespace's destinations file beside its
+    /// `proxy.json` ([`mounts_shared_destinations`]), so that its document may leave them out.
+    /// A pod injected by an earlier release does not: its workload keeps whole documents
+    /// until that pod is gone.
+    pub shared_destinations: bool,
+}
+
+/// Whether `pod`'s config volume (`braid-config`, as the webhook injects it) projects the
+/// namespace's ConfigMap `braid-destinations` beside the workload's own.
+pub fn mounts_shared_destinations(pod: &Pod) -> bool {
+    let volumes = pod
+        .spec
+        .iter()
+        .flat_map(|spec| spec.volumes.iter().flatten());
+    volumes
+        .filter(|volume| volume.name == "braid-config")
+        .filter_map(|volume| volume.projected.as_ref()?.sources.as_ref())
+        .flatten()
+        .any(|source| {
+            source
+                .config_map
+                .as_ref()
+                .is_some_and(|cm| cm.name == DESTINATIONS_CONFIG_MAP)
+        })
 }
 
 /// The workload a pod belongs to, if the pod is meshed and alive.
@@ -72,7 +96,9 @@ pub fn workloads<'a>(pods: impl IntoIterator<Item = &'a Pod>) -> BTreeMap<Worklo
             service_account: service_account_of(pod),
             pod_labels: Vec::new(),
             ports: BTreeSet::new(),
+            shared_destinations: true,
         });
+        workload.shared_destinations &= mounts_shared_destinations(pod);
         workload
             .pod_labels
             .push(pod.metadata.labels.clone().unwrap_or_default());

@@ -1,23 +1,19 @@
-//! Writing the plan back: ConfigMaps and Secrets per workload (only when their content changed,
-//! judged by a hash annotation), deletion of those whose workload is gone, and the mesh CA.
+//! Writing the plan back: Secrets per workload (only when their content changed, judged by
+//! their annotations), deletion of objects whose workload is gone, and the mesh CA. The
+//! ConfigMaps are [`crate::configs`]'.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use braid_api::{CONTROL_PLANE_NAMESPACE, identity_secret_name, proxy_config_map_name};
-use braid_proxy_config::encoding::Stored;
-use braid_proxy_config::shared::{Document, SharedDestinations};
-use futures::StreamExt as _;
+use braid_api::{CONTROL_PLANE_NAMESPACE, identity_secret_name};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::reflector::{ObjectRef, Store};
-use sha2::{Digest, Sha256};
 
 use crate::Error;
 use crate::certs::{CertificateAuthority, LeafRecord, renewal_reason};
-use crate::plan::{Plan, Snapshot};
+use crate::plan::Plan;
 use crate::workload::WorkloadKey;
 
 /// The field manager of everything the operator writes.
@@ -26,20 +22,10 @@ pub const MANAGER: &str = "braid-operator";
 pub const MANAGED_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Name of the CA Secret in `braid-system`.
 pub const CA_SECRET: &str = "braid-ca";
-const HASH: &str = "braid.dev/config-hash";
-/// SHA-256 of the file as the kubelet writes it (the gzip bytes when gzipped): what a proxy
-/// reports on `/config`, so the read-back compares with it ([`crate::readback`]).
-const FILE_HASH: &str = "braid.dev/file-hash";
 const SUBJECT: &str = "braid.dev/subject";
 const CA_FINGERPRINT: &str = "braid.dev/ca-fingerprint";
 const NOT_BEFORE: &str = "braid.dev/not-before";
 const NOT_AFTER: &str = "braid.dev/not-after";
-
-/// How many ConfigMap writes are in flight at once, and as many pod nudges beside them: enough
-/// to hide the API server's round trip (tens of milliseconds under a burst of writes), few
-/// enough to leave most of its mutating-request concurrency to others. On the test cluster,
-/// 1,000 pod annotations took 3.2 s 16 at a time, 2.1 s 32 at a time, 1.8 s 64 at a time.
-const WRITE_CONCURRENCY: usize = 32;
 
 /// What one pass wrote, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy)]
@@ -69,160 +55,6 @@ pub fn managed_metadata(
         annotations: Some(annotations),
         ..Default::default()
     }
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The workload whose `proxy.json` a ConfigMap holds, with the hashes it is annotated with
-/// (of the document, of the file).
-fn config_map_hashes(cm: &PartialObjectMeta<ConfigMap>) -> Option<(WorkloadKey, &str, &str)> {
-    let annotations = cm.metadata.annotations.as_ref()?;
-    let workload = WorkloadKey {
-        namespace: cm.metadata.namespace.clone()?,
-        name: cm
-            .metadata
-            .name
-            .as_deref()?
-            .strip_prefix("braid-proxy-")?
-            .to_owned(),
-    };
-    Some((
-        workload,
-        annotations.get(HASH)?.as_str(),
-        annotations.get(FILE_HASH)?.as_str(),
-    ))
-}
-
-/// The hash of the file each workload's proxies should run: what this pass wrote, else what its
-/// ConfigMap says it holds.
-pub fn desired_file_hashes(
-    existing: &[Arc<PartialObjectMeta<ConfigMap>>],
-    written: BTreeMap<WorkloadKey, String>,
-) -> BTreeMap<WorkloadKey, String> {
-    let mut desired: BTreeMap<WorkloadKey, String> = existing
-        .iter()
-        .filter_map(|cm| config_map_hashes(cm))
-        .map(|(workload, _, file)| (workload, file.to_owned()))
-        .collect();
-    desired.extend(written);
-    desired
-}
-
-/// Writes every workload's `proxy.json` that differs from what its ConfigMap holds, and deletes
-/// the ConfigMaps of workloads that are gone. Returns what it wrote and the hash of each file
-/// written (see [`desired_file_hashes`]). `existing` is the state of `cache`, the operator's
-/// watch of its ConfigMaps, which tells when a write has reached watchers (the kubelets).
-pub async fn sync_configs(
-    client: &kube::Client,
-    plan: &Plan,
-    snapshot: &Snapshot,
-    existing: &[Arc<PartialObjectMeta<ConfigMap>>],
-    cache: &Store<PartialObjectMeta<ConfigMap>>,
-) -> Result<(Written, BTreeMap<WorkloadKey, String>), Error> {
-    let mut written = Written::default();
-    let mut file_hashes = BTreeMap::new();
-    // A ConfigMap written before file hashes were recorded has none: it is written once more.
-    let existing_hashes: BTreeMap<WorkloadKey, String> = existing
-        .iter()
-        .filter_map(|cm| config_map_hashes(cm))
-        .map(|(workload, document, _)| (workload, document.to_owned()))
-        .collect();
-    // Every document carries the same destinations: rendered and compressed once for all
-    // (at 500 Services they are nearly all of each document's 183 KB).
-    let shared = &SharedDestinations::new(&plan.destinations);
-    // Rendered lazily, so at most WRITE_CONCURRENCY documents are in memory at once.
-    let changed = plan.workloads.keys().filter_map(|key| {
-        let document = Document::new(&plan.config_without_destinations(key, snapshot)?);
-        let mut hasher = Sha256::new();
-        for part in document.parts(shared) {
-            hasher.update(part);
-        }
-        let hash = hex(&hasher.finalize());
-        let name = proxy_config_map_name(&key.name);
-        let unchanged = existing_hashes.get(key) == Some(&hash);
-        (!unchanged).then_some((key, name, document, hash))
-    });
-    let mut writes = futures::stream::iter(changed)
-        .map(|(workload, name, document, hash)| async move {
-            let namespace = workload.namespace.clone();
-            let key = "proxy.json".to_owned();
-            let (data, binary_data, file_hash) = match document.encode(shared) {
-                Stored::Text(json) => {
-                    let file_hash = sha256_hex(json.as_bytes());
-                    (Some([(key, json)].into()), None, file_hash)
-                }
-                Stored::Gzip(bytes) => {
-                    let file_hash = sha256_hex(&bytes);
-                    (None, Some([(key, ByteString(bytes))].into()), file_hash)
-                }
-            };
-            let config_map = ConfigMap {
-                metadata: managed_metadata(
-                    name.clone(),
-                    &namespace,
-                    [
-                        (HASH.to_owned(), hash.clone()),
-                        (FILE_HASH.to_owned(), file_hash.clone()),
-                    ]
-                    .into(),
-                ),
-                data,
-                binary_data,
-                ..Default::default()
-            };
-            let api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-            api.patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&config_map),
-            )
-            .await?;
-            Ok::<_, kube::Error>((workload, name, hash, file_hash))
-        })
-        .buffer_unordered(WRITE_CONCURRENCY)
-        // The pods get the new file now, not at the kubelet's next periodic sync; nudged in a
-        // stage of their own, so that ConfigMap writes go on meanwhile.
-        .map(|written| async move {
-            let (workload, name, hash, file_hash) = written?;
-            let reference = ObjectRef::new(&name).within(&workload.namespace);
-            let delivered = crate::nudge::when_delivered(|| {
-                cache
-                    .get(&reference)
-                    .is_some_and(|cm| config_map_hashes(&cm).is_some_and(|(_, h, _)| h == hash))
-            })
-            .await;
-            if !delivered {
-                tracing::debug!(%workload, "ConfigMap not back from the watch yet; nudging anyway");
-            }
-            let nudged = crate::nudge::nudge(client, &snapshot.pods, workload, &hash).await;
-            Ok::<_, kube::Error>((workload, file_hash, nudged))
-        })
-        .buffer_unordered(WRITE_CONCURRENCY);
-    while let Some(result) = writes.next().await {
-        let (workload, file_hash, nudged) = result?;
-        written.nudged += nudged;
-        written.configs += 1;
-        file_hashes.insert(workload.clone(), file_hash);
-    }
-    let workload_configs: Vec<Arc<PartialObjectMeta<ConfigMap>>> = existing
-        .iter()
-        .filter(|c| {
-            c.metadata
-                .name
-                .as_deref()
-                .is_some_and(|n| n.starts_with("braid-proxy-"))
-        })
-        .cloned()
-        .collect();
-    written.deleted +=
-        delete_orphans(client, &workload_configs, plan, proxy_config_map_name).await?;
-    Ok((written, file_hashes))
 }
 
 /// Issues or renews every workload's certificate as [`renewal_reason`] says, and deletes the
@@ -350,36 +182,66 @@ pub fn record_annotations(
     .into()
 }
 
+/// A namespaced kind the operator owns objects of (ConfigMaps, Secrets).
+pub(crate) trait OwnedKind:
+    kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> OwnedKind for K where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 /// Deletes managed objects whose name is no current workload's.
-async fn delete_orphans<K>(
+pub(crate) async fn delete_orphans<K: OwnedKind>(
     client: &kube::Client,
     existing: &[Arc<PartialObjectMeta<K>>],
     plan: &Plan,
     name_of: impl Fn(&str) -> String,
-) -> Result<usize, Error>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<usize, Error> {
     let wanted: std::collections::BTreeSet<(String, String)> = plan
         .workloads
         .keys()
         .map(|WorkloadKey { namespace, name }| (namespace.clone(), name_of(name)))
         .collect();
+    let orphans: Vec<_> = existing
+        .iter()
+        .filter(|object| {
+            let meta = &object.metadata;
+            match (meta.namespace.clone(), meta.name.clone()) {
+                (Some(namespace), Some(name)) => !wanted.contains(&(namespace, name)),
+                _ => false,
+            }
+        })
+        .cloned()
+        .collect();
+    delete_all(client, &orphans).await
+}
+
+/// Deletes `objects` (already gone, or going: fine).
+pub(crate) async fn delete_all<K: OwnedKind>(
+    client: &kube::Client,
+    objects: &[Arc<PartialObjectMeta<K>>],
+) -> Result<usize, Error> {
     let mut deleted = 0;
-    for object in existing {
+    for object in objects {
         let meta = &object.metadata;
-        let (Some(namespace), Some(name)) = (meta.namespace.clone(), meta.name.clone()) else {
+        let (Some(namespace), Some(name)) = (meta.namespace.as_deref(), meta.name.as_deref())
+        else {
             continue;
         };
-        if meta.deletion_timestamp.is_some() || wanted.contains(&(namespace.clone(), name.clone()))
-        {
+        if meta.deletion_timestamp.is_some() {
             continue;
         }
-        let api: Api<K> = Api::namespaced(client.clone(), &namespace);
-        match api.delete(&name, &DeleteParams::default()).await {
+        let api: Api<K> = Api::namespaced(client.clone(), namespace);
+        match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => deleted += 1,
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error.into()),

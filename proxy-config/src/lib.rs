@@ -1,6 +1,8 @@
 //! The `proxy.json` contract: the one document the operator writes (ConfigMap
 //! `braid-proxy-<workload>`, key `proxy.json`) and the proxy reads (`/etc/braid/config/proxy.json`).
-//! It holds the workload's identity, how it accepts traffic, and every destination it may call.
+//! It holds the workload's identity, how it accepts traffic, and every destination it may call,
+//! or, in the split layout ([`split`]), says that the destinations are in the namespace's
+//! `destinations.json` beside it.
 //!
 //! This crate has no Kubernetes dependency: the proxy links it and never links kube. A document
 //! is accepted only whole: [`ProxyConfig::from_json`] parses *and* validates, and every error names
@@ -11,6 +13,7 @@ mod inbound;
 mod model;
 pub mod shared;
 mod skew;
+pub mod split;
 mod validate;
 
 pub use inbound::*;

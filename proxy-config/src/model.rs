@@ -26,6 +26,14 @@ pub struct ProxyConfig {
     pub workload: Workload,
     /// How this workload accepts traffic.
     pub inbound: Inbound,
+    /// Set when this workload's destinations are not in this file but in `destinations.json`
+    /// beside it: the namespace's ConfigMap `braid-destinations`, projected into the same
+    /// volume, one file for every workload of the namespace, so that a change to the
+    /// destinations is one write instead of one per workload ([`crate::split`]). `destinations`
+    /// is then empty here. Always required (`requires` lists `sharedDestinations`): a proxy
+    /// that ignored it would run with no destinations at all.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_destinations: bool,
     /// Every meshed Service this workload may call. Traffic to anything else passes through.
     #[serde(default)]
     pub destinations: Vec<Destination>,

@@ -32,6 +32,39 @@ impl SharedDestinations {
     }
 }
 
+impl SharedDestinations {
+    /// The destinations' JSON.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
+    /// The destinations alone as a file ([`crate::split::DESTINATIONS_FILE`]), stored by
+    /// [`crate::encoding::encode`]'s rule, the compressed piece reused.
+    pub fn file(&self) -> Stored {
+        if self.json.len() <= GZIP_ABOVE {
+            return Stored::Text(self.json.clone());
+        }
+        Stored::Gzip(gzip_member(
+            &[&self.deflated, &deflate(b"", true)],
+            self.crc.clone(),
+            self.json.len(),
+        ))
+    }
+}
+
+/// One gzip member of deflate `pieces` (the last one final), of input with `crc` and `length`.
+fn gzip_member(pieces: &[&[u8]], crc: crc32fast::Hasher, length: usize) -> Vec<u8> {
+    // RFC 1952: magic, deflate, no flags, no time, no extra flags, OS unknown.
+    let mut gzip = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    for piece in pieces {
+        gzip.extend_from_slice(piece);
+    }
+    gzip.extend_from_slice(&crc.finalize().to_le_bytes());
+    // ISIZE is the length modulo 2^32 (RFC 1952).
+    gzip.extend_from_slice(&(length as u32).to_le_bytes());
+    gzip
+}
+
 /// A workload's document around the shared destinations: what comes before them and after.
 pub struct Document {
     head: String,
@@ -47,6 +80,8 @@ struct Head<'a> {
     requires: &'a [String],
     workload: &'a Workload,
     inbound: &'a Inbound,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    shared_destinations: bool,
 }
 
 /// The fields after it.
@@ -74,6 +109,7 @@ impl Document {
             requires,
             workload,
             inbound,
+            shared_destinations,
             destinations: _,
             opaque_ports,
             tracing,
@@ -84,6 +120,7 @@ impl Document {
             requires,
             workload,
             inbound,
+            shared_destinations: *shared_destinations,
         };
         let tail = Tail {
             opaque_ports,
@@ -130,14 +167,15 @@ impl Document {
         crc.update(self.head.as_bytes());
         crc.combine(&shared.crc);
         crc.update(self.tail.as_bytes());
-        // RFC 1952: magic, deflate, no flags, no time, no extra flags, OS unknown.
-        let mut gzip = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
-        gzip.extend(deflate(self.head.as_bytes(), false));
-        gzip.extend_from_slice(&shared.deflated);
-        gzip.extend(deflate(self.tail.as_bytes(), true));
-        gzip.extend_from_slice(&crc.finalize().to_le_bytes());
-        gzip.extend_from_slice(&(length as u32).to_le_bytes());
-        Stored::Gzip(gzip)
+        Stored::Gzip(gzip_member(
+            &[
+                &deflate(self.head.as_bytes(), false),
+                &shared.deflated,
+                &deflate(self.tail.as_bytes(), true),
+            ],
+            crc,
+            length,
+        ))
     }
 }
 
@@ -217,6 +255,24 @@ mod tests {
                         decode(&gzip).expect("one gzip member").as_ref(),
                         whole.as_bytes()
                     );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_destinations_file_is_their_json_and_decodes_from_its_gzip() {
+        for (destinations, compressed) in [(3, false), (2_000, true)] {
+            let config = config(destinations);
+            let json = serde_json::to_string(&config.destinations).expect("JSON");
+            match SharedDestinations::new(&config.destinations).file() {
+                Stored::Text(text) => {
+                    assert!(!compressed, "{destinations} destinations stored plain");
+                    assert_eq!(text, json);
+                }
+                Stored::Gzip(gzip) => {
+                    assert!(compressed, "{destinations} destinations compressed");
+                    assert_eq!(decode(&gzip).expect("gzip").as_ref(), json.as_bytes());
                 }
             }
         }

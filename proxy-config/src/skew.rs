@@ -32,7 +32,11 @@ pub const VERSION: u32 = 2;
 pub const MIN_VERSION: u32 = 1;
 
 /// The features this release enforces, as `requires` names them.
-pub const FEATURES: [&str; 2] = [feature::AUTHORIZATION, feature::RATE_LIMIT];
+pub const FEATURES: [&str; 3] = [
+    feature::AUTHORIZATION,
+    feature::RATE_LIMIT,
+    feature::SHARED_DESTINATIONS,
+];
 
 /// The names of the features a document may require.
 pub mod feature {
@@ -40,6 +44,9 @@ pub mod feature {
     pub const AUTHORIZATION: &str = "authorization";
     /// `inbound.rateLimit` is enforced.
     pub const RATE_LIMIT: &str = "rateLimit";
+    /// `sharedDestinations`: the destinations are read from `destinations.json`. Not a
+    /// restriction, but ignoring it would drop every destination, so it is required alike.
+    pub const SHARED_DESTINATIONS: &str = "sharedDestinations";
 }
 
 /// A document read by [`ProxyConfig::read`].
@@ -96,7 +103,8 @@ pub(crate) fn check_requires(requires: &[String]) -> Result<(), ConfigError> {
 }
 
 impl ProxyConfig {
-    /// The features this document uses that restrict access, as `requires` names them.
+    /// The features this document uses that restrict access (or, ignored, would lose its
+    /// destinations), as `requires` names them.
     pub fn restricting_features(&self) -> Vec<String> {
         let inbound = &self.inbound;
         let mut features = Vec::new();
@@ -107,6 +115,9 @@ impl ProxyConfig {
         }
         if inbound.rate_limit.is_some() {
             features.push(feature::RATE_LIMIT.to_string());
+        }
+        if self.shared_destinations {
+            features.push(feature::SHARED_DESTINATIONS.to_string());
         }
         features
     }
@@ -141,25 +152,36 @@ impl ProxyConfig {
     /// in [`Read::ignored`]); refuses it whole on the first error, and a document of a version
     /// this release does not read for its version.
     pub fn read(bytes: &[u8]) -> Result<Read, ConfigError> {
-        let mut ignored = Vec::new();
-        let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
-        let mut note = |path: serde_ignored::Path<'_>| ignored.push(field_path(&path));
-        let noting = serde_ignored::Deserializer::new(deserializer, &mut note);
-        let parsed: Result<Self, _> = serde_path_to_error::deserialize(noting);
-        let config = match parsed {
-            Ok(config) => config,
+        let (config, ignored) = match parse_noting_ignored(bytes) {
+            Ok(parsed) => parsed,
             Err(error) => {
                 if let Ok(Versioned { version }) = serde_json::from_slice(bytes) {
                     check_version(version)?;
                 }
-                return Err(ConfigError::Parse {
-                    field: error.path().to_string(),
-                    message: error.inner().to_string(),
-                });
+                return Err(error);
             }
         };
+        let config: Self = config;
         config.validate()?;
         Ok(Read { config, ignored })
+    }
+}
+
+/// `bytes` parsed as a `T`, with the paths of the fields it ignored; an error names the field.
+pub(crate) fn parse_noting_ignored<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, Vec<String>), ConfigError> {
+    let mut ignored = Vec::new();
+    let deserializer = &mut serde_json::Deserializer::from_slice(bytes);
+    let mut note = |path: serde_ignored::Path<'_>| ignored.push(field_path(&path));
+    let noting = serde_ignored::Deserializer::new(deserializer, &mut note);
+    let parsed: Result<T, _> = serde_path_to_error::deserialize(noting);
+    match parsed {
+        Ok(value) => Ok((value, ignored)),
+        Err(error) => Err(ConfigError::Parse {
+            field: error.path().to_string(),
+            message: error.inner().to_string(),
+        }),
     }
 }
 

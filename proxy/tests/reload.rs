@@ -24,14 +24,24 @@ fn config(mode: &str) -> String {
 
 /// Writes `content` as the kubelet would: a new timestamp directory, then an atomic `..data` swap.
 fn publish(dir: &Path, version: u32, content: &str) {
+    publish_files(dir, version, &[("proxy.json", content)]);
+}
+
+/// [`publish`] of several files in one swap, as the kubelet writes a projected volume.
+fn publish_files(dir: &Path, version: u32, files: &[(&str, &str)]) {
     let timestamped = dir.join(format!("..2026_11_26_00_00_0{version}"));
     std::fs::create_dir(&timestamped).expect("timestamp dir");
-    std::fs::write(timestamped.join("proxy.json"), content).expect("write");
+    for (name, content) in files {
+        std::fs::write(timestamped.join(name), content).expect("write");
+    }
     let staging = dir.join("..data_tmp");
     std::os::unix::fs::symlink(timestamped.file_name().expect("name"), &staging).expect("symlink");
     std::fs::rename(&staging, dir.join("..data")).expect("swap ..data");
-    if !dir.join("proxy.json").exists() {
-        std::os::unix::fs::symlink("..data/proxy.json", dir.join("proxy.json")).expect("file link");
+    for (name, _) in files {
+        if std::fs::symlink_metadata(dir.join(name)).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name))
+                .expect("file link");
+        }
     }
 }
 
@@ -247,5 +257,83 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
     assert_eq!(summary["hash"], want.as_str(), "{summary}");
     assert_eq!(summary["lastError"], serde_json::Value::Null, "{summary}");
 
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The split layout: the workload's `proxy.json` says its destinations are in the namespace's
+/// `destinations.json`, projected beside it. A swap of that file alone is a new config, and the
+/// hash the proxy reports covers both files (what the operator expects of it).
+#[tokio::test]
+async fn a_split_config_reloads_when_its_destinations_file_alone_changes() {
+    let dir = std::env::temp_dir().join(format!("braid-reload-split-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let state = std::sync::Arc::new(reload::ConfigState::default());
+    tokio::spawn(reload::watch_file(dir.join("proxy.json"), state.clone()));
+    let document = config("STRICT").replace(
+        r#""version": 1"#,
+        r#""version": 2, "requires": ["sharedDestinations"], "sharedDestinations": true"#,
+    );
+    let destinations = |ip: &str| {
+        format!(
+            r#"[{{"name": "payment.shop", "clusterIps": ["10.96.0.9"], "ports": [{{"port": 8080,
+                "endpoints": [{{"ip": "{ip}", "port": 8080,
+                "identity": "spiffe://cluster.local/ns/shop/sa/payment"}}]}}]}}]"#
+        )
+    };
+    let endpoint = |state: &reload::ConfigState| {
+        state.current().map(|c| {
+            c.config.destinations[0].ports[0].endpoints[0]
+                .ip
+                .to_string()
+        })
+    };
+
+    // Without its destinations file, the document is refused and none is in force.
+    publish(&dir, 1, &document);
+    until("the refusal without destinations.json", async || {
+        state
+            .last_error()
+            .is_some_and(|e| e.contains("sharedDestinations"))
+    })
+    .await;
+    assert!(state.current().is_none());
+
+    let first = destinations("10.244.0.7");
+    publish_files(
+        &dir,
+        2,
+        &[("proxy.json", &document), ("destinations.json", &first)],
+    );
+    until("the split config", async || state.current().is_some()).await;
+    assert_eq!(endpoint(&state).as_deref(), Some("10.244.0.7"));
+    let hash = |destinations: &str| {
+        braid_proxy_config::split::combined_hash(
+            &sha256_hex(document.as_bytes()),
+            &sha256_hex(destinations.as_bytes()),
+        )
+    };
+    assert_eq!(state.current().expect("loaded").hash, hash(&first));
+
+    let second = destinations("10.244.0.8");
+    publish_files(
+        &dir,
+        3,
+        &[("proxy.json", &document), ("destinations.json", &second)],
+    );
+    until("the new destinations", async || {
+        state.current().is_some_and(|c| c.generation == 2)
+    })
+    .await;
+    assert_eq!(endpoint(&state).as_deref(), Some("10.244.0.8"));
+    assert_eq!(state.current().expect("loaded").hash, hash(&second));
     let _ = std::fs::remove_dir_all(&dir);
 }

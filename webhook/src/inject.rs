@@ -4,12 +4,16 @@
 
 use std::collections::BTreeMap;
 
-use braid_api::{INJECT_ANNOTATION, WORKLOAD_LABEL, identity_secret_name, proxy_config_map_name};
+use braid_api::{
+    DESTINATIONS_CONFIG_MAP, INJECT_ANNOTATION, WORKLOAD_LABEL, identity_secret_name,
+    proxy_config_map_name,
+};
 use braid_sidecar::env;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    Capabilities, ConfigMapProjection, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
     EnvVarSource, ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, Pod,
-    Probe, ResourceRequirements, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Probe, ProjectedVolumeSource, ResourceRequirements, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -343,15 +347,28 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     }
 }
 
-/// The workload's ConfigMap and Secret (optional: the operator writes them once the pod, and so
-/// the workload, exists; without `subPath`, so the kubelet swaps in updates) and iptables' lock dir.
+/// The workload's ConfigMap with the namespace's destinations beside it, in one projected
+/// volume so that the kubelet swaps both files at once, and the workload's Secret (all optional:
+/// the operator writes them once the pod, and so the workload, exists; without `subPath`, so
+/// the kubelet swaps in updates), and iptables' lock dir. The operator writes the workload's
+/// `proxy.json` without destinations only for pods that mount the namespace's file.
 fn volumes(workload: &str) -> Vec<Volume> {
+    let config_map = |name: String| VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name,
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
     vec![
         Volume {
             name: "braid-config".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: proxy_config_map_name(workload),
-                optional: Some(true),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![
+                    config_map(proxy_config_map_name(workload)),
+                    config_map(DESTINATIONS_CONFIG_MAP.to_owned()),
+                ]),
                 ..Default::default()
             }),
             ..Default::default()

@@ -142,10 +142,17 @@ fn a_deployment_pod_gets_init_sidecar_volumes_and_workload_label() {
         .to_vec()
         .into_iter()
         .collect();
-    assert!(
-        volumes
-            .iter()
-            .any(|v| v["configMap"]["name"] == "braid-proxy-payment-v1")
+    // The workload's proxy.json and the namespace's destinations.json, in one volume.
+    let config = volumes
+        .iter()
+        .find(|v| v["name"] == "braid-config")
+        .expect("the config volume");
+    assert_eq!(
+        config["projected"]["sources"],
+        json!([
+            {"configMap": {"name": "braid-proxy-payment-v1", "optional": true}},
+            {"configMap": {"name": "braid-destinations", "optional": true}},
+        ])
     );
     assert!(
         volumes
@@ -265,7 +272,7 @@ fn the_cli_injects_a_deployment_template_and_passes_other_kinds_through() {
         ["braid-init", "braid-proxy"]
     );
     assert_eq!(
-        template["spec"]["volumes"][0]["configMap"]["name"],
+        template["spec"]["volumes"][0]["projected"]["sources"][0]["configMap"]["name"],
         "braid-proxy-order"
     );
     assert_eq!(

@@ -82,7 +82,7 @@ fn config_volume(uid: &str) -> anyhow::Result<PathBuf> {
     let dir = PathBuf::from(state)
         .join("kubelet/pods")
         .join(uid)
-        .join("volumes/kubernetes.io~configmap/braid-config");
+        .join("volumes/kubernetes.io~projected/braid-config");
     ensure!(
         dir.is_dir(),
         "{} not found: this check makes a pod's config volume unreadable on the node, so it \

@@ -66,6 +66,9 @@ pub struct WorkloadPlan {
     pub identity: String,
     /// Inbound settings.
     pub inbound: Inbound,
+    /// Whether its `proxy.json` leaves the destinations to the namespace's `destinations.json`
+    /// (every pod of it mounts that file: [`crate::workload::Workload::shared_destinations`]).
+    pub shared_destinations: bool,
 }
 
 /// What became of a MeshPolicy.
@@ -96,7 +99,7 @@ impl PolicyOutcome {
 }
 
 impl Plan {
-    /// The complete `proxy.json` of a workload.
+    /// The complete config of a workload, its destinations in it (whatever its layout).
     pub fn config_for(&self, key: &WorkloadKey, snapshot: &Snapshot) -> Option<ProxyConfig> {
         let mut config = self.config_without_destinations(key, snapshot)?;
         config.destinations = self.destinations.clone();
@@ -120,6 +123,7 @@ impl Plan {
                 identity: workload.identity.clone(),
             },
             inbound: workload.inbound.clone(),
+            shared_destinations: workload.shared_destinations,
             destinations: Vec::new(),
             opaque_ports: vec![25, 3306, 5432, 6379, 11211, 27017],
             tracing: snapshot.mesh.tracing.as_ref().map(|t| config::Tracing {
@@ -237,6 +241,7 @@ pub fn plan(snapshot: &Snapshot) -> Plan {
                     service_account: workload.service_account.clone(),
                     identity,
                     inbound,
+                    shared_destinations: workload.shared_destinations,
                 },
             )
         })

@@ -433,3 +433,59 @@ fn the_mesh_limits_reach_every_config_and_unset_ones_are_left_out() {
 }
 
 mod authz;
+
+/// A pod as this release's webhook injects it: its config volume projects the namespace's
+/// destinations file beside the workload's `proxy.json`.
+fn pod_mounting_shared_destinations(name: &str, workload: &str) -> Arc<Pod> {
+    use k8s_openapi::api::core::v1::{
+        ConfigMapProjection, ProjectedVolumeSource, Volume, VolumeProjection,
+    };
+    let mut pod = (*pod(name, workload, workload, workload)).clone();
+    let source = |name: &str| VolumeProjection {
+        config_map: Some(ConfigMapProjection {
+            name: name.into(),
+            optional: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    pod.spec.as_mut().expect("spec").volumes = Some(vec![Volume {
+        name: "braid-config".into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![
+                source(&braid_api::proxy_config_map_name(workload)),
+                source(braid_api::DESTINATIONS_CONFIG_MAP),
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }]);
+    Arc::new(pod)
+}
+
+#[test]
+fn a_workload_leaves_its_destinations_to_the_shared_file_only_when_every_pod_mounts_it() {
+    let mut snapshot = shop();
+    // order: both pods injected by this release; payment-v1: one of two is an older release's.
+    snapshot.pods = vec![
+        pod_mounting_shared_destinations("order-1", "order"),
+        pod_mounting_shared_destinations("order-2", "order"),
+        pod_mounting_shared_destinations("payment-v1-1", "payment-v1"),
+        pod("payment-v1-2", "payment-v1", "payment", "payment"),
+    ];
+    let plan = plan(&snapshot);
+    let order = plan
+        .config_without_destinations(&key("order"), &snapshot)
+        .expect("order's document");
+    assert!(order.shared_destinations);
+    assert!(order.requires.contains(&"sharedDestinations".to_owned()));
+    let payment = plan
+        .config_without_destinations(&key("payment-v1"), &snapshot)
+        .expect("payment-v1's document");
+    assert!(
+        !payment.shared_destinations,
+        "an older pod needs them whole"
+    );
+    assert!(payment.requires.is_empty());
+    assert_eq!(payment.version, 1, "what the older release reads");
+}

@@ -15,11 +15,11 @@ use braid_proxy_config::ProxyConfig;
 
 use crate::policy::routing::{Registries, Table};
 use crate::tls::identity::{self, Identity};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
-/// How often the file is read.
-pub const POLL: Duration = Duration::from_millis(500);
+/// How often the files are read: a new config is in force at most this plus [`SETTLE`] after
+/// the kubelet swapped it in (two small reads ten times a second cost next to nothing).
+pub const POLL: Duration = Duration::from_millis(100);
 /// How long a change must hold still before it is loaded.
 pub const SETTLE: Duration = Duration::from_millis(200);
 
@@ -30,7 +30,8 @@ pub struct Loaded {
     pub config: ProxyConfig,
     /// The config compiled for the data path.
     pub table: Table,
-    /// SHA-256 of the file, hex.
+    /// SHA-256 of the file, hex (of both files' in the split layout:
+    /// `braid_proxy_config::split::combined_hash`).
     pub hash: String,
     /// 1 for the first config loaded, then one more per reload.
     pub generation: u64,
@@ -122,7 +123,13 @@ impl ConfigState {
 
     /// Parses `bytes` and, when valid, puts it in force. Returns the error otherwise.
     pub fn offer(&self, bytes: &[u8]) -> Result<u64, String> {
-        let compiled = ProxyConfig::from_file(bytes)
+        self.offer_files(bytes, None)
+    }
+
+    /// [`Self::offer`] for `proxy.json` and, in the split layout, the `destinations.json`
+    /// beside it (`None`: not there).
+    pub fn offer_files(&self, bytes: &[u8], destinations: Option<&[u8]>) -> Result<u64, String> {
+        let compiled = ProxyConfig::from_files(bytes, destinations)
             .map_err(|e| e.to_string())
             .and_then(|read| {
                 Table::compile_with(&read.config, &self.live).map(|table| (read, table))
@@ -130,10 +137,7 @@ impl ConfigState {
         match compiled {
             Ok((braid_proxy_config::Read { config, ignored }, table)) => {
                 let generation = self.current().map_or(1, |c| c.generation + 1);
-                let hash = Sha256::digest(bytes)
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect();
+                let hash = config.files_hash(bytes, destinations);
                 if !ignored.is_empty() {
                     tracing::info!(
                         "proxy.json generation {generation}: ignoring fields this proxy does not \
@@ -204,14 +208,20 @@ impl IdentityState {
     }
 }
 
-/// Watches `path` forever, offering every settled change to `state`.
+/// Watches `path` and the `destinations.json` beside it (optional) forever, offering every
+/// settled change to `state`. The kubelet swaps both files of the projected config volume at
+/// once; a read between two swaps is caught by the settle re-read.
 pub async fn watch_file(path: PathBuf, state: Arc<ConfigState>) {
     let reader = state.clone();
+    let destinations = path.with_file_name(braid_proxy_config::split::DESTINATIONS_FILE);
     watch(
-        vec![path],
+        vec![path, destinations],
+        1,
         move |files| {
+            // A missing optional file reads as empty; a destinations file is never empty.
+            let destinations = files.get(1).filter(|f| !f.is_empty()).map(Vec::as_slice);
             state
-                .offer(&files[0])
+                .offer_files(&files[0], destinations)
                 .map(|generation| format!("config generation {generation} in force"))
         },
         move |error| reader.unreadable(error),
@@ -225,11 +235,19 @@ pub async fn watch_identity(dir: PathBuf, state: Arc<IdentityState>) {
     let files = ["tls.crt", "tls.key", "ca.crt"]
         .map(|f| dir.join(f))
         .to_vec();
-    watch(files, move |contents| state.offer(contents), |_| {}).await
+    let required = files.len();
+    watch(
+        files,
+        required,
+        move |contents| state.offer(contents),
+        |_| {},
+    )
+    .await
 }
 
 /// Reads `paths` every [`POLL`]; when their contents changed and then held still for [`SETTLE`],
-/// calls `offer` with them (in order) and logs its answer. Missing files are waited for; a file
+/// calls `offer` with them (in order) and logs its answer. The first `required` files are
+/// waited for when missing; a missing one after them reads as empty. A file
 /// that exists but cannot be read (its volume made unreadable, say) is logged once and passed to
 /// `unreadable` (with `None` once it reads again), and the last good contents stay in force.
 ///
@@ -238,14 +256,18 @@ pub async fn watch_identity(dir: PathBuf, state: Arc<IdentityState>) {
 /// them, and the proxy is meant to be one thread.
 pub async fn watch(
     paths: Vec<PathBuf>,
+    required: usize,
     mut offer: impl FnMut(&[Vec<u8>]) -> Result<String, String>,
     mut unreadable: impl FnMut(Option<&str>),
 ) {
     let read_all = || async {
         let mut contents = Vec::with_capacity(paths.len());
-        for path in &paths {
+        for (index, path) in paths.iter().enumerate() {
             match std::fs::read(path) {
                 Ok(bytes) => contents.push(bytes),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound && index >= required => {
+                    contents.push(Vec::new());
+                }
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
                 Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
             }

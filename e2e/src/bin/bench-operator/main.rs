@@ -5,13 +5,15 @@
 //! running pods. Then, repeatedly:
 //! - a server-side MeshPolicy change (mTLS mode) that affects the 100 workloads it selects;
 //! - a client-side change (load balancer) of the workloads behind one Service, which every
-//!   workload calls, so all 1,000 `proxy.json` change;
+//!   workload calls, so the destinations every proxy runs change: the namespace's
+//!   `destinations.json` is rewritten and all 1,000 pods are nudged;
 //!
 //! and the time from the `patch` to the last affected ConfigMap written, to the last affected
-//! pod nudged, and to the last running proxy running the new file, with the API server's write
-//! requests per change by resource. The baselines, in the same run: the API server storing as
-//! many ConfigMaps of the same size written straight from here (one by one, and 16 at a time as
-//! the operator writes), and taking an annotation on every pod, 16 at a time.
+//! pod nudged, and to the last running proxy running the new files, with the API server's write
+//! requests per change by resource. The baselines, in the same run: the API server storing 100
+//! ConfigMaps of a whole document's size one by one, 1,000 of them 32 at a time (what the
+//! client-side change cost when every `proxy.json` carried the destinations), and taking an
+//! annotation on every pod, 32 at a time as the operator nudges.
 //! Also the operator's peak RSS (VmHWM). Writes a Markdown table to bench/results/operator-scale.md.
 
 mod applied;
@@ -74,7 +76,16 @@ async fn main() -> anyhow::Result<()> {
             "PERMISSIVE"
         };
         let patch = json!({"spec": {"mtls": {"mode": mode}}});
-        let change = timed_change(&client, &proxies, &policies, "group-0", patch, &group0).await?;
+        let group0_configs = group0.iter().map(|i| config_map_of(*i)).collect();
+        let change = timed_change(
+            &client,
+            &proxies,
+            &policies,
+            ("group-0", patch),
+            &group0,
+            group0_configs,
+        )
+        .await?;
         server_side.push(change);
         let balancer = if round % 2 == 0 {
             "LEAST_CONN"
@@ -82,8 +93,16 @@ async fn main() -> anyhow::Result<()> {
             "ROUND_ROBIN"
         };
         let patch = json!({"spec": {"loadBalancer": balancer}});
-        let change =
-            timed_change(&client, &proxies, &policies, "svc-1-backends", patch, &all).await?;
+        let destinations = BTreeSet::from(["braid-destinations".to_owned()]);
+        let change = timed_change(
+            &client,
+            &proxies,
+            &policies,
+            ("svc-1-backends", patch),
+            &all,
+            destinations,
+        )
+        .await?;
         client_side.push(change);
         eprintln!(
             "round {round}: server-side {}; client-side {}",
@@ -91,14 +110,16 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
-    let (size, json_size) = config_size(&client).await?;
-    let baseline_100 = baseline(&client, 100, size, 1).await?;
-    let baseline_1000 = baseline(&client, WORKLOADS, size, 1).await?;
-    let concurrent_1000 = baseline(&client, WORKLOADS, size, 16).await?;
-    let pods_annotated = annotate_every_pod(&client, 16).await?;
+    let document = stored_size(&client, "braid-proxy-w-0", "proxy.json").await?;
+    let destinations = stored_size(&client, "braid-destinations", "destinations.json").await?;
+    // A whole document, as every workload's was before the split: about the destinations'.
+    let whole = destinations.0;
+    let baseline_100 = baseline(&client, 100, whole, 1).await?;
+    let concurrent_1000 = baseline(&client, WORKLOADS, whole, 32).await?;
+    let pods_annotated = annotate_every_pod(&client, 32).await?;
     eprintln!(
-        "baseline: {WORKLOADS} ConfigMaps one by one {baseline_1000:.2?}, 16 at a time \
-         {concurrent_1000:.2?}; {WORKLOADS} pods annotated 16 at a time {pods_annotated:.2?}"
+        "baseline: {WORKLOADS} ConfigMaps 32 at a time {concurrent_1000:.2?}; {WORKLOADS} pods \
+         annotated 32 at a time {pods_annotated:.2?}"
     );
     let peak = operator_peak_rss_mib()?;
     let report = report::report(
@@ -106,8 +127,8 @@ async fn main() -> anyhow::Result<()> {
         proxies.len(),
         &server_side,
         &client_side,
-        [baseline_100, baseline_1000, concurrent_1000, pods_annotated],
-        (size, json_size),
+        [baseline_100, concurrent_1000, pods_annotated],
+        [document, destinations],
         peak,
     );
     std::fs::create_dir_all("bench/results")?;
@@ -244,15 +265,15 @@ impl std::fmt::Display for Change {
     }
 }
 
-/// Patches a policy and waits until every workload in `affected` has a new ConfigMap, each of
-/// its pods was nudged and each of its running proxies runs the new file.
+/// Patches a policy and waits until every ConfigMap in `config_maps` changed, each pod of the
+/// workloads in `affected` was nudged and each of their running proxies runs the new files.
 async fn timed_change(
     client: &kube::Client,
     proxies: &BTreeMap<String, String>,
     policies: &Api<kube::api::DynamicObject>,
-    policy: &str,
-    patch: serde_json::Value,
+    (policy, patch): (&str, serde_json::Value),
     affected: &BTreeSet<usize>,
+    config_maps: BTreeSet<String>,
 ) -> anyhow::Result<Change> {
     let (configs_before, config_events) = watch_hashes(
         &Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), NS),
@@ -277,7 +298,7 @@ async fn timed_change(
     let (configs, nudged, applied) = tokio::try_join!(
         all_rehashed(
             config_events,
-            affected.iter().map(|i| config_map_of(*i)).collect(),
+            config_maps,
             &configs_before,
             started,
             "ConfigMaps"
@@ -303,17 +324,21 @@ async fn timed_change(
     })
 }
 
-/// The size of a workload's `proxy.json` as stored (gzip above 64 KiB) and as JSON.
-async fn config_size(client: &kube::Client) -> anyhow::Result<(usize, usize)> {
+/// The size of file `key` of ConfigMap `name` as stored (gzip above 64 KiB) and as JSON.
+async fn stored_size(
+    client: &kube::Client,
+    name: &str,
+    key: &str,
+) -> anyhow::Result<(usize, usize)> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
-    let config = api.get("braid-proxy-w-0").await?;
-    if let Some(json) = config.data.as_ref().and_then(|d| d.get("proxy.json")) {
+    let config = api.get(name).await?;
+    if let Some(json) = config.data.as_ref().and_then(|d| d.get(key)) {
         return Ok((json.len(), json.len()));
     }
     let stored = config
         .binary_data
         .as_ref()
-        .and_then(|d| d.get("proxy.json"))
+        .and_then(|d| d.get(key))
         .map(|b| b.0.clone())
         .unwrap_or_default();
     let json = braid_proxy_config::encoding::decode(&stored).map_err(anyhow::Error::msg)?;
@@ -321,7 +346,7 @@ async fn config_size(client: &kube::Client) -> anyhow::Result<(usize, usize)> {
 }
 
 /// The API server storing `count` ConfigMaps of `size` bytes, written from here `in_flight` at a
-/// time (1: one after another; 16: as the operator writes them).
+/// time (1: one after another; 32: as the operator writes them).
 async fn baseline(
     client: &kube::Client,
     count: usize,
@@ -358,7 +383,7 @@ async fn annotate_every_pod(client: &kube::Client, in_flight: usize) -> anyhow::
         let (pods, stamp) = (&pods, &stamp);
         async move {
             let patch = json!({"metadata": {"annotations": {"braid.dev/bench-nudge": stamp}}});
-            pods.patch(
+            pods.patch_metadata(
                 &format!("w-{i}"),
                 &PatchParams::default(),
                 &Patch::Merge(patch),
