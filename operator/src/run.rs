@@ -350,7 +350,7 @@ async fn pass(
     }
     for route in caches.routes.state() {
         if let Some(outcome) = plan.routes.get(&object_key(&route.metadata)) {
-            // Every workload's proxy.json carries every destination's routes.
+            // Every proxy runs every destination's routes.
             let concerned = if outcome.in_effect {
                 everyone.clone()
             } else {

@@ -81,7 +81,8 @@ pub struct PolicyOutcome {
     /// Workloads it is in effect on (it wins there).
     pub governed: BTreeSet<WorkloadKey>,
     /// Whether it sets anything callers apply (load balancer, timeouts, retries, breakers,
-    /// outlier detection, faults): those land in every workload's `proxy.json`.
+    /// outlier detection, faults): those reach every proxy (in `destinations.json`, or in
+    /// `proxy.json` for whole documents).
     pub client_side: bool,
     /// The policy that wins where this one loses, if any.
     pub overridden_by: Option<String>,
