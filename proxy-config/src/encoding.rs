@@ -1,9 +1,10 @@
-//! How `proxy.json` (and `destinations.json`) is stored in its ConfigMap. Small documents are plain JSON under `data`, so
-//! `kubectl get configmap -o yaml` shows them. A document above [`GZIP_ABOVE`] bytes is stored
-//! gzip-compressed under `binaryData` (same key, same file name in the pod): a mesh of 500
-//! Services makes a 183 KB document that compresses about tenfold, and the operator rewrites
-//! every workload's document when a client-side policy changes, so the bytes the API server and
-//! etcd must take drive how fast such a change reaches every proxy. The proxy accepts both
+//! How `proxy.json` and `destinations.json` are stored in their ConfigMaps. Small documents are
+//! plain JSON under `data`, so `kubectl get configmap -o yaml` shows them. A document above
+//! [`GZIP_ABOVE`] bytes is stored gzip-compressed under `binaryData` (same key, same file name in
+//! the pod): a mesh of 500 Services makes 183 KB of destinations that compress about tenfold,
+//! and the operator rewrites them (each namespace's file, or every whole document) when a
+//! client-side policy changes, so the bytes the API server and etcd must take drive how fast
+//! such a change reaches every proxy. The proxy accepts both
 //! ([`decode`] tells them apart by the gzip magic number); read a compressed one with
 //! `kubectl get cm braid-proxy-<workload> -o jsonpath='{.binaryData.proxy\.json}' | base64 -d | gunzip`,
 //! and a namespace's shared destinations with
