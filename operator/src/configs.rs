@@ -70,15 +70,16 @@ enum Body<'a> {
 impl Body<'_> {
     /// SHA-256 of the document's JSON.
     fn hash(&self) -> String {
-        let mut hasher = Sha256::new();
         match self {
-            Self::Whole(document, shared) => document
-                .parts(shared)
-                .into_iter()
-                .for_each(|part| hasher.update(part)),
-            Self::Split(json) => hasher.update(json.as_bytes()),
+            Self::Whole(document, shared) => {
+                let mut hasher = Sha256::new();
+                for part in document.parts(shared) {
+                    hasher.update(part);
+                }
+                hex(&hasher.finalize())
+            }
+            Self::Split(json) => sha256_hex(json.as_bytes()),
         }
-        hex(&hasher.finalize())
     }
 
     fn stored(&self) -> Stored {

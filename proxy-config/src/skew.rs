@@ -152,7 +152,7 @@ impl ProxyConfig {
     /// in [`Read::ignored`]); refuses it whole on the first error, and a document of a version
     /// this release does not read for its version.
     pub fn read(bytes: &[u8]) -> Result<Read, ConfigError> {
-        let (config, ignored) = match parse_noting_ignored(bytes) {
+        let (config, ignored) = match parse_noting_ignored::<Self>(bytes) {
             Ok(parsed) => parsed,
             Err(error) => {
                 if let Ok(Versioned { version }) = serde_json::from_slice(bytes) {
@@ -161,7 +161,6 @@ impl ProxyConfig {
                 return Err(error);
             }
         };
-        let config: Self = config;
         config.validate()?;
         Ok(Read { config, ignored })
     }

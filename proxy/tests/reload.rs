@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use braid_proxy::admin;
 use braid_proxy::state::reload;
+use braid_proxy_config::split::sha256_hex;
 
 #[path = "mesh/pods.rs"]
 #[allow(dead_code)]
@@ -249,23 +250,11 @@ async fn swaps_reload_and_a_bad_file_keeps_the_last_good_config() {
     .await;
     let (_, summary) = get(addr, "/config").await;
     let summary: serde_json::Value = serde_json::from_str(&summary).expect("JSON");
-    use sha2::Digest as _;
-    let want: String = sha2::Sha256::digest(last.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let want = sha256_hex(last.as_bytes());
     assert_eq!(summary["hash"], want.as_str(), "{summary}");
     assert_eq!(summary["lastError"], serde_json::Value::Null, "{summary}");
 
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The split layout: the workload's `proxy.json` says its destinations are in the namespace's
