@@ -1,12 +1,14 @@
-//! Hot reload of `proxy.json` and of the identity files. The kubelet updates a mounted ConfigMap by writing a new
-//! `..<timestamp>` directory and swapping the `..data` symlink, so the file's own name never
-//! changes and may briefly point at a half-written state. The watcher therefore compares the
-//! file's *content* every [`POLL`] (cheap: one small read), waits until a change has held still for
-//! [`SETTLE`], then parses and validates it whole. A valid document replaces the current one
-//! atomically (readers hold an `Arc` of the old one until they finish); an invalid one is refused,
-//! logged with the field at fault, and counted, and the last good config stays in force.
+//! Hot reload of `proxy.json` and of the identity files. The kubelet updates a mounted volume by
+//! writing a new `..<timestamp>` directory and swapping the `..data` symlink, so the files' own
+//! names never change. The watcher therefore compares the files' *content* every [`POLL`]
+//! (cheap: small reads). A change read while `..data` named the same directory before and after
+//! is one whole set the kubelet wrote, and is taken at once; files written in place (no
+//! `..data`) are taken once they held still for [`SETTLE`]. Either is parsed and validated whole.
+//! A valid document replaces the current one atomically (readers hold an `Arc` of the old one
+//! until they finish); an invalid one is refused, logged with the field at fault, and counted,
+//! and the last good config stays in force.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -17,11 +19,40 @@ use crate::policy::routing::{Registries, Table};
 use crate::tls::identity::{self, Identity};
 use tokio::sync::watch;
 
-/// How often the files are read: a new config is in force at most this plus [`SETTLE`] after
-/// the kubelet swapped it in (two small reads ten times a second cost next to nothing).
+/// How often the files are read: a new config is in force at most this after the kubelet
+/// swapped it in (two small reads ten times a second cost next to nothing).
 pub const POLL: Duration = Duration::from_millis(100);
-/// How long a change must hold still before it is loaded.
+/// How long a change to files written in place (not through the kubelet's `..data` link) must
+/// hold still before it is loaded.
 pub const SETTLE: Duration = Duration::from_millis(200);
+
+/// The kubelet's link to the directory of the current files, in `dir`; `None` where there is
+/// none (files written in place, or a directory that cannot be read).
+fn kubelet_data_link(dir: &Path) -> Option<PathBuf> {
+    std::fs::read_link(dir.join("..data")).ok()
+}
+
+/// What a read of the files is worth, from the kubelet's `..data` link just before and just
+/// after it.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadKind {
+    /// The same `..<timestamp>` directory both times: every file came from it, a set the
+    /// kubelet wrote whole before it swapped the link in (the link never comes back to a
+    /// directory it left), so it can be taken at once.
+    Whole,
+    /// The kubelet swapped the link during the read: the files may be from two sets; read again.
+    Torn,
+    /// No link: files written in place may be half-written; take them once they held still.
+    InPlace,
+}
+
+fn read_kind(before: Option<&Path>, after: Option<&Path>) -> ReadKind {
+    match (before, after) {
+        (Some(before), Some(after)) if before == after => ReadKind::Whole,
+        (None, None) => ReadKind::InPlace,
+        _ => ReadKind::Torn,
+    }
+}
 
 /// A config in force.
 #[derive(Debug)]
@@ -209,8 +240,8 @@ impl IdentityState {
 }
 
 /// Watches `path` and the `destinations.json` beside it (optional) forever, offering every
-/// settled change to `state`. The kubelet swaps both files of the projected config volume at
-/// once; a read between two swaps is caught by the settle re-read.
+/// change to `state`. The kubelet swaps both files of the projected config volume at once, and
+/// a read torn by a swap is read again ([`watch`]).
 pub async fn watch_file(path: PathBuf, state: Arc<ConfigState>) {
     let reader = state.clone();
     let destinations = path.with_file_name(braid_proxy_config::split::DESTINATIONS_FILE);
@@ -229,7 +260,7 @@ pub async fn watch_file(path: PathBuf, state: Arc<ConfigState>) {
     .await
 }
 
-/// Watches `tls.crt`, `tls.key` and `ca.crt` in `dir` forever, offering every settled change to
+/// Watches `tls.crt`, `tls.key` and `ca.crt` in `dir` forever, offering every change to
 /// `state`.
 pub async fn watch_identity(dir: PathBuf, state: Arc<IdentityState>) {
     let files = ["tls.crt", "tls.key", "ca.crt"]
@@ -245,8 +276,10 @@ pub async fn watch_identity(dir: PathBuf, state: Arc<IdentityState>) {
     .await
 }
 
-/// Reads `paths` every [`POLL`]; when their contents changed and then held still for [`SETTLE`],
-/// calls `offer` with them (in order) and logs its answer. The first `required` files are
+/// Reads `paths` (files of one directory) every [`POLL`]; when their contents changed, calls
+/// `offer` with them (in order) and logs its answer: at once when they are one set the kubelet
+/// swapped in whole, after they held still for [`SETTLE`] when they are written in place
+/// ([`ReadKind`]). The first `required` files are
 /// waited for when missing; a missing one after them reads as empty. A file
 /// that exists but cannot be read (its volume made unreadable, say) is logged once and passed to
 /// `unreadable` (with `None` once it reads again), and the last good contents stay in force.
@@ -274,10 +307,21 @@ pub async fn watch(
         }
         Ok(Some(contents))
     };
+    let dir = paths
+        .first()
+        .and_then(|path| path.parent())
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     let mut seen: Option<Vec<Vec<u8>>> = None;
     let mut read_error: Option<String> = None;
     loop {
+        let before = kubelet_data_link(&dir);
         let read = read_all().await;
+        let kind = read_kind(before.as_deref(), kubelet_data_link(&dir).as_deref());
+        if kind == ReadKind::Torn {
+            tokio::task::yield_now().await;
+            continue;
+        }
         match (&read, &read_error) {
             (Err(message), previous) if previous.as_ref() != Some(message) => {
                 tracing::warn!("{message}; keeping the last good one");
@@ -293,16 +337,35 @@ pub async fn watch(
         if let Ok(Some(contents)) = read
             && seen.as_ref() != Some(&contents)
         {
-            tokio::time::sleep(SETTLE).await;
-            if read_all().await.ok().flatten().as_ref() == Some(&contents) {
-                match offer(&contents) {
-                    Ok(message) => tracing::info!("{message}"),
-                    Err(message) => tracing::warn!("{message}"),
+            if kind == ReadKind::InPlace {
+                tokio::time::sleep(SETTLE).await;
+                if read_all().await.ok().flatten().as_ref() != Some(&contents) {
+                    continue;
                 }
-                seen = Some(contents);
             }
+            match offer(&contents) {
+                Ok(message) => tracing::info!("{message}"),
+                Err(message) => tracing::warn!("{message}"),
+            }
+            seen = Some(contents);
             continue;
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_is_whole_only_when_the_kubelet_link_held_still_around_it() {
+        let (first, second) = (Path::new("..2026_12_05_1"), Path::new("..2026_12_05_2"));
+        assert_eq!(read_kind(Some(first), Some(first)), ReadKind::Whole);
+        assert_eq!(read_kind(Some(first), Some(second)), ReadKind::Torn);
+        // The volume became readable, or unreadable, during the read.
+        assert_eq!(read_kind(None, Some(first)), ReadKind::Torn);
+        assert_eq!(read_kind(Some(first), None), ReadKind::Torn);
+        assert_eq!(read_kind(None, None), ReadKind::InPlace);
     }
 }
