@@ -25,11 +25,15 @@ pub const RESYNC_ANNOTATION: &str = "braid.dev/config-resync";
 
 /// The live pods of `workload` that do not carry `hash` yet. Pods not yet scheduled are left
 /// out: no kubelet has mounted their volumes, and the one that does will mount the file as it
-/// is then (the scheduler would also re-examine every unschedulable pod that changes).
+/// is then (the scheduler would also re-examine every unschedulable pod that changes). So are
+/// terminating pods: the kubelet no longer sets up the volumes of a pod it is stopping, so a
+/// nudge would be a write that changes nothing (a namespace being deleted would otherwise have
+/// every pod nudged for each Service that goes).
 pub fn pods_to_nudge<'a>(pods: &'a [Arc<Pod>], workload: &WorkloadKey, hash: &str) -> Vec<&'a str> {
     pods.iter()
         .filter(|pod| workload_of(pod).as_ref() == Some(workload))
         .filter(|pod| pod.spec.as_ref().is_some_and(|s| s.node_name.is_some()))
+        .filter(|pod| pod.metadata.deletion_timestamp.is_none())
         .filter(|pod| {
             pod.metadata
                 .annotations
@@ -122,6 +126,7 @@ mod tests {
 
     fn pod(name: &str, workload: &str, hash: Option<&str>) -> Arc<Pod> {
         let scheduled = name != "order-unscheduled";
+        let terminating = name == "order-terminating";
         Arc::new(Pod {
             spec: scheduled.then(|| k8s_openapi::api::core::v1::PodSpec {
                 node_name: Some("node-1".into()),
@@ -133,6 +138,11 @@ mod tests {
                 labels: Some(BTreeMap::from([(WORKLOAD_LABEL.into(), workload.into())])),
                 annotations: hash
                     .map(|h| BTreeMap::from([(CONFIG_HASH_ANNOTATION.into(), h.into())])),
+                deletion_timestamp: terminating.then_some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                ),
                 ..Default::default()
             },
             ..Default::default()
@@ -149,12 +159,13 @@ mod tests {
     }
 
     #[test]
-    fn only_the_workloads_scheduled_pods_without_the_new_hash_are_nudged() {
+    fn only_the_workloads_scheduled_running_pods_without_the_new_hash_are_nudged() {
         let pods = [
             pod("order-1", "order", None),
             pod("order-2", "order", Some("old")),
             pod("order-3", "order", Some("new")),
             pod("order-unscheduled", "order", None),
+            pod("order-terminating", "order", None),
             pod("payment-1", "payment", None),
         ];
         let order = WorkloadKey {

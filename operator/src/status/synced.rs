@@ -44,6 +44,8 @@ pub struct ProxyPod {
 
 /// The pods whose proxies run: meshed, in phase Running, with an IP and the injected proxy
 /// container. Pending pods are left out: their proxy will read the file as it is when it starts.
+/// So are terminating pods: the kubelet no longer updates the volumes of a pod it is stopping,
+/// so their proxies keep the config they have until they exit, and are not counted as lagging.
 pub fn proxy_pods(pods: &[Arc<Pod>]) -> Vec<ProxyPod> {
     pods.iter()
         .filter_map(|pod| {
@@ -58,7 +60,8 @@ pub fn proxy_pods(pods: &[Arc<Pod>]) -> Vec<ProxyPod> {
                 .chain(spec.init_containers.iter().flatten())
                 .any(|c| c.name == PROXY_CONTAINER);
             let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
-            if !injected || status.phase.as_deref() != Some("Running") {
+            let terminating = pod.metadata.deletion_timestamp.is_some();
+            if !injected || terminating || status.phase.as_deref() != Some("Running") {
                 return None;
             }
             Some(ProxyPod {

@@ -302,7 +302,7 @@ fn a_policy_is_ready_only_once_its_proxies_run_it() {
 }
 
 #[test]
-fn only_running_pods_with_the_proxy_are_read_back() {
+fn only_running_pods_with_the_proxy_that_are_not_terminating_are_read_back() {
     use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus};
     let pod = |name: &str, phase: &str, ip: Option<&str>, sidecar_as_init: Option<bool>| {
         let proxy = Container {
@@ -324,6 +324,11 @@ fn only_running_pods_with_the_proxy_are_read_back() {
                 namespace: Some("shop".into()),
                 uid: Some(format!("uid-{name}")),
                 labels: Some([(braid_api::WORKLOAD_LABEL.to_owned(), "order".to_owned())].into()),
+                deletion_timestamp: (name == "terminating").then_some(
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+                    ),
+                ),
                 ..Default::default()
             },
             spec: Some(PodSpec {
@@ -344,6 +349,7 @@ fn only_running_pods_with_the_proxy_are_read_back() {
         pod("pending", "Pending", None, Some(true)),
         pod("no-ip", "Running", None, Some(true)),
         pod("not-injected", "Running", Some("10.0.0.3"), None),
+        pod("terminating", "Running", Some("10.0.0.4"), Some(true)),
     ];
     let read: Vec<(String, String)> = super::synced::proxy_pods(&pods)
         .into_iter()
