@@ -25,25 +25,7 @@ fn config(mode: &str) -> String {
 
 /// Writes `content` as the kubelet would: a new timestamp directory, then an atomic `..data` swap.
 fn publish(dir: &Path, version: u32, content: &str) {
-    publish_files(dir, version, &[("proxy.json", content)]);
-}
-
-/// [`publish`] of several files in one swap, as the kubelet writes a projected volume.
-fn publish_files(dir: &Path, version: u32, files: &[(&str, &str)]) {
-    let timestamped = dir.join(format!("..2026_11_26_00_00_0{version}"));
-    std::fs::create_dir(&timestamped).expect("timestamp dir");
-    for (name, content) in files {
-        std::fs::write(timestamped.join(name), content).expect("write");
-    }
-    let staging = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(timestamped.file_name().expect("name"), &staging).expect("symlink");
-    std::fs::rename(&staging, dir.join("..data")).expect("swap ..data");
-    for (name, _) in files {
-        if std::fs::symlink_metadata(dir.join(name)).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name))
-                .expect("file link");
-        }
-    }
+    pods::publish(dir, version, &[("proxy.json", content)]);
 }
 
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
@@ -297,7 +279,7 @@ async fn a_split_config_reloads_when_its_destinations_file_alone_changes() {
     assert!(state.current().is_none());
 
     let first = destinations("10.244.0.7");
-    publish_files(
+    pods::publish(
         &dir,
         2,
         &[("proxy.json", &document), ("destinations.json", &first)],
@@ -313,7 +295,7 @@ async fn a_split_config_reloads_when_its_destinations_file_alone_changes() {
     assert_eq!(state.current().expect("loaded").hash, hash(&first));
 
     let second = destinations("10.244.0.8");
-    publish_files(
+    pods::publish(
         &dir,
         3,
         &[("proxy.json", &document), ("destinations.json", &second)],
