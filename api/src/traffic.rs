@@ -88,15 +88,18 @@ pub struct RetryBudget {
 pub struct CircuitBreaker {
     /// Connections open to the destination's endpoints, from each client proxy (default
     /// 1024). A request that needs another waits for one to free (see `maxPendingRequests`);
-    /// HTTP/2 opens one per endpoint regardless, as it multiplexes.
+    /// HTTP/2 opens one per endpoint regardless, as it multiplexes. At least 1: no connection
+    /// at all would fail every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_connections: Option<u32>,
     /// Requests that may wait for a connection at `maxConnections`, each for the connect
     /// timeout at most (default 1024); past them a request fails at once with 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_pending_requests: Option<u32>,
-    /// Requests in flight (default 1024).
+    /// Requests in flight (default 1024); at least 1, as none would fail every request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_requests: Option<u32>,
 }
 

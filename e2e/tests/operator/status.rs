@@ -1,5 +1,5 @@
 //! Objects the API server refuses (naming the field: bad durations, rules, retry settings that
-//! cannot hold), and references the operator reports in
+//! cannot hold, a circuit breaker that would fail every request), and references the operator reports in
 //! status: a policy that selects nothing or names what no caller can be, a route to a missing
 //! Service.
 
@@ -97,6 +97,22 @@ fn invalid_objects_are_refused_and_bad_references_reported() -> anyhow::Result<(
         let refused = refused.to_string();
         ensure!(
             refused.contains(field) && refused.contains(message),
+            "{field}: {refused}"
+        );
+    }
+    // A circuit breaker that would fail every request: no connection, no request in flight.
+    for field in ["maxConnections", "maxRequests"] {
+        let refused = cluster
+            .apply(&json!({
+                "apiVersion": "braid.dev/v1alpha1", "kind": "MeshPolicy",
+                "metadata": {"name": "bad-breaker", "namespace": ns},
+                "spec": {"circuitBreaker": {field: 0}}
+            }))
+            .expect_err("a circuit breaker of 0 was accepted");
+        let refused = refused.to_string();
+        ensure!(
+            refused.contains(&format!("spec.circuitBreaker.{field}"))
+                && refused.contains("greater than or equal to 1"),
             "{field}: {refused}"
         );
     }
