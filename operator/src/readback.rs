@@ -7,8 +7,9 @@
 //!
 //! Cost: a proxy in sync is read every [`SWEEP`]; one that lags (its workload's config was just
 //! rewritten, or it is unreachable) every [`CHASE`] for its first [`CHASE_FOR`], then every
-//! [`SLOW`], so that a change is seen applied within a quarter second of the swap. A proxy still
-//! on an older file [`RENUDGE_AFTER`] into its lag has its pod nudged once more. A read is one
+//! [`SLOW`], so that a change is seen applied within a quarter second of the swap. A proxy that
+//! answers but still runs other files [`RENUDGE_AFTER`] into its lag has its pod nudged once
+//! more. A read is one
 //! TCP connection and about 300 bytes each way; at most [`CONCURRENCY`] at once. Only the
 //! leader reads. When what a proxy reports changes whether it is in sync (or why not), the
 //! reconcile loop is woken, which rewrites the statuses that changed.
@@ -36,8 +37,8 @@ pub const CHASE: Duration = Duration::from_millis(250);
 pub const CHASE_FOR: Duration = Duration::from_secs(10);
 /// How often a proxy that has lagged longer is read.
 pub const SLOW: Duration = Duration::from_secs(5);
-/// How long a proxy may run an older config, with nothing wrong with the file it has, before
-/// its pod is nudged once more ([`crate::nudge::nudge_again`]).
+/// How long a proxy that answers may run other files than the latest before its pod is nudged
+/// once more ([`crate::nudge::nudge_again`]).
 pub const RENUDGE_AFTER: Duration = Duration::from_secs(2);
 /// Reads in flight at once.
 pub const CONCURRENCY: usize = 32;
@@ -56,12 +57,17 @@ pub fn next_read(behind_for: Option<Duration>) -> Duration {
 }
 
 /// Whether a proxy that has lagged `behind_for` and answered `heard` is nudged once more: it
-/// runs an older config without an error of its own (its file was not swapped) for
-/// [`RENUDGE_AFTER`], and was not nudged again in this lag yet.
+/// answered, has not run the latest files for [`RENUDGE_AFTER`], and was not nudged again in
+/// this lag yet. Whatever it answered: a nudge that overtook the kubelet's watch of a ConfigMap
+/// has the kubelet write what it had, which a proxy shows as an older file in force, as no
+/// file yet (a new pod), or as a refused one (a split `proxy.json` without the
+/// `destinations.json` it needs). When the fault is the file's own (refused as written, or
+/// unreadable), the nudge is one wasted pod write per lag. One that does not answer is left
+/// alone: its files are not what keeps it.
 pub fn renudge(behind_for: Option<Duration>, already: bool, heard: &Heard) -> bool {
     !already
         && behind_for.is_some_and(|lag| lag >= RENUDGE_AFTER)
-        && matches!(heard, Heard::Runs { hash, last_error: None } if !hash.is_empty())
+        && matches!(heard, Heard::Runs { .. })
 }
 
 /// What the operator knows of every proxy, shared by the reconcile loop and the reader.
@@ -291,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn a_proxy_left_on_an_older_file_is_nudged_once_more_after_a_while() {
+    fn a_proxy_left_behind_is_nudged_once_more_after_a_while() {
         let older = Heard::Runs {
             hash: "old".into(),
             last_error: None,
@@ -306,12 +312,21 @@ mod tests {
             !renudge(Some(RENUDGE_AFTER * 3), true, &older),
             "once per lag"
         );
-        // Its own error (a refused or unreadable file) is not the kubelet's: no nudge helps.
+        // A refused file or none at all can be the kubelet's doing too (a split proxy.json
+        // written without its destinations.json; a new pod's first files): nudged as well.
         let refused = Heard::Runs {
             hash: "old".into(),
-            last_error: Some("proxy.json refused".into()),
+            last_error: Some("proxy.json refused: sharedDestinations: no destinations.json".into()),
         };
-        assert!(!renudge(Some(RENUDGE_AFTER), false, &refused));
+        assert!(renudge(Some(RENUDGE_AFTER), false, &refused));
+        let none_yet =
+            parse_answer(b"HTTP/1.1 200 OK\r\n\r\n{\"generation\":0,\"lastError\":null}");
+        assert!(renudge(Some(RENUDGE_AFTER), false, &none_yet));
+        assert!(
+            !renudge(Some(RENUDGE_AFTER), true, &none_yet),
+            "once per lag"
+        );
+        // One that does not answer is not kept by its files.
         assert!(!renudge(
             Some(RENUDGE_AFTER),
             false,
