@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
@@ -109,16 +110,8 @@ pub async fn create(client: &kube::Client, namespace: &str) -> anyhow::Result<()
         Api::namespaced_with(client.clone(), namespace, &policy_resource());
     let create = PostParams::default();
     for i in 0..WORKLOADS {
-        let labels = json!({"braid.dev/workload": format!("w-{i}"), "group": format!("g-{}", i % 10), "service": format!("svc-{}", i / 2)});
-        let app = json!({"name": "app", "image": "braid.local/braid-shop:dev", "imagePullPolicy": "IfNotPresent", "args": ["serve"],
-                         "resources": {"requests": {"cpu": "1m", "memory": "8Mi"}}});
-        let spec = if runs(i) {
-            json!({"containers": [app], "terminationGracePeriodSeconds": 1})
-        } else {
-            json!({"nodeName": HOLLOW_NODE, "tolerations": [{"operator": "Exists"}], "containers": [app]})
-        };
-        let pod = json!({"metadata": {"name": format!("w-{i}"), "labels": labels}, "spec": spec});
-        pods.create(&create, &serde_json::from_value(pod)?).await?;
+        pods.create(&create, &serde_json::from_value(pod(i, runs(i)))?)
+            .await?;
     }
     for j in 0..SERVICES {
         let service = json!({"metadata": {"name": format!("svc-{j}")}, "spec": {"ports": [{"name": "http", "port": 80}]}});
@@ -149,6 +142,41 @@ pub async fn create(client: &kube::Client, namespace: &str) -> anyhow::Result<()
         policies
             .create(&create, &serde_json::from_value(policy)?)
             .await?;
+    }
+    Ok(())
+}
+
+/// Workload `i`'s pod as this benchmark creates it (the webhook adds Braid's containers in a
+/// labelled namespace): on the test node when it `runs`, else bound to [`HOLLOW_NODE`].
+fn pod(i: usize, runs: bool) -> serde_json::Value {
+    let labels = json!({"braid.dev/workload": format!("w-{i}"), "group": format!("g-{}", i % 10), "service": format!("svc-{}", i / 2)});
+    let app = json!({"name": "app", "image": "braid.local/braid-shop:dev", "imagePullPolicy": "IfNotPresent", "args": ["serve"],
+                     "resources": {"requests": {"cpu": "1m", "memory": "8Mi"}}});
+    let spec = if runs {
+        json!({"containers": [app], "terminationGracePeriodSeconds": 1})
+    } else {
+        json!({"nodeName": HOLLOW_NODE, "tolerations": [{"operator": "Exists"}], "containers": [app]})
+    };
+    json!({"metadata": {"name": format!("w-{i}"), "labels": labels}, "spec": spec})
+}
+
+/// The same pods as [`create`]'s, all bound to [`HOLLOW_NODE`], in a namespace without
+/// injection: the app container alone, for the cost of a pod write without Braid's containers.
+pub async fn create_plain_pods(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let create = PostParams::default();
+    let mut created = futures::stream::iter(0..WORKLOADS)
+        .map(|i| {
+            let (pods, create) = (&pods, &create);
+            async move {
+                pods.create(create, &serde_json::from_value(pod(i, false))?)
+                    .await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(8);
+    while let Some(done) = created.next().await {
+        done?;
     }
     Ok(())
 }

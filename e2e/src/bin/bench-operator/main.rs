@@ -13,7 +13,8 @@
 //! requests per change by resource. The baselines, in the same run: the API server storing 100
 //! ConfigMaps of a whole document's size one by one, 1,000 of them 32 at a time (what the
 //! client-side change cost when every `proxy.json` carried the destinations), and taking an
-//! annotation on every pod, 32 at a time as the operator nudges.
+//! annotation on every pod, 32 at a time as the operator nudges, and on as many pods without
+//! Braid's containers (the share of a pod write that the injected spec adds).
 //! Also the operator's peak RSS (VmHWM). Writes a Markdown table to bench/results/operator-scale.md.
 
 mod applied;
@@ -38,6 +39,8 @@ const SERVICES: usize = 500;
 const HASH: &str = "braid.dev/config-hash";
 /// How long a change may take to reach everything before the benchmark gives up.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the API server is left alone before a baseline is measured.
+const SETTLE: Duration = Duration::from_secs(10);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -116,18 +119,37 @@ async fn main() -> anyhow::Result<()> {
     let whole = destinations.0;
     let baseline_100 = baseline(&client, 100, whole, 1).await?;
     let concurrent_1000 = baseline(&client, WORKLOADS, whole, 32).await?;
-    let pods_annotated = annotate_every_pod(&client, 32).await?;
+    // Each annotation baseline starts once the API server is done with what came before (the
+    // 1,000 ConfigMaps, the 1,000 pods created), so that its CPU time is the annotations'.
+    tokio::time::sleep(SETTLE).await;
+    let meshed = annotate_every_pod(&client, NS, 32).await?;
+    fixture::create_plain_pods(&client, BASELINE_NS).await?;
+    tokio::time::sleep(SETTLE).await;
+    let plain = annotate_every_pod(&client, BASELINE_NS, 32).await?;
     eprintln!(
         "baseline: {WORKLOADS} ConfigMaps 32 at a time {concurrent_1000:.2?}; {WORKLOADS} pods \
-         annotated 32 at a time {pods_annotated:.2?}"
+         annotated 32 at a time {:.2?} (API server CPU {:?}), {:.2?} (CPU {:?}) without Braid's \
+         containers (pods of {} and {} bytes)",
+        meshed.took,
+        meshed.apiserver_cpu,
+        plain.took,
+        plain.apiserver_cpu,
+        meshed.pod_bytes,
+        plain.pod_bytes
     );
     let peak = operator_peak_rss_mib()?;
+    let baselines = report::Baselines {
+        configs_100: baseline_100,
+        configs_1000: concurrent_1000,
+        meshed,
+        plain,
+    };
     let report = report::report(
         converged,
         proxies.len(),
         &server_side,
         &client_side,
-        [baseline_100, concurrent_1000, pods_annotated],
+        baselines,
         [document, destinations],
         peak,
     );
@@ -373,10 +395,14 @@ async fn baseline(
     Ok(started.elapsed())
 }
 
-/// The API server taking an annotation on each of the benchmark's pods, `in_flight` at a time:
-/// what nudging them costs, without the operator.
-async fn annotate_every_pod(client: &kube::Client, in_flight: usize) -> anyhow::Result<Duration> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+/// The API server taking an annotation on each of the benchmark's pods in `namespace`,
+/// `in_flight` at a time: what nudging them costs, without the operator.
+async fn annotate_every_pod(
+    client: &kube::Client,
+    namespace: &str,
+    in_flight: usize,
+) -> anyhow::Result<report::Annotated> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     // A value no pod carries yet: a patch that changes nothing is not stored, and no watcher
     // hears of it, so it would cost the API server half as much as a nudge.
     let stamp = format!(
@@ -385,6 +411,7 @@ async fn annotate_every_pod(client: &kube::Client, in_flight: usize) -> anyhow::
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos()
     );
+    let cpu_before = apiserver_cpu();
     let started = Instant::now();
     let patches = (0..WORKLOADS).map(|i| {
         let (pods, stamp) = (&pods, &stamp);
@@ -402,7 +429,43 @@ async fn annotate_every_pod(client: &kube::Client, in_flight: usize) -> anyhow::
     while let Some(patched) = patches.next().await {
         patched?;
     }
-    Ok(started.elapsed())
+    let took = started.elapsed();
+    // The API server goes on sending the last events to the watchers of pods for a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let apiserver_cpu = cpu_before
+        .zip(apiserver_cpu())
+        .map(|(before, after)| after - before);
+    let pod_bytes = serde_json::to_vec(&pods.get("w-1").await?)?.len();
+    Ok(report::Annotated {
+        took,
+        apiserver_cpu,
+        pod_bytes,
+    })
+}
+
+/// The CPU time (user and system) of the API server process on this machine so far; `None`
+/// when it runs elsewhere.
+fn apiserver_cpu() -> Option<Duration> {
+    for entry in std::fs::read_dir("/proc").ok()? {
+        let path = entry.ok()?.path();
+        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
+            continue;
+        };
+        let mut args = cmdline.split(|b| *b == 0);
+        let (program, first) = (args.next().unwrap_or_default(), args.next());
+        // kube-apiserver, or the test cluster's one binary for every component (`kube apiserver`).
+        let apiserver = program.ends_with(b"kube-apiserver")
+            || (program.ends_with(b"/kube") && first == Some(&b"apiserver"[..]));
+        if !apiserver {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // utime and stime (fields 14 and 15 of proc(5)), in clock ticks: 100 a second on Linux.
+        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+        return Some(Duration::from_millis(ticks * 10));
+    }
+    None
 }
 
 /// The largest VmHWM among braid-operator processes on this machine, in MiB.

@@ -22,15 +22,50 @@ fn spread(changes: &[Change], measure: impl Fn(&Change) -> Duration) -> String {
     )
 }
 
+/// The baselines, measured in the same run.
+pub struct Baselines {
+    /// The API server storing 100 ConfigMaps of the destinations file's size, one by one.
+    pub configs_100: Duration,
+    /// The same for 1,000 of them, 32 at a time.
+    pub configs_1000: Duration,
+    /// An annotation on each of the benchmark's meshed pods.
+    pub meshed: Annotated,
+    /// An annotation on as many pods without Braid's containers.
+    pub plain: Annotated,
+}
+
+/// The API server taking an annotation on each of a namespace's pods, 32 at a time.
+pub struct Annotated {
+    pub took: Duration,
+    /// The API server's CPU time meanwhile (`None`: it does not run on this machine).
+    pub apiserver_cpu: Option<Duration>,
+    /// One such pod as the API server returns it, managed fields included, in bytes.
+    pub pod_bytes: usize,
+}
+
+impl Annotated {
+    fn cpu_per_pod(&self) -> String {
+        self.apiserver_cpu.map_or("—".into(), |cpu| {
+            format!("{:.1} ms", cpu.as_secs_f64() * 1000.0 / WORKLOADS as f64)
+        })
+    }
+}
+
 pub fn report(
     converged: Duration,
     running: usize,
     server: &[Change],
     client: &[Change],
-    [baseline_100, concurrent_1000, pods_annotated]: [Duration; 3],
+    baselines: Baselines,
     [(document, document_json), (destinations, destinations_json)]: [(usize, usize); 2],
     peak_mib: f64,
 ) -> String {
+    let Baselines {
+        configs_100,
+        configs_1000,
+        meshed,
+        plain,
+    } = baselines;
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -100,7 +135,8 @@ pub fn report(
          | initial convergence ({WORKLOADS} configs and certificates) | {:.1} s | — |\n\
          | operator peak RSS (VmHWM) | {peak_mib:.1} MiB | < 256 MiB |\n\
          | the API server storing {WORKLOADS} ConfigMaps of the destinations file's size, 32 at a time (what a client-side change cost when every `proxy.json` carried the destinations) | {:.2} s | — |\n\
-         | the API server taking an annotation on each of the {WORKLOADS} pods, 32 at a time (the nudges alone) | {:.2} s | — |\n",
+         | the API server taking an annotation on each of the {WORKLOADS} pods, 32 at a time (the nudges alone; a pod of {} bytes with managed fields): time, and the API server's CPU per pod | {:.2} s, {} | — |\n\
+         | the same on {WORKLOADS} pods without Braid's containers (the app container alone; a pod of {} bytes) | {:.2} s, {} | — |\n",
         stored(document, document_json),
         stored(destinations, destinations_json),
         std::thread::available_parallelism()
@@ -109,18 +145,23 @@ pub fn report(
         row(
             "server side (mTLS mode; 100 workloads affected)",
             server,
-            baseline_100
+            configs_100
         ),
         row(
             "client side (load balancer; all 1,000 affected)",
             client,
-            pods_annotated
+            meshed.took
         ),
         server.len(),
         writes("server side", server),
         writes("client side", client),
         converged.as_secs_f64(),
-        concurrent_1000.as_secs_f64(),
-        pods_annotated.as_secs_f64(),
+        configs_1000.as_secs_f64(),
+        meshed.pod_bytes,
+        meshed.took.as_secs_f64(),
+        meshed.cpu_per_pod(),
+        plain.pod_bytes,
+        plain.took.as_secs_f64(),
+        plain.cpu_per_pod(),
     )
 }
