@@ -16,7 +16,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::json;
 
-use super::{SERVICES, WORKLOADS};
+use super::workloads;
 
 /// The node the pods that do not run are bound to; no kubelet runs it.
 pub const HOLLOW_NODE: &str = "braid-bench-hollow";
@@ -109,11 +109,11 @@ pub async fn create(client: &kube::Client, namespace: &str) -> anyhow::Result<()
     let policies: Api<kube::api::DynamicObject> =
         Api::namespaced_with(client.clone(), namespace, &policy_resource());
     let create = PostParams::default();
-    for i in 0..WORKLOADS {
+    for i in 0..workloads() {
         pods.create(&create, &serde_json::from_value(pod(i, runs(i)))?)
             .await?;
     }
-    for j in 0..SERVICES {
+    for j in 0..super::services() {
         let service = json!({"metadata": {"name": format!("svc-{j}")}, "spec": {"ports": [{"name": "http", "port": 80}]}});
         services
             .create(&create, &serde_json::from_value(service)?)
@@ -165,7 +165,7 @@ fn pod(i: usize, runs: bool) -> serde_json::Value {
 pub async fn create_plain_pods(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let create = PostParams::default();
-    let mut created = futures::stream::iter(0..WORKLOADS)
+    let mut created = futures::stream::iter(0..workloads())
         .map(|i| {
             let (pods, create) = (&pods, &create);
             async move {

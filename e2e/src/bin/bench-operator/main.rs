@@ -3,7 +3,8 @@
 //! writes; every 50th workload's pod runs on the test node with its proxy, the others are bound
 //! to a node no kubelet runs (see `fixture`), so the operator nudges all 1,000 as it would
 //! running pods. Then, repeatedly:
-//! - a server-side MeshPolicy change (mTLS mode) that affects the 100 workloads it selects;
+//! - a server-side MeshPolicy change (mTLS mode) that affects the 100 workloads it selects (a
+//!   tenth);
 //! - a client-side change (load balancer) of the workloads behind one Service, which every
 //!   workload calls, so the destinations every proxy runs change: the namespace's
 //!   `destinations.json` is rewritten and all 1,000 pods are nudged;
@@ -15,7 +16,8 @@
 //! client-side change cost when every `proxy.json` carried the destinations), and taking an
 //! annotation on every pod, 32 at a time as the operator nudges, and on as many pods without
 //! Braid's containers (the share of a pod write that the injected spec adds).
-//! Also the operator's peak RSS (VmHWM). Writes a Markdown table to bench/results/operator-scale.md.
+//! Also the operator's peak RSS (VmHWM). Writes a Markdown table to bench/results/operator-scale.md
+//! (`operator-scale-<n>.md` at another scale: `BENCH_WORKLOADS=<n>`, with n/2 Services).
 
 mod applied;
 mod fixture;
@@ -34,8 +36,25 @@ use serde_json::json;
 
 const NS: &str = "braid-bench-scale";
 const BASELINE_NS: &str = "braid-bench-baseline";
-const WORKLOADS: usize = 1000;
-const SERVICES: usize = 500;
+/// The default scale: meshed workloads, and half as many Services.
+const DEFAULT_WORKLOADS: usize = 1000;
+
+/// Meshed workloads: `BENCH_WORKLOADS`, or [`DEFAULT_WORKLOADS`].
+fn workloads() -> usize {
+    static WORKLOADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WORKLOADS.get_or_init(|| {
+        std::env::var("BENCH_WORKLOADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n >= 4)
+            .unwrap_or(DEFAULT_WORKLOADS)
+    })
+}
+
+/// Services, each in front of two workloads.
+fn services() -> usize {
+    workloads() / 2
+}
 const HASH: &str = "braid.dev/config-hash";
 /// How long a change may take to reach everything before the benchmark gives up.
 const CHANGE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -60,18 +79,19 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     fixture::create(&client, NS).await?;
     let configs: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(client.clone(), NS);
-    let all: BTreeSet<usize> = (0..WORKLOADS).collect();
+    let workloads = workloads();
+    let all: BTreeSet<usize> = (0..workloads).collect();
     wait_until_stable(&configs, &all, Duration::from_secs(600)).await?;
     let converged = started.elapsed();
-    eprintln!("initial: {WORKLOADS} workloads converged in {converged:.1?}");
-    let running = (0..WORKLOADS).filter(|i| fixture::runs(*i)).count();
+    eprintln!("initial: {workloads} workloads converged in {converged:.1?}");
+    let running = (0..workloads).filter(|i| fixture::runs(*i)).count();
     let proxies = applied::running_proxies(&client, NS, running, Duration::from_secs(600)).await?;
     eprintln!("{} proxies running", proxies.len());
 
     let policies: Api<kube::api::DynamicObject> =
         Api::namespaced_with(client.clone(), NS, &fixture::policy_resource());
     let (mut server_side, mut client_side) = (Vec::new(), Vec::new());
-    let group0: BTreeSet<usize> = (0..WORKLOADS).filter(|i| i % 10 == 0).collect();
+    let group0: BTreeSet<usize> = (0..workloads).filter(|i| i % 10 == 0).collect();
     for round in 0..iterations {
         let mode = if round % 2 == 0 {
             "STRICT"
@@ -117,17 +137,17 @@ async fn main() -> anyhow::Result<()> {
     let destinations = stored_size(&client, "braid-destinations", "destinations.json").await?;
     // A whole document, as every workload's was before the split: about the destinations'.
     let whole = destinations.0;
-    let baseline_100 = baseline(&client, 100, whole, 1).await?;
-    let concurrent_1000 = baseline(&client, WORKLOADS, whole, 32).await?;
+    let one_by_one = baseline(&client, group0.len(), whole, 1).await?;
+    let concurrent_all = baseline(&client, workloads, whole, 32).await?;
     // Each annotation baseline starts once the API server is done with what came before (the
-    // 1,000 ConfigMaps, the 1,000 pods created), so that its CPU time is the annotations'.
+    // ConfigMaps, the pods created), so that its CPU time is the annotations'.
     tokio::time::sleep(SETTLE).await;
     let meshed = annotate_every_pod(&client, NS, 32).await?;
     fixture::create_plain_pods(&client, BASELINE_NS).await?;
     tokio::time::sleep(SETTLE).await;
     let plain = annotate_every_pod(&client, BASELINE_NS, 32).await?;
     eprintln!(
-        "baseline: {WORKLOADS} ConfigMaps 32 at a time {concurrent_1000:.2?}; {WORKLOADS} pods \
+        "baseline: {workloads} ConfigMaps 32 at a time {concurrent_all:.2?}; {workloads} pods \
          annotated 32 at a time {:.2?} (API server CPU {:?}), {:.2?} (CPU {:?}) without Braid's \
          containers (pods of {} and {} bytes)",
         meshed.took,
@@ -139,8 +159,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let peak = operator_peak_rss_mib()?;
     let baselines = report::Baselines {
-        configs_100: baseline_100,
-        configs_1000: concurrent_1000,
+        configs_one_by_one: one_by_one,
+        configs_all: concurrent_all,
         meshed,
         plain,
     };
@@ -154,7 +174,12 @@ async fn main() -> anyhow::Result<()> {
         peak,
     );
     std::fs::create_dir_all("bench/results")?;
-    std::fs::write("bench/results/operator-scale.md", &report)?;
+    let file = if workloads == DEFAULT_WORKLOADS {
+        "bench/results/operator-scale.md".to_owned()
+    } else {
+        format!("bench/results/operator-scale-{workloads}.md")
+    };
+    std::fs::write(&file, &report)?;
     print!("{report}");
     fixture::recreate_namespace(&client, BASELINE_NS, None).await?;
     fixture::recreate_namespace(&client, NS, None).await?;
@@ -413,7 +438,7 @@ async fn annotate_every_pod(
     );
     let cpu_before = apiserver_cpu();
     let started = Instant::now();
-    let patches = (0..WORKLOADS).map(|i| {
+    let patches = (0..workloads()).map(|i| {
         let (pods, stamp) = (&pods, &stamp);
         async move {
             let patch = json!({"metadata": {"annotations": {"braid.dev/bench-nudge": stamp}}});

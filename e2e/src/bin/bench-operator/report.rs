@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::{Change, SERVICES, WORKLOADS};
+use super::{Change, services, workloads};
 
 fn percentile(samples: &[Duration], p: f64) -> Duration {
     let mut sorted = samples.to_vec();
@@ -24,10 +24,11 @@ fn spread(changes: &[Change], measure: impl Fn(&Change) -> Duration) -> String {
 
 /// The baselines, measured in the same run.
 pub struct Baselines {
-    /// The API server storing 100 ConfigMaps of the destinations file's size, one by one.
-    pub configs_100: Duration,
-    /// The same for 1,000 of them, 32 at a time.
-    pub configs_1000: Duration,
+    /// The API server storing as many ConfigMaps of the destinations file's size as the
+    /// server-side change rewrites, one by one.
+    pub configs_one_by_one: Duration,
+    /// The same for one per workload, 32 at a time.
+    pub configs_all: Duration,
     /// An annotation on each of the benchmark's meshed pods.
     pub meshed: Annotated,
     /// An annotation on as many pods without Braid's containers.
@@ -46,7 +47,7 @@ pub struct Annotated {
 impl Annotated {
     fn cpu_per_pod(&self) -> String {
         self.apiserver_cpu.map_or("—".into(), |cpu| {
-            format!("{:.1} ms", cpu.as_secs_f64() * 1000.0 / WORKLOADS as f64)
+            format!("{:.1} ms", cpu.as_secs_f64() * 1000.0 / workloads() as f64)
         })
     }
 }
@@ -61,11 +62,13 @@ pub fn report(
     peak_mib: f64,
 ) -> String {
     let Baselines {
-        configs_100,
-        configs_1000,
+        configs_one_by_one,
+        configs_all,
         meshed,
         plain,
     } = baselines;
+    let (workloads, services) = (workloads(), services());
+    let selected = workloads.div_ceil(10);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -116,39 +119,39 @@ pub fn report(
         }
     };
     format!(
-        "# Operator at scale\n\n{WORKLOADS} workloads, {SERVICES} Services. Every pod mounts its workload's `proxy.json` ({}) and the namespace's \
+        "# Operator at scale\n\n{workloads} workloads, {services} Services. Every pod mounts its workload's `proxy.json` ({}) and the namespace's \
          `destinations.json` ({}) in one projected volume. \
          {running} of the workloads' pods run on the test node with their proxies; the others are bound to a node no kubelet runs, \
-         so the operator nudges every one of the {WORKLOADS} pods as it would running ones, and only the running proxies can show the change applied. \
+         so the operator nudges every one of the {workloads} pods as it would running ones, and only the running proxies can show the change applied. \
          Machine: {} cores, {cpu}; the test cluster (kubelet `syncFrequency` 1 min, the upstream default), the operator (2 replicas) and this benchmark share it.\n\n\
          | MeshPolicy change | rounds | ConfigMaps written p50 / p99 | pods nudged p50 / p99 | applied by the running proxies p50 / p99 | baseline | applied p99 / baseline |\n|---|---|---|---|---|---|---|\n{}{}\n\
-         Each time runs from the `patch` of the MeshPolicy to the last affected object: ConfigMap rewritten (the 100 workloads' `proxy.json` \
+         Each time runs from the `patch` of the MeshPolicy to the last affected object: ConfigMap rewritten (the {selected} workloads' `proxy.json` \
          for the server-side change, the namespace's `destinations.json` for the client-side one), pod annotated, \
          running proxy answering with the new files' hash on its admin port (asked every 50 ms). \
-         The baselines are measured from the benchmark in the same run: for the server-side change, the API server storing 100 ConfigMaps \
-         of the destinations file's size one by one; for the client-side change, the API server taking an annotation on each of the {WORKLOADS} pods, \
+         The baselines are measured from the benchmark in the same run: for the server-side change, the API server storing {selected} ConfigMaps \
+         of the destinations file's size one by one; for the client-side change, the API server taking an annotation on each of the {workloads} pods, \
          32 at a time as the operator nudges (the nudges alone). With {} rounds, p99 is the slowest round.\n\n\
          API write requests per change (the API server's `apiserver_request_total`, median of the rounds, \
          whatever wrote them: the operator's ConfigMaps, pod nudges and statuses, leader-election renewals, the kubelet's pod statuses):\n\n\
          | change | writes by resource |\n|---|---|\n{}{}\n\
          | measure | value | target |\n|---|---|---|\n\
-         | initial convergence ({WORKLOADS} configs and certificates) | {:.1} s | — |\n\
+         | initial convergence ({workloads} configs and certificates) | {:.1} s | — |\n\
          | operator peak RSS (VmHWM) | {peak_mib:.1} MiB | < 256 MiB |\n\
-         | the API server storing {WORKLOADS} ConfigMaps of the destinations file's size, 32 at a time (what a client-side change cost when every `proxy.json` carried the destinations) | {:.2} s | — |\n\
-         | the API server taking an annotation on each of the {WORKLOADS} pods, 32 at a time (the nudges alone; a pod of {} bytes with managed fields): time, and the API server's CPU per pod | {:.2} s, {} | — |\n\
-         | the same on {WORKLOADS} pods without Braid's containers (the app container alone; a pod of {} bytes) | {:.2} s, {} | — |\n",
+         | the API server storing {workloads} ConfigMaps of the destinations file's size, 32 at a time (what a client-side change cost when every `proxy.json` carried the destinations) | {:.2} s | — |\n\
+         | the API server taking an annotation on each of the {workloads} pods, 32 at a time (the nudges alone; a pod of {} bytes with managed fields): time, and the API server's CPU per pod | {:.2} s, {} | — |\n\
+         | the same on {workloads} pods without Braid's containers (the app container alone; a pod of {} bytes) | {:.2} s, {} | — |\n",
         stored(document, document_json),
         stored(destinations, destinations_json),
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
         row(
-            "server side (mTLS mode; 100 workloads affected)",
+            &format!("server side (mTLS mode; {selected} workloads affected)"),
             server,
-            configs_100
+            configs_one_by_one
         ),
         row(
-            "client side (load balancer; all 1,000 affected)",
+            &format!("client side (load balancer; all {workloads} affected)"),
             client,
             meshed.took
         ),
@@ -156,7 +159,7 @@ pub fn report(
         writes("server side", server),
         writes("client side", client),
         converged.as_secs_f64(),
-        configs_1000.as_secs_f64(),
+        configs_all.as_secs_f64(),
         meshed.pod_bytes,
         meshed.took.as_secs_f64(),
         meshed.cpu_per_pod(),
