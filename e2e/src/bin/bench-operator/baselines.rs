@@ -2,6 +2,7 @@
 //! API server on their own: ConfigMaps of a document's size, an annotation on every pod (with
 //! the API server's CPU time, when it runs on this machine); and the operator's peak RSS.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
@@ -88,43 +89,46 @@ pub async fn annotate_every_pod(
     })
 }
 
+/// The `/proc` directories of this machine's processes whose program and first argument
+/// `match`.
+fn processes(matches: impl Fn(&[u8], Option<&[u8]>) -> bool) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|entry| entry.path())
+        .filter(|path| {
+            std::fs::read(path.join("cmdline")).is_ok_and(|cmdline| {
+                let mut args = cmdline.split(|b| *b == 0);
+                let program = args.next().unwrap_or_default();
+                matches(program, args.next())
+            })
+        })
+        .collect()
+}
+
 /// The CPU time (user and system) of the API server process on this machine so far; `None`
 /// when it runs elsewhere.
 fn apiserver_cpu() -> Option<Duration> {
-    for entry in std::fs::read_dir("/proc").ok()? {
-        let path = entry.ok()?.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue;
-        };
-        let mut args = cmdline.split(|b| *b == 0);
-        let (program, first) = (args.next().unwrap_or_default(), args.next());
-        // kube-apiserver, or the test cluster's one binary for every component (`kube apiserver`).
-        let apiserver = program.ends_with(b"kube-apiserver")
-            || (program.ends_with(b"/kube") && first == Some(&b"apiserver"[..]));
-        if !apiserver {
-            continue;
-        }
-        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        // utime and stime (fields 14 and 15 of proc(5)), in clock ticks: 100 a second on Linux.
-        let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-        return Some(Duration::from_millis(ticks * 10));
-    }
-    None
+    // kube-apiserver, or the test cluster's one binary for every component (`kube apiserver`).
+    let path = processes(|program, first| {
+        program.ends_with(b"kube-apiserver")
+            || (program.ends_with(b"/kube") && first == Some(&b"apiserver"[..]))
+    })
+    .into_iter()
+    .next()?;
+    let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime (fields 14 and 15 of proc(5)), in clock ticks: 100 a second on Linux.
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// The largest VmHWM among braid-operator processes on this machine, in MiB.
 pub fn operator_peak_rss_mib() -> anyhow::Result<f64> {
     let mut peak_kib = 0u64;
-    for entry in std::fs::read_dir("/proc")? {
-        let path = entry?.path();
-        let Ok(cmdline) = std::fs::read(path.join("cmdline")) else {
-            continue;
-        };
-        let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-        if !program.ends_with(b"braid-operator") {
-            continue;
-        }
+    for path in processes(|program, _| program.ends_with(b"braid-operator")) {
         let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
         let hwm = status
             .lines()
