@@ -180,19 +180,29 @@ impl Rule {
     }
 
     /// Whether the rule matches `access`; `deny` says how HTTP fields meet a TCP connection.
+    /// The caller is looked at first: it tells most rules apart, and costs a length compare
+    /// where it differs, so that a request is matched against the paths and methods of the
+    /// rules about its caller alone.
     fn matches(&self, access: &Access<'_>, deny: bool) -> bool {
-        let caller_fits = |caller: Option<&Caller>| {
-            let Some(caller) = caller else {
-                return self.identities.is_empty() && self.namespaces.is_empty();
-            };
-            (self.identities.is_empty() || self.identities.iter().any(|p| p.matches(&caller.id)))
-                && (self.namespaces.is_empty()
-                    || caller
-                        .namespace
-                        .as_ref()
-                        .is_some_and(|ns| self.namespaces.contains(ns)))
+        self.caller_fits(access.caller)
+            && (self.ports.is_empty() || self.ports.contains(&access.port))
+            && self.request_fits(access.http, deny)
+    }
+
+    fn caller_fits(&self, caller: Option<&Caller>) -> bool {
+        let Some(caller) = caller else {
+            return self.identities.is_empty() && self.namespaces.is_empty();
         };
-        let request_fits = match access.http {
+        (self.identities.is_empty() || self.identities.iter().any(|p| p.matches(&caller.id)))
+            && (self.namespaces.is_empty()
+                || caller
+                    .namespace
+                    .as_ref()
+                    .is_some_and(|ns| self.namespaces.contains(ns)))
+    }
+
+    fn request_fits(&self, http: Option<HttpAccess<'_>>, deny: bool) -> bool {
+        match http {
             Some(http) => {
                 (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(http.path)))
                     && (self.methods.is_empty()
@@ -202,10 +212,33 @@ impl Rule {
                             .any(|m| m.eq_ignore_ascii_case(http.method)))
             }
             None => deny || !self.has_http_fields(),
-        };
-        caller_fits(access.caller)
-            && (self.ports.is_empty() || self.ports.contains(&access.port))
-            && request_fits
+        }
+    }
+}
+
+/// A rule list, split by action so that each pass reads only its own rules; each rule keeps
+/// its index in the list, which names it in reasons and metrics.
+#[derive(Debug, Default)]
+struct Rules {
+    deny: Vec<(usize, Rule)>,
+    allow: Vec<(usize, Rule)>,
+}
+
+impl Rules {
+    fn compile(rules: &[AuthorizationRule]) -> Self {
+        let mut compiled = Self::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let pass = match rule.action {
+                Action::Deny => &mut compiled.deny,
+                Action::Allow => &mut compiled.allow,
+            };
+            pass.push((i, Rule::compile(rule)));
+        }
+        compiled
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Rule> {
+        self.deny.iter().chain(&self.allow).map(|(_, rule)| rule)
     }
 }
 
@@ -217,8 +250,7 @@ pub struct Authorizer {
     /// Whether decisions are only logged and counted.
     pub dry_run: bool,
     /// `None`: no rules, the default decides.
-    rules: Option<Vec<(Action, Rule)>>,
-    has_allow: bool,
+    rules: Option<Rules>,
     default: DefaultAuthorization,
     own_namespace: String,
     /// Counters by rule (in rule order), then one per other reason.
@@ -231,18 +263,14 @@ impl Authorizer {
     /// they survive reloads).
     pub fn compile(inbound: &Inbound, own_namespace: &str, counters: &PolicyCounters) -> Self {
         let policy: Arc<str> = inbound.policy.as_deref().unwrap_or_default().into();
-        let rules: Option<Vec<(Action, Rule)>> = inbound.authorization.as_ref().map(|rules| {
-            rules
-                .iter()
-                .map(|rule| (rule.action, Rule::compile(rule)))
-                .collect()
-        });
-        let rule_counters = rules
+        let rules = inbound.authorization.as_deref().map(Rules::compile);
+        let rule_counters = inbound
+            .authorization
             .iter()
             .flatten()
             .enumerate()
-            .map(|(i, (action, _))| {
-                let reason = match action {
+            .map(|(i, rule)| {
+                let reason = match rule.action {
                     Action::Allow => Reason::AllowRule(i),
                     Action::Deny => Reason::DenyRule(i),
                 };
@@ -252,10 +280,6 @@ impl Authorizer {
         let default = inbound.default_authorization;
         Self {
             dry_run: inbound.authorization_mode == AuthorizationMode::DryRun,
-            has_allow: rules
-                .iter()
-                .flatten()
-                .any(|(action, _)| *action == Action::Allow),
             rules,
             default,
             own_namespace: own_namespace.to_string(),
@@ -281,8 +305,7 @@ impl Authorizer {
     pub fn reads_requests(&self) -> bool {
         self.rules
             .iter()
-            .flatten()
-            .any(|(_, rule)| rule.has_http_fields())
+            .any(|rules| rules.all().any(Rule::has_http_fields))
     }
 
     /// The decision on `access`.
@@ -290,23 +313,25 @@ impl Authorizer {
         let Some(rules) = &self.rules else {
             return self.by_default(access);
         };
-        if rules.is_empty() {
+        if rules.deny.is_empty() && rules.allow.is_empty() {
             return Verdict::deny(Reason::NoRules);
         }
-        let deny_rule = rules
+        if let Some((i, _)) = rules
+            .deny
             .iter()
-            .position(|(action, rule)| *action == Action::Deny && rule.matches(access, true));
-        if let Some(rule) = deny_rule {
-            return Verdict::deny(Reason::DenyRule(rule));
+            .find(|(_, rule)| rule.matches(access, true))
+        {
+            return Verdict::deny(Reason::DenyRule(*i));
         }
-        if !self.has_allow {
+        if rules.allow.is_empty() {
             return self.by_default(access);
         }
         match rules
+            .allow
             .iter()
-            .position(|(action, rule)| *action == Action::Allow && rule.matches(access, false))
+            .find(|(_, rule)| rule.matches(access, false))
         {
-            Some(rule) => Verdict::allow(Reason::AllowRule(rule)),
+            Some((i, _)) => Verdict::allow(Reason::AllowRule(*i)),
             None => Verdict::deny(Reason::NoAllowRule),
         }
     }

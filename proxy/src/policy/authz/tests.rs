@@ -181,6 +181,31 @@ fn any_matching_deny_rule_denies_before_allow_rules_are_read() {
 }
 
 #[test]
+fn a_rule_is_named_by_its_place_in_the_whole_list() {
+    // Rules are matched deny-first, whatever their order: the reason still names each by its
+    // index in the list as written (the metrics' `rule` label).
+    let auth = authorizer(
+        Some(vec![
+            deny(AuthorizationRule {
+                paths: vec!["/admin/*".into()],
+                ..AuthorizationRule::default()
+            }),
+            from(&["spiffe://cluster.local/ns/other/*"]),
+            from(&["spiffe://cluster.local/ns/shop/*"]),
+        ]),
+        DefaultAuthorization::Deny,
+    );
+    assert_eq!(
+        http(&auth, Some(ORDER), "GET", "/orders").reason,
+        Reason::AllowRule(2)
+    );
+    assert_eq!(
+        http(&auth, Some(ORDER), "GET", "/admin/users").reason,
+        Reason::DenyRule(0)
+    );
+}
+
+#[test]
 fn an_empty_list_denies_everything() {
     let auth = authorizer(Some(Vec::new()), DefaultAuthorization::Allow);
     assert_eq!(http(&auth, Some(ORDER), "GET", "/").reason, Reason::NoRules);
