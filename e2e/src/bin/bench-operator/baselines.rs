@@ -1,16 +1,15 @@
 //! The baselines the benchmark measures in the same run, what the operator's writes cost the
 //! API server on their own: ConfigMaps of a document's size, an annotation on every pod (with
-//! the API server's CPU time, when it runs on this machine); and the operator's peak RSS.
+//! the API server's CPU time, when it runs on this machine).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
+use super::procs::apiserver_cpu;
 use super::{BASELINE_NS, report, workloads};
 
 /// The API server storing `count` ConfigMaps of `size` bytes, written from here `in_flight` at a
@@ -87,57 +86,4 @@ pub async fn annotate_every_pod(
         apiserver_cpu,
         pod_bytes,
     })
-}
-
-/// The `/proc` directories of this machine's processes whose program and first argument
-/// `match`.
-fn processes(matches: impl Fn(&[u8], Option<&[u8]>) -> bool) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            std::fs::read(path.join("cmdline")).is_ok_and(|cmdline| {
-                let mut args = cmdline.split(|b| *b == 0);
-                let program = args.next().unwrap_or_default();
-                matches(program, args.next())
-            })
-        })
-        .collect()
-}
-
-/// The CPU time (user and system) of the API server process on this machine so far; `None`
-/// when it runs elsewhere.
-fn apiserver_cpu() -> Option<Duration> {
-    // kube-apiserver, or the test cluster's one binary for every component (`kube apiserver`).
-    let path = processes(|program, first| {
-        program.ends_with(b"kube-apiserver")
-            || (program.ends_with(b"/kube") && first == Some(&b"apiserver"[..]))
-    })
-    .into_iter()
-    .next()?;
-    let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime (fields 14 and 15 of proc(5)), in clock ticks: 100 a second on Linux.
-    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(Duration::from_millis(ticks * 10))
-}
-
-/// The largest VmHWM among braid-operator processes on this machine, in MiB.
-pub fn operator_peak_rss_mib() -> anyhow::Result<f64> {
-    let mut peak_kib = 0u64;
-    for path in processes(|program, _| program.ends_with(b"braid-operator")) {
-        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
-        let hwm = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok());
-        peak_kib = peak_kib.max(hwm.unwrap_or(0));
-    }
-    if peak_kib == 0 {
-        bail!("no braid-operator process found on this machine");
-    }
-    Ok(peak_kib as f64 / 1024.0)
 }

@@ -22,6 +22,7 @@
 mod applied;
 mod baselines;
 mod fixture;
+mod procs;
 mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -158,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
         meshed.pod_bytes,
         plain.pod_bytes
     );
-    let peak = baselines::operator_peak_rss_mib()?;
+    let peak = procs::operator_peak_rss_mib()?;
     let baselines = report::Baselines {
         configs_one_by_one: one_by_one,
         configs_all: concurrent_all,
@@ -301,14 +302,16 @@ struct Change {
     nudged: Duration,
     applied: Duration,
     writes: BTreeMap<String, f64>,
+    /// CPU time spent on the machine from the patch until every running proxy applied it.
+    cpu: procs::CpuTimes,
 }
 
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "ConfigMaps {:.2?}, pods nudged {:.2?}, applied {:.2?} (writes {:?})",
-            self.configs, self.nudged, self.applied, self.writes
+            "ConfigMaps {:.2?}, pods nudged {:.2?}, applied {:.2?} (writes {:?}; CPU {:?})",
+            self.configs, self.nudged, self.applied, self.writes, self.cpu
         )
     }
 }
@@ -339,6 +342,7 @@ async fn timed_change(
         .filter(|(name, _)| affected_pods.contains(name))
         .collect();
     let writes_before = braid_e2e::apiserver::writes(client).await?;
+    let cpu_before = procs::CpuTimes::now();
     let started = Instant::now();
     policies
         .patch(policy, &PatchParams::default(), &Patch::Merge(patch))
@@ -360,6 +364,7 @@ async fn timed_change(
         ),
         applied::all_changed(proxies, &proxies_before, started, CHANGE_TIMEOUT),
     )?;
+    let cpu = procs::CpuTimes::now().since(cpu_before);
     // Let the pass finish its status writes before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let writes =
@@ -369,6 +374,7 @@ async fn timed_change(
         nudged,
         applied,
         writes,
+        cpu,
     })
 }
 

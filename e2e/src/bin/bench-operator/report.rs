@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::procs::CpuTimes;
 use super::{Change, services, workloads};
 
 fn percentile(samples: &[Duration], p: f64) -> Duration {
@@ -109,6 +110,47 @@ pub fn report(
             .collect();
         format!("| {name} | {} |\n", cells.join(", "))
     };
+    // CPU time per change, by process, and all of it against what two cores give in the time
+    // the change took: the median over the rounds.
+    let cpu_row = |name: &str, changes: &[Change]| {
+        let median = |pick: &dyn Fn(&Change) -> f64| {
+            let mut samples: Vec<f64> = changes.iter().map(pick).collect();
+            samples.sort_by(f64::total_cmp);
+            samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+        };
+        let all = |c: &CpuTimes| {
+            [
+                c.apiserver,
+                c.etcd,
+                c.kubelet,
+                c.operator,
+                c.proxies,
+                c.benchmark,
+            ]
+            .iter()
+            .sum::<Duration>()
+            .as_secs_f64()
+        };
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+        let picks: [&dyn Fn(&CpuTimes) -> Duration; 6] = [
+            &|c| c.apiserver,
+            &|c| c.etcd,
+            &|c| c.kubelet,
+            &|c| c.operator,
+            &|c| c.proxies,
+            &|c| c.benchmark,
+        ];
+        let cells: Vec<String> = picks
+            .iter()
+            .map(|pick| format!("{:.2} s", median(&|c| pick(&c.cpu).as_secs_f64())))
+            .collect();
+        format!(
+            "| {name} | {} | {:.2} s | {:.0} % |\n",
+            cells.join(" | "),
+            median(&|c| all(&c.cpu)),
+            100.0 * median(&|c| all(&c.cpu) / (cores * c.applied.as_secs_f64())),
+        )
+    };
     let stored = |size: usize, json: usize| {
         if size < json {
             format!(
@@ -134,6 +176,10 @@ pub fn report(
          API write requests per change (the API server's `apiserver_request_total`, median of the rounds, \
          whatever wrote them: the operator's ConfigMaps, pod nudges and statuses, leader-election renewals, the kubelet's pod statuses):\n\n\
          | change | writes by resource |\n|---|---|\n{}{}\n\
+         CPU time spent on this machine per change, from the `patch` until every running proxy applied it (`/proc`, median of the rounds): \
+         the processes that share its cores, and all of them against what the cores give in the time the change took.\n\n\
+         | change | API server | etcd | kubelet | operator (2 replicas) | {running} proxies | this benchmark | all | of the cores |\n\
+         |---|---|---|---|---|---|---|---|---|\n{}{}\n\
          | measure | value | target |\n|---|---|---|\n\
          | initial convergence ({workloads} configs and certificates) | {:.1} s | — |\n\
          | operator peak RSS (VmHWM) | {peak_mib:.1} MiB | < 256 MiB |\n\
@@ -158,6 +204,8 @@ pub fn report(
         server.len(),
         writes("server side", server),
         writes("client side", client),
+        cpu_row("server side", server),
+        cpu_row("client side", client),
         converged.as_secs_f64(),
         configs_all.as_secs_f64(),
         meshed.pod_bytes,
