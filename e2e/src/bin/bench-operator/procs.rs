@@ -87,6 +87,19 @@ impl CpuTimes {
         }
     }
 
+    /// Each process's time, in the report's column order: API server, etcd, kubelet, operator,
+    /// proxies, benchmark.
+    pub fn each(&self) -> [Duration; 6] {
+        [
+            self.apiserver,
+            self.etcd,
+            self.kubelet,
+            self.operator,
+            self.proxies,
+            self.benchmark,
+        ]
+    }
+
     /// What was spent from `before` to `self`.
     pub fn since(self, before: Self) -> Self {
         let minus = |a: Duration, b: Duration| a.saturating_sub(b);

@@ -13,6 +13,12 @@ fn percentile(samples: &[Duration], p: f64) -> Duration {
     sorted.get(index).copied().unwrap_or_default()
 }
 
+/// The median of `samples` (the upper one of an even count).
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
 /// `p50 / p99` of one measure over the rounds.
 fn spread(changes: &[Change], measure: impl Fn(&Change) -> Duration) -> String {
     let samples: Vec<Duration> = changes.iter().map(measure).collect();
@@ -100,12 +106,10 @@ pub fn report(
         let cells: Vec<String> = resources
             .into_iter()
             .map(|resource| {
-                let mut counts: Vec<f64> = changes
+                let counts = changes
                     .iter()
-                    .map(|c| c.writes.get(resource).copied().unwrap_or(0.0))
-                    .collect();
-                counts.sort_by(f64::total_cmp);
-                format!("{resource} {}", counts[counts.len() / 2])
+                    .map(|c| c.writes.get(resource).copied().unwrap_or(0.0));
+                format!("{resource} {}", median(counts.collect()))
             })
             .collect();
         format!("| {name} | {} |\n", cells.join(", "))
@@ -113,42 +117,21 @@ pub fn report(
     // CPU time per change, by process, and all of it against what two cores give in the time
     // the change took: the median over the rounds.
     let cpu_row = |name: &str, changes: &[Change]| {
-        let median = |pick: &dyn Fn(&Change) -> f64| {
-            let mut samples: Vec<f64> = changes.iter().map(pick).collect();
-            samples.sort_by(f64::total_cmp);
-            samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
-        };
-        let all = |c: &CpuTimes| {
-            [
-                c.apiserver,
-                c.etcd,
-                c.kubelet,
-                c.operator,
-                c.proxies,
-                c.benchmark,
-            ]
-            .iter()
-            .sum::<Duration>()
-            .as_secs_f64()
-        };
+        let over_rounds =
+            |pick: &dyn Fn(&Change) -> f64| median(changes.iter().map(pick).collect());
+        let all = |c: &CpuTimes| c.each().iter().sum::<Duration>().as_secs_f64();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
-        let picks: [&dyn Fn(&CpuTimes) -> Duration; 6] = [
-            &|c| c.apiserver,
-            &|c| c.etcd,
-            &|c| c.kubelet,
-            &|c| c.operator,
-            &|c| c.proxies,
-            &|c| c.benchmark,
-        ];
-        let cells: Vec<String> = picks
-            .iter()
-            .map(|pick| format!("{:.2} s", median(&|c| pick(&c.cpu).as_secs_f64())))
+        let cells: Vec<String> = (0..CpuTimes::default().each().len())
+            .map(|column| {
+                let spent = over_rounds(&|c| c.cpu.each()[column].as_secs_f64());
+                format!("{spent:.2} s")
+            })
             .collect();
         format!(
             "| {name} | {} | {:.2} s | {:.0} % |\n",
             cells.join(" | "),
-            median(&|c| all(&c.cpu)),
-            100.0 * median(&|c| all(&c.cpu) / (cores * c.applied.as_secs_f64())),
+            over_rounds(&|c| all(&c.cpu)),
+            100.0 * over_rounds(&|c| all(&c.cpu) / (cores * c.applied.as_secs_f64())),
         )
     };
     let stored = |size: usize, json: usize| {
