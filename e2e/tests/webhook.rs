@@ -57,6 +57,30 @@ fn names(containers: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The volume each container of `pod` has at the API token's path, as the API server stored the
+/// pod: its ServiceAccount admission mounts the token in every container that has nothing there.
+fn token_dir_volumes(pod: &Value) -> std::collections::BTreeMap<String, String> {
+    let spec = &pod["spec"];
+    let containers = spec["initContainers"].as_array().into_iter().flatten();
+    containers
+        .chain(spec["containers"].as_array().into_iter().flatten())
+        .map(|container| {
+            let at_token_dir = container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["mountPath"] == "/var/run/secrets/kubernetes.io/serviceaccount");
+            let volume = at_token_dir
+                .and_then(|m| m["name"].as_str())
+                .unwrap_or("none");
+            (
+                container["name"].as_str().unwrap_or("").to_owned(),
+                volume.to_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Waits until the operator has put the CA into the webhook configuration.
 fn webhook_ready(cluster: &Cluster) -> anyhow::Result<()> {
     eventually(Duration::from_secs(90), || {
@@ -117,6 +141,15 @@ fn pods_in_labelled_namespaces_are_injected_by_the_api_server_and_others_are_not
         ensure!(
             pod["metadata"]["annotations"]["braid.dev/injected"].is_string(),
             "injected annotation missing"
+        );
+        let token_volumes = token_dir_volumes(pod);
+        ensure!(
+            token_volumes.get("braid-init").map(String::as_str) == Some("braid-no-token")
+                && token_volumes.get("braid-proxy").map(String::as_str) == Some("braid-no-token")
+                && token_volumes
+                    .get("app")
+                    .is_some_and(|v| v.starts_with("kube-api-access-")),
+            "the API token is kept out of Braid's containers alone: {token_volumes:?}"
         );
     }
     // With the proxy image installed, the injected pods start: braid-init installs the rules and

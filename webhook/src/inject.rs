@@ -30,6 +30,14 @@ pub const INJECTED_ANNOTATION: &str = "braid.dev/injected";
 const PROXY_UID: i64 = braid_sidecar::PROXY_UID as i64;
 /// The proxy's admin port (as Kubernetes types it).
 const ADMIN_PORT: i32 = braid_sidecar::ADMIN_PORT as i32;
+/// Where the API server's ServiceAccount admission mounts the pod's API token, in every
+/// container that has nothing else mounted there.
+pub const SERVICE_ACCOUNT_TOKEN_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// The empty volume mounted over [`SERVICE_ACCOUNT_TOKEN_DIR`] in Braid's containers. Neither
+/// needs the pod's API token (the operator writes their config and certificates), and neither
+/// should hold it: braid-init runs as root with `NET_ADMIN`, and a proxy that held the token
+/// could act as the application. The application's containers keep theirs.
+pub const NO_TOKEN_VOLUME: &str = "braid-no-token";
 
 /// What the mesh says about the injected containers.
 #[derive(Clone, Debug, PartialEq)]
@@ -240,7 +248,10 @@ fn init_container(settings: &InjectSettings, args: Vec<String>) -> Container {
             ..Default::default()
         }),
         // iptables takes its lock under /run; the root filesystem stays read-only.
-        volume_mounts: Some(vec![mount("braid-xtables", "/run", false)]),
+        volume_mounts: Some(vec![
+            mount("braid-xtables", "/run", false),
+            mount(NO_TOKEN_VOLUME, SERVICE_ACCOUNT_TOKEN_DIR, true),
+        ]),
         ..Default::default()
     }
 }
@@ -333,6 +344,7 @@ fn proxy_container(settings: &InjectSettings, workload: &str, app_probes: &str) 
         volume_mounts: Some(vec![
             mount("braid-config", "/etc/braid/config", true),
             mount("braid-identity", "/etc/braid/identity", true),
+            mount(NO_TOKEN_VOLUME, SERVICE_ACCOUNT_TOKEN_DIR, true),
         ]),
         ..Default::default()
     }
@@ -350,7 +362,8 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 /// The workload's ConfigMap with the namespace's destinations beside it, in one projected
 /// volume so that the kubelet swaps both files at once, and the workload's Secret (all optional:
 /// the operator writes them once the pod, and so the workload, exists; without `subPath`, so
-/// the kubelet swaps in updates), and iptables' lock dir. The operator writes the workload's
+/// the kubelet swaps in updates), iptables' lock dir, and the empty dir that keeps the pod's API
+/// token out of Braid's containers. The operator writes the workload's
 /// `proxy.json` without destinations only for pods that mount the namespace's file.
 fn volumes(workload: &str) -> Vec<Volume> {
     let config_map = |name: String| VolumeProjection {
@@ -388,6 +401,11 @@ fn volumes(workload: &str) -> Vec<Volume> {
                 medium: Some("Memory".into()),
                 ..Default::default()
             }),
+            ..Default::default()
+        },
+        Volume {
+            name: NO_TOKEN_VOLUME.into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         },
     ]
