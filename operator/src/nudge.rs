@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 
 use crate::workload::{WorkloadKey, workload_of};
+use crate::write::MANAGER;
 
 /// The pod annotation that carries the hash of the `proxy.json` the pod should run.
 pub const CONFIG_HASH_ANNOTATION: &str = "braid.dev/config-hash";
@@ -44,6 +45,15 @@ pub fn pods_to_nudge<'a>(pods: &'a [Arc<Pod>], workload: &WorkloadKey, hash: &st
         })
         .filter_map(|pod| pod.metadata.name.as_deref())
         .collect()
+}
+
+/// A nudge's patch, owned by the operator in the pod's managed fields (an unnamed patch shows
+/// there as `unknown`).
+fn nudge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    }
 }
 
 /// How long a nudge waits for the operator's own watch to bring back the ConfigMap it follows.
@@ -80,7 +90,7 @@ pub async fn nudge(
     let mut patched = 0;
     for name in pods_to_nudge(pods, workload, hash) {
         match api
-            .patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch_metadata(name, &nudge_params(), &Patch::Merge(&patch))
             .await
         {
             Ok(_) => patched += 1,
@@ -107,7 +117,7 @@ pub async fn nudge_again(client: &kube::Client, pod: &str, value: &str) {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {RESYNC_ANNOTATION: value}}});
     match api
-        .patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch_metadata(name, &nudge_params(), &Patch::Merge(&patch))
         .await
     {
         Ok(_) => tracing::info!("pod {pod} still runs an older config: nudged again"),
