@@ -6,6 +6,10 @@
 //! operator and the API server they are scheduled pods like any other: the operator nudges each
 //! (one pod patch per change, what a running pod costs), only no proxy ever reads its file. The
 //! pods that do run (every [`RUNNING_EVERY`]th workload) show when a change is applied.
+//!
+//! A pod write costs the API server in proportion to the pod's size, and a running pod's status
+//! (written by its kubelet) is as large as its spec, so the hollow pods are given the status a
+//! running one has ([`give_hollow_pods_a_status`]).
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +17,7 @@ use anyhow::bail;
 use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use super::workloads;
@@ -176,6 +180,60 @@ pub async fn create_plain_pods(client: &kube::Client, namespace: &str) -> anyhow
         })
         .buffer_unordered(8);
     while let Some(done) = created.next().await {
+        done?;
+    }
+    Ok(())
+}
+
+/// The status the kubelet wrote for the running pod `model` in `namespace`, as a hollow pod is
+/// given it: phase `Pending` and no IP, so that the operator does not read back a proxy that is
+/// not there (it reads those of running pods with an IP); with `init_containers: false`, without
+/// the init containers' statuses (a pod without Braid's containers).
+pub async fn status_of_running_pod(
+    client: &kube::Client,
+    namespace: &str,
+    model: &str,
+    init_containers: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = pods.get(model).await?;
+    let mut status = serde_json::to_value(pod.status)?;
+    let Some(fields) = status.as_object_mut() else {
+        bail!("pod {namespace}/{model} has no status");
+    };
+    fields.insert("phase".into(), json!("Pending"));
+    for ip in ["podIP", "podIPs"] {
+        fields.remove(ip);
+    }
+    if !init_containers {
+        fields.remove("initContainerStatuses");
+    }
+    Ok(status)
+}
+
+/// Writes `status` on every pod in `namespace` that is bound to [`HOLLOW_NODE`], 32 at a time.
+pub async fn give_hollow_pods_a_status(
+    client: &kube::Client,
+    namespace: &str,
+    status: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let patch = json!({ "status": status });
+    let hollow = ListParams::default().fields(&format!("spec.nodeName={HOLLOW_NODE}"));
+    let names: Vec<String> = (pods.list_metadata(&hollow).await?.items.into_iter())
+        .filter_map(|pod| pod.metadata.name)
+        .collect();
+    let mut written = futures::stream::iter(names)
+        .map(|name| {
+            let (pods, patch) = (&pods, &patch);
+            async move {
+                pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
+                    .await?;
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(32);
+    while let Some(done) = written.next().await {
         done?;
     }
     Ok(())

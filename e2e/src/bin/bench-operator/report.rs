@@ -148,6 +148,8 @@ pub fn report(
          `destinations.json` ({}) in one projected volume. \
          {running} of the workloads' pods run on the test node with their proxies; the others are bound to a node no kubelet runs, \
          so the operator nudges every one of the {workloads} pods as it would running ones, and only the running proxies can show the change applied. \
+         Those others carry the status the kubelet wrote for a running one, so that a nudge writes a pod of a running pod's size, \
+         except that their phase stays Pending and they have no IP (the operator reads back the proxies of running pods only). \
          Machine: {} cores, {cpu}; the test cluster (kubelet `syncFrequency` 1 min, the upstream default), the operator (2 replicas) and this benchmark share it.\n\n\
          | MeshPolicy change | rounds | ConfigMaps written p50 / p99 | pods nudged p50 / p99 | applied by the running proxies p50 / p99 | baseline | applied p99 / baseline |\n|---|---|---|---|---|---|---|\n{}{}\n\
          Each time runs from the `patch` of the MeshPolicy to the last affected object: ConfigMap rewritten (the {selected} workloads' `proxy.json` \
@@ -168,7 +170,7 @@ pub fn report(
          | operator peak RSS (VmHWM) | {peak_mib:.1} MiB | < 256 MiB |\n\
          | the API server storing {workloads} ConfigMaps of the destinations file's size, 32 at a time (what a client-side change cost when every `proxy.json` carried the destinations) | {:.2} s | — |\n\
          | the API server taking an annotation on each of the {workloads} pods, 32 at a time (the nudges alone; a pod of {} bytes with managed fields): time, and the API server's CPU per pod | {:.2} s, {} | — |\n\
-         | the same on {workloads} pods without Braid's containers (the app container alone; a pod of {} bytes) | {:.2} s, {} | — |\n",
+         | the same on {workloads} pods without Braid's containers (the app container alone, and a running pod's status without the init containers'; a pod of {} bytes) | {:.2} s, {} | — |\n",
         stored(document, document_json),
         stored(destinations, destinations_json),
         std::thread::available_parallelism()
