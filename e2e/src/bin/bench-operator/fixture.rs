@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use futures::StreamExt as _;
+use futures::TryStreamExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -169,8 +169,8 @@ fn pod(i: usize, runs: bool) -> serde_json::Value {
 pub async fn create_plain_pods(client: &kube::Client, namespace: &str) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let create = PostParams::default();
-    let mut created = futures::stream::iter(0..workloads())
-        .map(|i| {
+    futures::stream::iter((0..workloads()).map(Ok))
+        .try_for_each_concurrent(8, |i| {
             let (pods, create) = (&pods, &create);
             async move {
                 pods.create(create, &serde_json::from_value(pod(i, false))?)
@@ -178,11 +178,7 @@ pub async fn create_plain_pods(client: &kube::Client, namespace: &str) -> anyhow
                 Ok::<_, anyhow::Error>(())
             }
         })
-        .buffer_unordered(8);
-    while let Some(done) = created.next().await {
-        done?;
-    }
-    Ok(())
+        .await
 }
 
 /// The status the kubelet wrote for the running pod `model` in `namespace`, as a hollow pod is
@@ -223,8 +219,8 @@ pub async fn give_hollow_pods_a_status(
     let names: Vec<String> = (pods.list_metadata(&hollow).await?.items.into_iter())
         .filter_map(|pod| pod.metadata.name)
         .collect();
-    let mut written = futures::stream::iter(names)
-        .map(|name| {
+    futures::stream::iter(names.into_iter().map(Ok))
+        .try_for_each_concurrent(32, |name| {
             let (pods, patch) = (&pods, &patch);
             async move {
                 pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch))
@@ -232,9 +228,5 @@ pub async fn give_hollow_pods_a_status(
                 Ok::<_, anyhow::Error>(())
             }
         })
-        .buffer_unordered(32);
-    while let Some(done) = written.next().await {
-        done?;
-    }
-    Ok(())
+        .await
 }
