@@ -183,13 +183,11 @@ pub async fn create_plain_pods(client: &kube::Client, namespace: &str) -> anyhow
 
 /// The status the kubelet wrote for the running pod `model` in `namespace`, as a hollow pod is
 /// given it: phase `Pending` and no IP, so that the operator does not read back a proxy that is
-/// not there (it reads those of running pods with an IP); with `init_containers: false`, without
-/// the init containers' statuses (a pod without Braid's containers).
+/// not there (it reads those of running pods with an IP).
 pub async fn status_of_running_pod(
     client: &kube::Client,
     namespace: &str,
     model: &str,
-    init_containers: bool,
 ) -> anyhow::Result<serde_json::Value> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pod = pods.get(model).await?;
@@ -201,10 +199,16 @@ pub async fn status_of_running_pod(
     for ip in ["podIP", "podIPs"] {
         fields.remove(ip);
     }
-    if !init_containers {
+    Ok(status)
+}
+
+/// `status` as a pod without init containers (without Braid's) has it.
+pub fn without_init_containers(status: &serde_json::Value) -> serde_json::Value {
+    let mut status = status.clone();
+    if let Some(fields) = status.as_object_mut() {
         fields.remove("initContainerStatuses");
     }
-    Ok(status)
+    status
 }
 
 /// Writes `status` on every pod in `namespace` that is bound to [`HOLLOW_NODE`], 32 at a time.
@@ -216,10 +220,10 @@ pub async fn give_hollow_pods_a_status(
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let patch = json!({ "status": status });
     let hollow = ListParams::default().fields(&format!("spec.nodeName={HOLLOW_NODE}"));
-    let names: Vec<String> = (pods.list_metadata(&hollow).await?.items.into_iter())
+    let names = (pods.list_metadata(&hollow).await?.items.into_iter())
         .filter_map(|pod| pod.metadata.name)
-        .collect();
-    futures::stream::iter(names.into_iter().map(Ok))
+        .map(Ok);
+    futures::stream::iter(names)
         .try_for_each_concurrent(32, |name| {
             let (pods, patch) = (&pods, &patch);
             async move {

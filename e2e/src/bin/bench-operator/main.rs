@@ -89,11 +89,8 @@ async fn main() -> anyhow::Result<()> {
     let running = (0..workloads).filter(|i| fixture::runs(*i)).count();
     let proxies = applied::running_proxies(&client, NS, running, Duration::from_secs(600)).await?;
     eprintln!("{} proxies running", proxies.len());
-    let model = format!(
-        "w-{}",
-        (0..workloads).find(|i| fixture::runs(*i)).unwrap_or(0)
-    );
-    let running_status = fixture::status_of_running_pod(&client, NS, &model, true).await?;
+    let model = proxies.keys().next().context("no proxy runs")?;
+    let running_status = fixture::status_of_running_pod(&client, NS, model).await?;
     fixture::give_hollow_pods_a_status(&client, NS, &running_status).await?;
 
     let policies: Api<kube::api::DynamicObject> =
@@ -152,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(SETTLE).await;
     let meshed = baselines::annotate_every_pod(&client, NS, 32).await?;
     fixture::create_plain_pods(&client, BASELINE_NS).await?;
-    let plain_status = fixture::status_of_running_pod(&client, NS, &model, false).await?;
+    let plain_status = fixture::without_init_containers(&running_status);
     fixture::give_hollow_pods_a_status(&client, BASELINE_NS, &plain_status).await?;
     tokio::time::sleep(SETTLE).await;
     let plain = baselines::annotate_every_pod(&client, BASELINE_NS, 32).await?;
