@@ -122,16 +122,9 @@ pub async fn create(client: &kube::Client, namespace: &str) -> anyhow::Result<()
         services
             .create(&create, &serde_json::from_value(service)?)
             .await?;
-        let endpoints: Vec<_> = (0..2)
-            .map(|k| {
-                let i = 2 * j + k;
-                json!({"addresses": [format!("10.250.{}.{}", i / 250, i % 250 + 1)], "conditions": {"ready": true},
-                       "targetRef": {"kind": "Pod", "name": format!("w-{i}"), "namespace": namespace}})
-            })
-            .collect();
         let slice = json!({
-            "metadata": {"name": format!("svc-{j}-bench"), "labels": {"kubernetes.io/service-name": format!("svc-{j}")}},
-            "addressType": "IPv4", "endpoints": endpoints, "ports": [{"name": "http", "port": 8080}]
+            "metadata": {"name": slice_name(j), "labels": {"kubernetes.io/service-name": format!("svc-{j}")}},
+            "addressType": "IPv4", "endpoints": endpoints(namespace, j, true), "ports": [{"name": "http", "port": 8080}]
         });
         slices
             .create(&create, &serde_json::from_value(slice)?)
@@ -148,6 +141,24 @@ pub async fn create(client: &kube::Client, namespace: &str) -> anyhow::Result<()
             .await?;
     }
     Ok(())
+}
+
+/// The EndpointSlice of Service `svc-<j>`, which this benchmark writes.
+pub fn slice_name(j: usize) -> String {
+    format!("svc-{j}-bench")
+}
+
+/// The endpoints of Service `svc-<j>`: the pods of its two workloads, the first one `ready` or
+/// not (the second always is).
+pub fn endpoints(namespace: &str, j: usize, first_ready: bool) -> serde_json::Value {
+    let endpoints: Vec<_> = (0..2)
+        .map(|k| {
+            let i = 2 * j + k;
+            json!({"addresses": [format!("10.250.{}.{}", i / 250, i % 250 + 1)], "conditions": {"ready": k == 1 || first_ready},
+                   "targetRef": {"kind": "Pod", "name": format!("w-{i}"), "namespace": namespace}})
+        })
+        .collect();
+    json!(endpoints)
 }
 
 /// Workload `i`'s pod as this benchmark creates it (the webhook adds Braid's containers in a

@@ -11,7 +11,8 @@
 //!
 //! and the time from the `patch` to the last affected ConfigMap written, to the last affected
 //! pod nudged, and to the last running proxy running the new files, with the API server's write
-//! requests per change by resource. The baselines, in the same run: the API server storing 100
+//! requests per change by resource. Then bursts of endpoint changes, as a rollout makes them
+//! (see `burst`): the pod writes one costs, and when every running proxy runs its last change. The baselines, in the same run: the API server storing 100
 //! ConfigMaps of a whole document's size one by one, 1,000 of them 32 at a time (what the
 //! client-side change cost when every `proxy.json` carried the destinations), and taking an
 //! annotation on every pod, 32 at a time as the operator nudges, and on as many pods without
@@ -21,6 +22,7 @@
 
 mod applied;
 mod baselines;
+mod burst;
 mod fixture;
 mod procs;
 mod report;
@@ -138,6 +140,13 @@ async fn main() -> anyhow::Result<()> {
         );
     }
 
+    let mut bursts = Vec::new();
+    for round in 0..iterations {
+        let burst = burst::rollout(&client, &proxies, round).await?;
+        eprintln!("burst {round}: {burst}");
+        bursts.push(burst);
+    }
+
     let document = stored_size(&client, "braid-proxy-w-0", "proxy.json").await?;
     let destinations = stored_size(&client, "braid-destinations", "destinations.json").await?;
     // A whole document, as every workload's was before the split: about the destinations'.
@@ -174,8 +183,11 @@ async fn main() -> anyhow::Result<()> {
     let report = report::report(
         converged,
         proxies.len(),
-        &server_side,
-        &client_side,
+        report::Rounds {
+            server: &server_side,
+            client: &client_side,
+            bursts: &bursts,
+        },
         baselines,
         [document, destinations],
         peak,

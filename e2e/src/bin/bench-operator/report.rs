@@ -3,6 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use super::burst::{self, Burst};
 use super::procs::CpuTimes;
 use super::{Change, services, workloads};
 
@@ -59,15 +60,26 @@ impl Annotated {
     }
 }
 
+/// The rounds measured: server-side changes, client-side changes, bursts.
+pub struct Rounds<'a> {
+    pub server: &'a [Change],
+    pub client: &'a [Change],
+    pub bursts: &'a [Burst],
+}
+
 pub fn report(
     converged: Duration,
     running: usize,
-    server: &[Change],
-    client: &[Change],
+    rounds: Rounds<'_>,
     baselines: Baselines,
     [(document, document_json), (destinations, destinations_json)]: [(usize, usize); 2],
     peak_mib: f64,
 ) -> String {
+    let Rounds {
+        server,
+        client,
+        bursts,
+    } = rounds;
     let Baselines {
         configs_one_by_one,
         configs_all,
@@ -116,22 +128,53 @@ pub fn report(
     };
     // CPU time per change, by process, and all of it against what two cores give in the time
     // the change took: the median over the rounds.
-    let cpu_row = |name: &str, changes: &[Change]| {
+    // Each round's CPU and the time it was spent in.
+    let cpu_row = |name: &str, rounds: &[(CpuTimes, Duration)]| {
         let over_rounds =
-            |pick: &dyn Fn(&Change) -> f64| median(changes.iter().map(pick).collect());
+            |pick: &dyn Fn(&(CpuTimes, Duration)) -> f64| median(rounds.iter().map(pick).collect());
         let all = |c: &CpuTimes| c.each().iter().sum::<Duration>().as_secs_f64();
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
         let cells: Vec<String> = (0..CpuTimes::default().each().len())
             .map(|column| {
-                let spent = over_rounds(&|c| c.cpu.each()[column].as_secs_f64());
+                let spent = over_rounds(&|(cpu, _)| cpu.each()[column].as_secs_f64());
                 format!("{spent:.2} s")
             })
             .collect();
         format!(
             "| {name} | {} | {:.2} s | {:.0} % |\n",
             cells.join(" | "),
-            over_rounds(&|c| all(&c.cpu)),
-            100.0 * over_rounds(&|c| all(&c.cpu) / (cores * c.applied.as_secs_f64())),
+            over_rounds(&|(cpu, _)| all(cpu)),
+            100.0 * over_rounds(&|(cpu, took)| all(cpu) / (cores * took.as_secs_f64())),
+        )
+    };
+    let spent = |changes: &[Change]| -> Vec<(CpuTimes, Duration)> {
+        changes.iter().map(|c| (c.cpu, c.applied)).collect()
+    };
+    let burst_spent: Vec<(CpuTimes, Duration)> =
+        bursts.iter().map(|b| (b.cpu, b.from_first)).collect();
+    let burst_row = {
+        let times = |pick: fn(&Burst) -> Duration| {
+            let samples: Vec<Duration> = bursts.iter().map(pick).collect();
+            format!(
+                "{:.2} s / {:.2} s",
+                percentile(&samples, 0.5).as_secs_f64(),
+                percentile(&samples, 0.99).as_secs_f64()
+            )
+        };
+        let pod_writes = median(
+            bursts
+                .iter()
+                .map(|b| b.writes.get("pods").copied().unwrap_or(0.0))
+                .collect(),
+        );
+        format!(
+            "| {} endpoint changes {} ms apart | {} | {} | {} | {pod_writes} | {} |\n",
+            burst::CHANGES,
+            burst::SPACING.as_millis(),
+            bursts.len(),
+            times(|b| b.from_first),
+            times(|b| b.from_last),
+            burst::CHANGES * workloads,
         )
     };
     let stored = |size: usize, json: usize| {
@@ -164,7 +207,14 @@ pub fn report(
          CPU time spent on this machine per change, from the `patch` until every running proxy applied it (`/proc`, median of the rounds): \
          the processes that share its cores, and all of them against what the cores give in the time the change took.\n\n\
          | change | API server | etcd | kubelet | operator (2 replicas) | {running} proxies | this benchmark | all | of the cores |\n\
-         |---|---|---|---|---|---|---|---|---|\n{}{}\n\
+         |---|---|---|---|---|---|---|---|---|\n{}{}{}\n\
+         A burst of changes, as a rollout makes them: one endpoint of each of {} Services turns not ready (ready again in the next round), \
+         {} ms apart. Each change rewrites the destinations every proxy runs; a nudge wave per change would write every pod once per change. \
+         Times run from the burst's first and from its last `patch` until every running proxy runs the final files (checked against the \
+         hashes of the files the operator last wrote); writes are the API server's, from the first `patch` until no proxy took other files \
+         for 5 s; the CPU row above is the burst's, until the last proxy took its files.\n\n\
+         | burst | rounds | applied after the first change p50 / p99 | applied after the last change p50 / p99 | pod writes (median) | pod writes at one nudge wave per change |\n\
+         |---|---|---|---|---|---|\n{burst_row}\n\
          | measure | value | target |\n|---|---|---|\n\
          | initial convergence ({workloads} configs and certificates) | {:.1} s | — |\n\
          | operator peak RSS (VmHWM) | {peak_mib:.1} MiB | < 256 MiB |\n\
@@ -189,8 +239,11 @@ pub fn report(
         server.len(),
         writes("server side", server),
         writes("client side", client),
-        cpu_row("server side", server),
-        cpu_row("client side", client),
+        cpu_row("server side", &spent(server)),
+        cpu_row("client side", &spent(client)),
+        cpu_row("burst", &burst_spent),
+        burst::CHANGES,
+        burst::SPACING.as_millis(),
         converged.as_secs_f64(),
         configs_all.as_secs_f64(),
         meshed.pod_bytes,
