@@ -25,6 +25,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use sha2::{Digest, Sha256};
 
 use crate::Error;
+use crate::nudge::{Nudged, Superseded};
 use crate::plan::{Plan, Snapshot};
 use crate::workload::{WorkloadKey, workload_of};
 use crate::write::{MANAGER, Written, delete_all, delete_orphans, managed_metadata};
@@ -149,7 +150,8 @@ pub async fn sync_configs(
     snapshot: &Snapshot,
     existing: &[Arc<PartialObjectMeta<ConfigMap>>],
     cache: &Store<PartialObjectMeta<ConfigMap>>,
-) -> Result<(Written, BTreeMap<WorkloadKey, String>), Error> {
+    nudging: &Nudging<'_>,
+) -> Result<SyncedConfigs, Error> {
     let mut written = Written::default();
     // A ConfigMap written before file hashes were recorded has none: it is written once more.
     let recorded: BTreeMap<Key, (&str, &str)> = existing
@@ -214,7 +216,7 @@ pub async fn sync_configs(
                 (file_hash, hash.clone())
             };
             let renewed = split && renewed_namespaces.contains(workload.namespace.as_str());
-            Ok::<_, kube::Error>(Synced {
+            Ok::<_, kube::Error>(WorkloadFiles {
                 workload,
                 name,
                 hash,
@@ -235,25 +237,55 @@ pub async fn sync_configs(
                     .get(synced.workload)
                     .map_or(&[][..], Vec::as_slice);
                 let nudged =
-                    nudge_once_delivered(client, cache, pods, &synced, destinations_hash).await;
+                    nudge_once_delivered(client, cache, pods, &synced, destinations_hash, nudging)
+                        .await;
                 Ok::<_, kube::Error>((synced, nudged))
             }
         })
         .buffer_unordered(WRITE_CONCURRENCY);
+    let mut left_over = BTreeSet::new();
     while let Some(outcome) = writes.next().await {
         let (synced, nudged) = outcome?;
-        written.nudged += nudged;
+        written.nudged += nudged.patched;
+        written.superseded += nudged.superseded;
+        if nudged.superseded > 0 {
+            left_over.insert(synced.workload.clone());
+        }
         written.configs += usize::from(synced.changed);
         desired.insert(synced.workload.clone(), synced.report);
     }
     drop(writes);
 
     written.deleted += delete_unused(client, existing, plan, &destinations.namespaces).await?;
-    Ok((written, desired))
+    Ok(SyncedConfigs {
+        written,
+        desired,
+        left_over,
+    })
+}
+
+/// How a pass nudges pods.
+pub struct Nudging<'a> {
+    /// Whether its nudges are outdated by then.
+    pub superseded: Superseded<'a>,
+    /// The workloads whose pods an earlier pass left to a later one: nudged whether or not
+    /// their files change now.
+    pub left_over: &'a BTreeSet<WorkloadKey>,
+}
+
+/// What [`sync_configs`] did.
+#[derive(Debug, Default)]
+pub struct SyncedConfigs {
+    /// Its writes.
+    pub written: Written,
+    /// The hash each workload's proxies should report.
+    pub desired: BTreeMap<WorkloadKey, String>,
+    /// The workloads whose pods it left to the next pass ([`Superseded`]).
+    pub left_over: BTreeSet<WorkloadKey>,
 }
 
 /// A workload's files after its `proxy.json` was written if it had to be.
-struct Synced<'a> {
+struct WorkloadFiles<'a> {
     workload: &'a WorkloadKey,
     /// Its ConfigMap.
     name: String,
@@ -269,17 +301,19 @@ struct Synced<'a> {
     renewed: bool,
 }
 
-/// Nudges the pods of a workload whose files changed, once the operator's own watch has brought
-/// back what was written (see [`crate::nudge::when_delivered`]); how many it nudged.
+/// Nudges the pods of a workload whose files changed, or that an earlier pass left over, once
+/// the operator's own watch has brought back what was written (see
+/// [`crate::nudge::when_delivered`]).
 async fn nudge_once_delivered(
     client: &kube::Client,
     cache: &Store<PartialObjectMeta<ConfigMap>>,
     pods: &[Arc<Pod>],
-    synced: &Synced<'_>,
+    synced: &WorkloadFiles<'_>,
     destinations_hash: &str,
-) -> usize {
-    if !synced.changed && !synced.renewed {
-        return 0;
+    nudging: &Nudging<'_>,
+) -> Nudged {
+    if !synced.changed && !synced.renewed && !nudging.left_over.contains(synced.workload) {
+        return Nudged::default();
     }
     let namespace = &synced.workload.namespace;
     let holds = |name: &str, want: &str| {
@@ -289,14 +323,16 @@ async fn nudge_once_delivered(
             .is_some_and(|cm| recorded_hashes(&cm).is_some_and(|(hash, _)| hash == want))
     };
     let delivered = crate::nudge::when_delivered(|| {
-        (!synced.changed || holds(&synced.name, &synced.hash))
-            && (!synced.renewed || holds(DESTINATIONS_CONFIG_MAP, destinations_hash))
+        nudging.superseded.now()
+            || (!synced.changed || holds(&synced.name, &synced.hash))
+                && (!synced.renewed || holds(DESTINATIONS_CONFIG_MAP, destinations_hash))
     })
     .await;
     if !delivered {
         tracing::debug!(workload = %synced.workload, "ConfigMap not back from the watch yet; nudging anyway");
     }
-    crate::nudge::nudge(client, pods, synced.workload, &synced.token).await
+    let superseded = &nudging.superseded;
+    crate::nudge::nudge(client, pods, synced.workload, &synced.token, superseded).await
 }
 
 /// The namespaces' destinations files after [`sync_destinations`].

@@ -51,10 +51,15 @@ pub async fn run(
                 false
             }
         };
-        if *leading.borrow() != now_leading {
-            tracing::info!(leading = now_leading, holder, "leadership changed");
-        }
-        leading.send_replace(now_leading);
+        // Receivers hear of a change only: the reconcile loop passes when it takes the lead.
+        leading.send_if_modified(|leads| {
+            let changed = *leads != now_leading;
+            if changed {
+                tracing::info!(leading = now_leading, holder, "leadership changed");
+                *leads = now_leading;
+            }
+            changed
+        });
         tokio::time::sleep(RENEW).await;
     }
 }

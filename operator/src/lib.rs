@@ -12,6 +12,7 @@
 
 pub mod certs;
 pub mod configs;
+pub mod inputs;
 pub mod leader;
 pub mod metrics;
 pub mod nudge;

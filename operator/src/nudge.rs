@@ -14,6 +14,7 @@ use braid_api::WORKLOAD_LABEL;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 
+use crate::inputs::InputChanges;
 use crate::workload::{WorkloadKey, workload_of};
 use crate::write::MANAGER;
 
@@ -78,22 +79,71 @@ pub async fn when_delivered(delivered: impl Fn() -> bool) -> bool {
     true
 }
 
-/// Annotates the pods of `workload` with `hash`; how many were patched.
+/// How long after a pass first left nudges to the next one ([`Superseded`]) the passes after it
+/// may do so too. Long enough for a burst of changes (a `kubectl apply` of several objects, the
+/// endpoints of a rollout's first pods) to cost one wave of nudges; short enough that, under
+/// changes that never stop, a wave still reaches every pod at least every few seconds more than
+/// one wave takes.
+pub const SUPERSEDE_FOR: Duration = Duration::from_secs(3);
+
+/// Whether the nudges of a pass are superseded: an input changed since the pass took its
+/// snapshot ([`crate::inputs`]), so the files they deliver are already outdated, and the next
+/// pass, which runs at once, nudges every pod to newer ones. A wave over 1,000 pods takes
+/// seconds; without this, each change of a burst that comes during it would wait for the wave
+/// to end, and then for a whole wave of its own.
+pub struct Superseded<'a> {
+    inputs: &'a InputChanges,
+    at_snapshot: u64,
+    may_stop: bool,
+}
+
+impl<'a> Superseded<'a> {
+    /// From the input changes counted just before the pass took its snapshot; `may_stop`:
+    /// whether this pass may leave nudges to the next (see [`SUPERSEDE_FOR`]).
+    pub fn since(inputs: &'a InputChanges, at_snapshot: u64, may_stop: bool) -> Self {
+        Self {
+            inputs,
+            at_snapshot,
+            may_stop,
+        }
+    }
+
+    /// Whether nudges not sent yet are left to the next pass.
+    pub fn now(&self) -> bool {
+        self.may_stop && self.inputs.seen() != self.at_snapshot
+    }
+}
+
+/// What nudging one workload's pods did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Nudged {
+    /// Pods patched.
+    pub patched: usize,
+    /// Pods left to the next pass, the nudges being [`Superseded`].
+    pub superseded: usize,
+}
+
+/// Annotates the pods of `workload` with `hash`, until the nudges are `superseded`.
 pub async fn nudge(
     client: &kube::Client,
     pods: &[Arc<Pod>],
     workload: &WorkloadKey,
     hash: &str,
-) -> usize {
+    superseded: &Superseded<'_>,
+) -> Nudged {
     let api: Api<Pod> = Api::namespaced(client.clone(), &workload.namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: hash}}});
-    let mut patched = 0;
+    let mut nudged = Nudged::default();
     for name in pods_to_nudge(pods, workload, hash) {
+        if superseded.now() {
+            nudged.superseded += 1;
+            continue;
+        }
         match api
             .patch_metadata(name, &nudge_params(), &Patch::Merge(&patch))
             .await
         {
-            Ok(_) => patched += 1,
+            Ok(_) => nudged.patched += 1,
             // Gone since the snapshot: nothing to nudge.
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => tracing::warn!(
@@ -103,7 +153,7 @@ pub async fn nudge(
             ),
         }
     }
-    patched
+    nudged
 }
 
 /// Makes the kubelet sync the volumes of `pod` (`namespace/name`) once more, by changing its
@@ -166,6 +216,19 @@ mod tests {
         assert!(when_delivered(third_look).await);
         assert_eq!(looks.into_inner(), 3);
         assert!(!when_delivered(|| false).await);
+    }
+
+    #[test]
+    fn nudges_are_superseded_by_an_input_change_after_the_snapshot_when_they_may_stop() {
+        let inputs = InputChanges::default();
+        inputs.record();
+        let at_snapshot = inputs.seen();
+        let may_stop = Superseded::since(&inputs, at_snapshot, true);
+        let must_finish = Superseded::since(&inputs, at_snapshot, false);
+        assert!(!may_stop.now());
+        inputs.record();
+        assert!(may_stop.now());
+        assert!(!must_finish.now());
     }
 
     #[test]

@@ -1,9 +1,12 @@
-//! The runtime: kube-runtime reflectors keep a cache of every input; any change wakes one
-//! debounced loop that, on the leader, takes a snapshot, plans, and writes the differences.
-//! A full pass is cheap (the plan is pure and in memory; writes are skipped when nothing
-//! changed), which keeps the operator simple and always convergent.
+//! The runtime: kube-runtime reflectors keep a cache of every input; a change (not the
+//! operator's own writes coming back, see [`crate::inputs`]) wakes one debounced loop that, on
+//! the leader, takes a snapshot, plans, and writes the differences. A full pass is cheap (the
+//! plan is pure and in memory; writes are skipped when nothing changed), which keeps the
+//! operator simple and always convergent.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use braid_api::{
@@ -15,16 +18,19 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
 use tokio::sync::{Notify, watch};
 
-use crate::configs::sync_configs;
+use crate::configs::{Nudging, SyncedConfigs, sync_configs};
+use crate::inputs::{self, Counts, InputChanges};
 use crate::metrics::Metrics;
+use crate::nudge::{self, Superseded};
 use crate::plan::{Snapshot, object_key, plan};
 use crate::readback::Readback;
 use crate::status::synced::{Synced, proxy_pods, tally};
+use crate::workload::WorkloadKey;
 use crate::write::{MANAGED_LABEL, MANAGER, load_or_create_ca, sync_identities};
 use crate::{Error, status, webhook_cert};
 
@@ -45,31 +51,70 @@ pub struct Caches {
     meshes: Store<Mesh>,
     config_maps: Store<PartialObjectMeta<ConfigMap>>,
     secrets: Store<PartialObjectMeta<Secret>>,
+    /// Input changes the watches have seen.
+    inputs: Arc<InputChanges>,
 }
 
+/// Keeps `store` of `K` from `watch`; every event that changes an input or an output (see
+/// [`Counts`]) wakes `changed`, and every input change is counted in `inputs`.
 fn reflect_into<K, S>(
     watch: S,
+    counts: Counts<K>,
     changed: Arc<Notify>,
+    inputs: Arc<InputChanges>,
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
     S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     let (store, writer) = reflector::store();
-    let stream = watch.default_backoff().reflect(writer).map(move |event| {
-        if let Err(error) = event {
-            tracing::warn!(%error, kind = %K::kind(&()), "watch error; retrying");
-        }
-        changed.notify_one();
-    });
+    let before = store.clone();
+    // Whether the event last taken wakes the loop: judged against the cache before it is
+    // applied, acted on after.
+    let wakes = Arc::new(AtomicBool::new(true));
+    let judged = wakes.clone();
+    let stream = watch
+        .default_backoff()
+        .map(move |event| {
+            let (input, wake) = match (&counts, &event) {
+                (_, Err(_)) | (Counts::Output, _) => (false, true),
+                (Counts::InputWhen(changed), Ok(watcher::Event::Apply(new))) => {
+                    let input = before
+                        .get(&ObjectRef::from_obj(new))
+                        .is_none_or(|old| changed(&old, new));
+                    (input, input)
+                }
+                _ => (true, true),
+            };
+            if input {
+                inputs.record();
+            }
+            judged.store(wake, Ordering::Relaxed);
+            event
+        })
+        .reflect(writer)
+        .map(move |event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind = %K::kind(&()), "watch error; retrying");
+            }
+            if wakes.load(Ordering::Relaxed) {
+                changed.notify_one();
+            }
+        });
     (store, stream)
+}
+
+/// A custom resource whose status the operator writes: a change counts when it is to the spec.
+fn spec_counts<K: Resource>() -> Counts<K> {
+    Counts::InputWhen(inputs::spec_changed::<K>)
 }
 
 /// A cache of whole objects.
 fn cache<K>(
     api: Api<K>,
     config: watcher::Config,
-    changed: Arc<Notify>,
+    counts: Counts<K>,
+    wake: (&Arc<Notify>, &Arc<InputChanges>),
 ) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
 where
     K: Resource<DynamicType = ()>
@@ -80,7 +125,13 @@ where
         + Sync
         + 'static,
 {
-    reflect_into(watcher(api, config.any_semantic()), changed)
+    let (changed, inputs) = wake;
+    reflect_into(
+        watcher(api, config.any_semantic()),
+        counts,
+        changed.clone(),
+        inputs.clone(),
+    )
 }
 
 impl Caches {
@@ -91,30 +142,36 @@ impl Caches {
     ) -> (Self, impl std::future::Future<Output = ()> + Send + use<>) {
         let all = watcher::Config::default;
         let managed = || watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGER}"));
+        let inputs = Arc::new(InputChanges::default());
+        let wake = (&changed, &inputs);
         let (pods, s1) = cache(
             Api::all(client.clone()),
             all().labels(WORKLOAD_LABEL),
-            changed.clone(),
+            Counts::InputWhen(inputs::pod_changed),
+            wake,
         );
-        let (services, s2) = cache(Api::all(client.clone()), all(), changed.clone());
-        let (slices, s3) = cache(Api::all(client.clone()), all(), changed.clone());
+        let (services, s2) = cache(Api::all(client.clone()), all(), Counts::Input, wake);
+        let (slices, s3) = cache(Api::all(client.clone()), all(), Counts::Input, wake);
         // Every namespace: injection follows the label, and authorization rules are checked
         // against the names.
-        let (namespaces, s4) = cache(Api::all(client.clone()), all(), changed.clone());
-        let (policies, s5) = cache(Api::all(client.clone()), all(), changed.clone());
-        let (routes, s6) = cache(Api::all(client.clone()), all(), changed.clone());
-        let (meshes, s7) = cache(Api::all(client.clone()), all(), changed.clone());
+        let (namespaces, s4) = cache(Api::all(client.clone()), all(), Counts::Input, wake);
+        // Their statuses are the operator's.
+        let (policies, s5) = cache(Api::all(client.clone()), all(), spec_counts(), wake);
+        let (routes, s6) = cache(Api::all(client.clone()), all(), spec_counts(), wake);
+        let (meshes, s7) = cache(Api::all(client.clone()), all(), spec_counts(), wake);
         // Metadata only: the operator needs just its hash and certificate annotations back, and
         // 1,000 proxy configs would otherwise sit in memory.
         let (config_maps, s8) = cache(
             Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
             managed(),
-            changed.clone(),
+            Counts::Output,
+            wake,
         );
         let (secrets, s9) = cache(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             managed(),
-            changed,
+            Counts::Output,
+            wake,
         );
         let streams = futures::stream::select_all([
             s1.boxed(),
@@ -137,6 +194,7 @@ impl Caches {
             meshes,
             config_maps,
             secrets,
+            inputs,
         };
         (caches, streams.for_each(|()| async {}))
     }
@@ -201,13 +259,13 @@ impl Caches {
     }
 }
 
-/// The reconcile loop: waits for a change (or the resync period), debounces, and on the leader
-/// runs a pass. Errors are logged and counted, and the pass is retried after a backoff.
+/// The reconcile loop: waits for a change, the lead, or the resync period, debounces, and on
+/// the leader runs a pass. Errors are logged and counted, and the pass is retried after a backoff.
 pub async fn reconcile_loop(
     client: Client,
     caches: Caches,
     changed: Arc<Notify>,
-    leading: watch::Receiver<bool>,
+    mut leading: watch::Receiver<bool>,
     metrics: Arc<Metrics>,
     readback: Arc<Readback>,
     instance: String,
@@ -218,17 +276,45 @@ pub async fn reconcile_loop(
     };
     let recorder = Recorder::new(client.clone(), reporter);
     let mut backoff = Duration::from_millis(500);
+    // The workloads whose pods the last pass left to this one, and since when passes leave
+    // nudges over ([`nudge::SUPERSEDE_FOR`]).
+    let mut left_over = BTreeSet::new();
+    let mut leaving_since: Option<Instant> = None;
     loop {
-        let _ = tokio::time::timeout(RESYNC, changed.notified()).await;
+        // A replica that takes the lead passes at once, not at the next change.
+        tokio::select! {
+            () = changed.notified() => {}
+            Ok(()) = leading.changed() => {}
+            () = tokio::time::sleep(RESYNC) => {}
+        }
         tokio::time::sleep(DEBOUNCE).await;
         if !*leading.borrow() {
             continue;
         }
         let started = Instant::now();
-        match pass(&client, &caches, &recorder, &readback).await {
+        let may_leave = leaving_since.is_none_or(|since| since.elapsed() < nudge::SUPERSEDE_FOR);
+        match pass(
+            &client,
+            &caches,
+            &recorder,
+            &readback,
+            (&left_over, may_leave),
+        )
+        .await
+        {
             Ok(summary) => {
                 metrics.record_pass(started.elapsed(), None, &summary);
                 backoff = Duration::from_millis(500);
+                if summary.left_over.is_empty() {
+                    leaving_since = None;
+                } else {
+                    tracing::info!(
+                        pods = summary.written.superseded,
+                        "nudges left to the next pass: a newer change came meanwhile"
+                    );
+                    leaving_since.get_or_insert(started);
+                }
+                left_over = summary.left_over;
             }
             Err(error) => {
                 tracing::warn!(%error, "reconcile pass failed; retrying");
@@ -250,6 +336,8 @@ pub struct PassSummary {
     pub ca_not_after: i64,
     /// Meshed workloads.
     pub workloads: usize,
+    /// The workloads whose pods it left to the next pass to nudge.
+    pub left_over: BTreeSet<WorkloadKey>,
 }
 
 /// Creates the cluster's one Mesh with the defaults when there is none, so that
@@ -275,13 +363,18 @@ async fn ensure_default_mesh(client: &Client, caches: &Caches) -> Result<(), Err
     }
 }
 
+/// One pass; `left_over`: the workloads whose pods the last pass left to this one, and
+/// whether this one may leave nudges over too.
 async fn pass(
     client: &Client,
     caches: &Caches,
     recorder: &Recorder,
     readback: &Readback,
+    (left_over, may_leave): (&BTreeSet<WorkloadKey>, bool),
 ) -> Result<PassSummary, Error> {
     ensure_default_mesh(client, caches).await?;
+    // Counted before the snapshot: a change that comes while it is taken supersedes the pass.
+    let inputs_at_snapshot = caches.inputs.seen();
     let snapshot = caches.snapshot();
     let plan = plan(&snapshot);
     let now = k8s_openapi::jiff::Timestamp::now();
@@ -300,8 +393,23 @@ async fn pass(
     )
     .await?;
     let config_maps = caches.config_maps.state();
-    let (mut written, desired) =
-        sync_configs(client, &plan, &snapshot, &config_maps, &caches.config_maps).await?;
+    let nudging = Nudging {
+        superseded: Superseded::since(&caches.inputs, inputs_at_snapshot, may_leave),
+        left_over,
+    };
+    let SyncedConfigs {
+        mut written,
+        desired,
+        left_over,
+    } = sync_configs(
+        client,
+        &plan,
+        &snapshot,
+        &config_maps,
+        &caches.config_maps,
+        &nudging,
+    )
+    .await?;
     readback.want(desired.clone());
     let identities = sync_identities(
         client,
@@ -390,5 +498,6 @@ async fn pass(
         written,
         ca_not_after: ca.not_after,
         workloads: plan.workloads.len(),
+        left_over,
     })
 }

@@ -34,6 +34,9 @@ pub struct Written {
     pub configs: usize,
     /// Pods annotated so that the kubelet swaps their new config in at once ([`crate::nudge`]).
     pub nudged: usize,
+    /// Pods left to the next pass, their nudges superseded by a newer change
+    /// ([`crate::nudge::Superseded`]).
+    pub superseded: usize,
     /// Certificates issued.
     pub certificates: usize,
     /// Objects deleted because their workload is gone.
