@@ -35,7 +35,7 @@ use crate::write::{MANAGER, Written, delete_all, delete_orphans, managed_metadat
 const HASH: &str = "braid.dev/config-hash";
 /// SHA-256 of the file as the kubelet writes it (the gzip bytes when gzipped): what a proxy's
 /// reported hash is made of, so the read-back compares with it ([`crate::readback`]).
-const FILE_HASH: &str = "braid.dev/file-hash";
+pub const FILE_HASH: &str = "braid.dev/file-hash";
 
 /// How many ConfigMap writes are in flight at once, and as many workloads' pod nudges beside
 /// them: enough to hide the API server's round trip (tens of milliseconds under a burst of
@@ -301,6 +301,14 @@ struct WorkloadFiles<'a> {
     renewed: bool,
 }
 
+impl WorkloadFiles<'_> {
+    /// Whether its pods are nudged in this pass: its files were written now, or an earlier pass
+    /// left them over (its nudges superseded), whether or not they changed again since.
+    fn nudges_due(&self, left_over: &BTreeSet<WorkloadKey>) -> bool {
+        self.changed || self.renewed || left_over.contains(self.workload)
+    }
+}
+
 /// Nudges the pods of a workload whose files changed, or that an earlier pass left over, once
 /// the operator's own watch has brought back what was written (see
 /// [`crate::nudge::when_delivered`]).
@@ -312,7 +320,7 @@ async fn nudge_once_delivered(
     destinations_hash: &str,
     nudging: &Nudging<'_>,
 ) -> Nudged {
-    if !synced.changed && !synced.renewed && !nudging.left_over.contains(synced.workload) {
+    if !synced.nudges_due(nudging.left_over) {
         return Nudged::default();
     }
     let namespace = &synced.workload.namespace;
@@ -411,4 +419,37 @@ async fn delete_unused(
         delete_orphans(client, &workload_configs, plan, proxy_config_map_name).await?
             + delete_all(client, &unused_destinations).await?,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_an_earlier_pass_left_over_are_nudged_though_their_files_did_not_change() {
+        let (order, payment) = (
+            WorkloadKey {
+                namespace: "shop".into(),
+                name: "order".into(),
+            },
+            WorkloadKey {
+                namespace: "shop".into(),
+                name: "payment".into(),
+            },
+        );
+        let files = |workload, changed, renewed| WorkloadFiles {
+            workload,
+            name: proxy_config_map_name(&workload.name),
+            hash: "h".into(),
+            report: "r".into(),
+            token: "t".into(),
+            changed,
+            renewed,
+        };
+        let left_over = BTreeSet::from([order.clone()]);
+        assert!(files(&order, false, false).nudges_due(&left_over));
+        assert!(!files(&payment, false, false).nudges_due(&left_over));
+        assert!(files(&payment, true, false).nudges_due(&left_over));
+        assert!(files(&payment, false, true).nudges_due(&left_over));
+    }
 }

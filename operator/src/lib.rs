@@ -10,6 +10,7 @@
 //! ([`configs`], [`write`], [`status`]), and read back which config each running proxy has in force
 //! ([`readback`]). Only the replica holding the Lease ([`leader`]) writes and reads back.
 
+pub mod caches;
 pub mod certs;
 pub mod configs;
 pub mod inputs;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
 use axum::routing::get;
-use braid_operator::{leader, metrics::Metrics, readback, run};
+use braid_operator::{caches, leader, metrics::Metrics, readback, run};
 use tokio::sync::{Notify, watch};
 
 /// Settings from the environment, all read before anything starts.
@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
 
     let pod_name = settings.pod_name.clone();
     let changed = Arc::new(Notify::new());
-    let (caches, watches) = run::Caches::start(&client, changed.clone());
+    let (caches, watches) = caches::Caches::start(&client, changed.clone());
     let metrics = Arc::new(Metrics::default());
     let (leading_tx, leading) = watch::channel(!settings.leader_election);
     let ready = Arc::new(AtomicBool::new(false));

@@ -1,263 +1,34 @@
-//! The runtime: kube-runtime reflectors keep a cache of every input; a change (not the
-//! operator's own writes coming back, see [`crate::inputs`]) wakes one debounced loop that, on
-//! the leader, takes a snapshot, plans, and writes the differences. A full pass is cheap (the
+//! The runtime: the caches ([`crate::caches`]) hold every input; a change (not the operator's
+//! own writes coming back, see [`crate::inputs`]) wakes one debounced loop that, on the
+//! leader, takes a snapshot, plans, and writes the differences. A full pass is cheap (the
 //! plan is pure and in memory; writes are skipped when nothing changed), which keeps the
 //! operator simple and always convergent.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use braid_api::{
-    INJECT_LABEL, MESH_NAME, Mesh, MeshPolicy, MeshRoute, MeshSpec, WORKLOAD_LABEL, duration,
-};
-use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use braid_api::{MESH_NAME, Mesh, MeshSpec, duration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::core::PartialObjectMeta;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
 use tokio::sync::{Notify, watch};
 
+use crate::caches::Caches;
 use crate::configs::{Nudging, SyncedConfigs, sync_configs};
-use crate::inputs::{self, Counts, InputChanges};
 use crate::metrics::Metrics;
 use crate::nudge::{self, Superseded};
-use crate::plan::{Snapshot, object_key, plan};
+use crate::plan::{object_key, plan};
 use crate::readback::Readback;
 use crate::status::synced::{Synced, proxy_pods, tally};
 use crate::workload::WorkloadKey;
-use crate::write::{MANAGED_LABEL, MANAGER, load_or_create_ca, sync_identities};
+use crate::write::{MANAGER, load_or_create_ca, sync_identities};
 use crate::{Error, status, webhook_cert};
 
 /// How long the loop waits for more changes before a pass.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A pass runs at least this often, to renew certificates.
 const RESYNC: Duration = Duration::from_secs(30);
-
-/// The caches of everything the operator reads.
-#[derive(Clone)]
-pub struct Caches {
-    pods: Store<Pod>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    namespaces: Store<Namespace>,
-    policies: Store<MeshPolicy>,
-    routes: Store<MeshRoute>,
-    meshes: Store<Mesh>,
-    config_maps: Store<PartialObjectMeta<ConfigMap>>,
-    secrets: Store<PartialObjectMeta<Secret>>,
-    /// Input changes the watches have seen.
-    inputs: Arc<InputChanges>,
-}
-
-/// Keeps `store` of `K` from `watch`; every event that changes an input or an output (see
-/// [`Counts`]) wakes `changed`, and every input change is counted in `inputs`.
-fn reflect_into<K, S>(
-    watch: S,
-    counts: Counts<K>,
-    changed: Arc<Notify>,
-    inputs: Arc<InputChanges>,
-) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
-where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-    S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-{
-    let (store, writer) = reflector::store();
-    let before = store.clone();
-    // Whether the event last taken wakes the loop: judged against the cache before it is
-    // applied, acted on after.
-    let wakes = Arc::new(AtomicBool::new(true));
-    let judged = wakes.clone();
-    let stream = watch
-        .default_backoff()
-        .map(move |event| {
-            let (input, wake) = match (&counts, &event) {
-                (_, Err(_)) | (Counts::Output, _) => (false, true),
-                (Counts::InputWhen(changed), Ok(watcher::Event::Apply(new))) => {
-                    let input = before
-                        .get(&ObjectRef::from_obj(new))
-                        .is_none_or(|old| changed(&old, new));
-                    (input, input)
-                }
-                _ => (true, true),
-            };
-            if input {
-                inputs.record();
-            }
-            judged.store(wake, Ordering::Relaxed);
-            event
-        })
-        .reflect(writer)
-        .map(move |event| {
-            if let Err(error) = event {
-                tracing::warn!(%error, kind = %K::kind(&()), "watch error; retrying");
-            }
-            if wakes.load(Ordering::Relaxed) {
-                changed.notify_one();
-            }
-        });
-    (store, stream)
-}
-
-/// A custom resource whose status the operator writes: a change counts when it is to the spec.
-fn spec_counts<K: Resource>() -> Counts<K> {
-    Counts::InputWhen(inputs::spec_changed::<K>)
-}
-
-/// A cache of whole objects.
-fn cache<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    counts: Counts<K>,
-    wake: (&Arc<Notify>, &Arc<InputChanges>),
-) -> (Store<K>, impl Stream<Item = ()> + Send + 'static)
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (changed, inputs) = wake;
-    reflect_into(
-        watcher(api, config.any_semantic()),
-        counts,
-        changed.clone(),
-        inputs.clone(),
-    )
-}
-
-impl Caches {
-    /// Starts every watch; the returned future drives them and never ends.
-    pub fn start(
-        client: &Client,
-        changed: Arc<Notify>,
-    ) -> (Self, impl std::future::Future<Output = ()> + Send + use<>) {
-        let all = watcher::Config::default;
-        let managed = || watcher::Config::default().labels(&format!("{MANAGED_LABEL}={MANAGER}"));
-        let inputs = Arc::new(InputChanges::default());
-        let wake = (&changed, &inputs);
-        let (pods, s1) = cache(
-            Api::all(client.clone()),
-            all().labels(WORKLOAD_LABEL),
-            Counts::InputWhen(inputs::pod_changed),
-            wake,
-        );
-        let (services, s2) = cache(Api::all(client.clone()), all(), Counts::Input, wake);
-        let (slices, s3) = cache(Api::all(client.clone()), all(), Counts::Input, wake);
-        // Every namespace: injection follows the label, and authorization rules are checked
-        // against the names.
-        let (namespaces, s4) = cache(Api::all(client.clone()), all(), Counts::Input, wake);
-        // Their statuses are the operator's.
-        let (policies, s5) = cache(Api::all(client.clone()), all(), spec_counts(), wake);
-        let (routes, s6) = cache(Api::all(client.clone()), all(), spec_counts(), wake);
-        let (meshes, s7) = cache(Api::all(client.clone()), all(), spec_counts(), wake);
-        // Metadata only: the operator needs just its hash and certificate annotations back, and
-        // 1,000 proxy configs would otherwise sit in memory.
-        let (config_maps, s8) = cache(
-            Api::<PartialObjectMeta<ConfigMap>>::all(client.clone()),
-            managed(),
-            Counts::Output,
-            wake,
-        );
-        let (secrets, s9) = cache(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            managed(),
-            Counts::Output,
-            wake,
-        );
-        let streams = futures::stream::select_all([
-            s1.boxed(),
-            s2.boxed(),
-            s3.boxed(),
-            s4.boxed(),
-            s5.boxed(),
-            s6.boxed(),
-            s7.boxed(),
-            s8.boxed(),
-            s9.boxed(),
-        ]);
-        let caches = Self {
-            pods,
-            services,
-            slices,
-            namespaces,
-            policies,
-            routes,
-            meshes,
-            config_maps,
-            secrets,
-            inputs,
-        };
-        (caches, streams.for_each(|()| async {}))
-    }
-
-    /// Waits until every cache has its first full list.
-    pub async fn ready(&self) -> Result<(), Error> {
-        let failed = |e: reflector::store::WriterDropped| Error::Cache(e.to_string());
-        self.pods.wait_until_ready().await.map_err(failed)?;
-        self.services.wait_until_ready().await.map_err(failed)?;
-        self.slices.wait_until_ready().await.map_err(failed)?;
-        self.namespaces.wait_until_ready().await.map_err(failed)?;
-        self.policies.wait_until_ready().await.map_err(failed)?;
-        self.routes.wait_until_ready().await.map_err(failed)?;
-        self.meshes.wait_until_ready().await.map_err(failed)?;
-        self.config_maps.wait_until_ready().await.map_err(failed)?;
-        self.secrets.wait_until_ready().await.map_err(failed)?;
-        Ok(())
-    }
-
-    /// The pods cache (meshed pods), which the read-back reads proxies from.
-    pub fn pods(&self) -> Store<Pod> {
-        self.pods.clone()
-    }
-
-    fn mesh(&self) -> Option<Arc<Mesh>> {
-        self.meshes
-            .state()
-            .into_iter()
-            .find(|m| m.metadata.name.as_deref() == Some(MESH_NAME))
-    }
-
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            mesh: self
-                .mesh()
-                .map_or_else(MeshSpec::default, |m| m.spec.clone()),
-            injected_namespaces: self
-                .namespaces
-                .state()
-                .iter()
-                .filter(|n| {
-                    n.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|labels| labels.get(INJECT_LABEL))
-                        .is_some_and(|value| value == "enabled")
-                })
-                .filter_map(|n| n.metadata.name.clone())
-                .collect(),
-            namespaces: self
-                .namespaces
-                .state()
-                .iter()
-                .filter_map(|n| n.metadata.name.clone())
-                .collect(),
-            pods: self.pods.state(),
-            services: self.services.state(),
-            slices: self.slices.state(),
-            policies: self.policies.state(),
-            routes: self.routes.state(),
-        }
-    }
-}
 
 /// The reconcile loop: waits for a change, the lead, or the resync period, debounces, and on
 /// the leader runs a pass. Errors are logged and counted, and the pass is retried after a backoff.

@@ -9,15 +9,17 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use braid_api::{DESTINATIONS_CONFIG_MAP, proxy_config_map_name};
+use braid_operator::configs::FILE_HASH;
 use braid_proxy_config::Destination;
-use braid_proxy_config::split::combined_hash;
+use braid_proxy_config::split::{DESTINATIONS_FILE, combined_hash};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 use super::procs::CpuTimes;
-use super::{CHANGE_TIMEOUT, NS, applied, fixture, services};
+use super::{CHANGE_TIMEOUT, NS, applied, fixture, services, stored_file};
 
 /// Changes in a burst.
 pub const CHANGES: usize = 10;
@@ -27,9 +29,6 @@ pub const SPACING: Duration = Duration::from_millis(200);
 const QUIET: Duration = Duration::from_secs(5);
 /// How often each running proxy is asked which files it runs.
 const POLL: Duration = Duration::from_millis(50);
-/// The annotation on each ConfigMap the operator writes with the SHA-256 of its file as stored,
-/// from which a proxy's reported hash is made.
-const FILE_HASH: &str = "braid.dev/file-hash";
 
 /// What one burst cost.
 pub struct Burst {
@@ -138,18 +137,8 @@ async fn expect_final_files(
     first_ready: bool,
 ) -> anyhow::Result<()> {
     let configs: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
-    let shared = configs.get("braid-destinations").await?;
-    let stored = shared
-        .binary_data
-        .as_ref()
-        .and_then(|d| d.get("destinations.json"))
-        .map(|b| b.0.clone())
-        .or_else(|| {
-            let data = shared.data.as_ref()?;
-            Some(data.get("destinations.json")?.clone().into_bytes())
-        })
-        .context("ConfigMap braid-destinations holds no destinations.json")?;
-    let json = braid_proxy_config::encoding::decode(&stored).map_err(anyhow::Error::msg)?;
+    let shared = configs.get(DESTINATIONS_CONFIG_MAP).await?;
+    let (_, json) = stored_file(&shared, DESTINATIONS_FILE)?;
     let destinations: Vec<Destination> = serde_json::from_slice(&json)?;
     let ready = if first_ready { 2 } else { 1 };
     for k in 0..CHANGES {
@@ -171,9 +160,10 @@ async fn expect_final_files(
     };
     let destinations_hash = file_hash(&shared).context("braid-destinations has no file hash")?;
     for (pod, runs) in hashes {
-        let own = configs.get(&format!("braid-proxy-{pod}")).await?;
+        // The benchmark names each workload's pod after it.
+        let own = configs.get(&proxy_config_map_name(pod)).await?;
         let own_hash =
-            file_hash(&own).with_context(|| format!("braid-proxy-{pod} has no file hash"))?;
+            file_hash(&own).with_context(|| format!("{pod}'s ConfigMap has no file hash"))?;
         if *runs != combined_hash(&own_hash, &destinations_hash) {
             bail!(
                 "after the burst, the proxy of pod {pod} does not run the files the operator last wrote"

@@ -402,16 +402,21 @@ async fn stored_size(
     key: &str,
 ) -> anyhow::Result<(usize, usize)> {
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
-    let config = api.get(name).await?;
+    let (stored, json) = stored_file(&api.get(name).await?, key)?;
+    Ok((stored, json.len()))
+}
+
+/// File `key` of `config`: its size as stored (under `data`, or gzip-compressed under
+/// `binaryData`), and its JSON.
+fn stored_file(config: &ConfigMap, key: &str) -> anyhow::Result<(usize, Vec<u8>)> {
     if let Some(json) = config.data.as_ref().and_then(|d| d.get(key)) {
-        return Ok((json.len(), json.len()));
+        return Ok((json.len(), json.clone().into_bytes()));
     }
     let stored = config
         .binary_data
         .as_ref()
         .and_then(|d| d.get(key))
-        .map(|b| b.0.clone())
-        .unwrap_or_default();
-    let json = braid_proxy_config::encoding::decode(&stored).map_err(anyhow::Error::msg)?;
-    Ok((stored.len(), json.len()))
+        .with_context(|| format!("the ConfigMap holds no {key}"))?;
+    let json = braid_proxy_config::encoding::decode(&stored.0).map_err(anyhow::Error::msg)?;
+    Ok((stored.0.len(), json.into_owned()))
 }

@@ -21,8 +21,8 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 /// `p50 / p99` of one measure over the rounds.
-fn spread(changes: &[Change], measure: impl Fn(&Change) -> Duration) -> String {
-    let samples: Vec<Duration> = changes.iter().map(measure).collect();
+fn spread<T>(rounds: &[T], measure: impl Fn(&T) -> Duration) -> String {
+    let samples: Vec<Duration> = rounds.iter().map(measure).collect();
     format!(
         "{:.2} s / {:.2} s",
         percentile(&samples, 0.5).as_secs_f64(),
@@ -153,14 +153,6 @@ pub fn report(
     let burst_spent: Vec<(CpuTimes, Duration)> =
         bursts.iter().map(|b| (b.cpu, b.from_first)).collect();
     let burst_row = {
-        let times = |pick: fn(&Burst) -> Duration| {
-            let samples: Vec<Duration> = bursts.iter().map(pick).collect();
-            format!(
-                "{:.2} s / {:.2} s",
-                percentile(&samples, 0.5).as_secs_f64(),
-                percentile(&samples, 0.99).as_secs_f64()
-            )
-        };
         let pod_writes = median(
             bursts
                 .iter()
@@ -172,8 +164,8 @@ pub fn report(
             burst::CHANGES,
             burst::SPACING.as_millis(),
             bursts.len(),
-            times(|b| b.from_first),
-            times(|b| b.from_last),
+            spread(bursts, |b| b.from_first),
+            spread(bursts, |b| b.from_last),
             burst::CHANGES * workloads,
         )
     };
