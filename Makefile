@@ -95,6 +95,15 @@ else
 	BRAID_PROXY=$(PROXY_UNDER_TEST) $(CARGO) bench -p braid-proxy --bench proxy
 endif
 
+# The operator of BASELINE=<git revision> and this build's, in turns, PAIRS runs of the operator
+# benchmark each (the baseline's binary is cached outside the clone by revision).
+PAIRS ?= 2
+.PHONY: bench-operator-ab
+bench-operator-ab: ## The operator benchmark with BASELINE=<rev>'s operator and this build's in turns (PAIRS runs each), on the local cluster; bench/results/operator-ab.md.
+	@[ -n "$(BASELINE)" ] || { echo "BASELINE=<git revision> is required" >&2; exit 1; }
+	$(MAKE) cluster-up install
+	CARGO=$(CARGO) $(CLUSTER)/operator-ab.sh $(BASELINE) $(PAIRS)
+
 # Fuzz targets (cargo fuzz, libFuzzer): the proxy's parsers (proxy/fuzz/) and the webhook's
 # AdmissionReview parser (webhook/fuzz/). Their build is cached outside the clone.
 PROXY_FUZZ_TARGETS := h1_request h1_response chunked detect client_hello proxy_json init_flags

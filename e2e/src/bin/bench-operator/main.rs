@@ -18,7 +18,9 @@
 //! annotation on every pod, 32 at a time as the operator nudges, and on as many pods without
 //! Braid's containers (the share of a pod write that the injected spec adds).
 //! Also the operator's peak RSS (VmHWM). Writes a Markdown table to bench/results/operator-scale.md
-//! (`operator-scale-<n>.md` at another scale: `BENCH_WORKLOADS=<n>`, with n/2 Services).
+//! (`operator-scale-<n>.md` at another scale: `BENCH_WORKLOADS=<n>`, with n/2 Services;
+//! elsewhere: `BENCH_RESULTS=<file>`), and every round's figures as tab-separated lines to
+//! `BENCH_ROUNDS=<file>` when set (what `e2e/cluster/scripts/operator-ab.sh` compares).
 
 mod applied;
 mod baselines;
@@ -180,20 +182,26 @@ async fn main() -> anyhow::Result<()> {
         meshed,
         plain,
     };
+    let rounds = report::Rounds {
+        server: &server_side,
+        client: &client_side,
+        bursts: &bursts,
+    };
+    if let Ok(path) = std::env::var("BENCH_ROUNDS") {
+        std::fs::write(path, report::rounds_tsv(converged, &rounds))?;
+    }
     let report = report::report(
         converged,
         proxies.len(),
-        report::Rounds {
-            server: &server_side,
-            client: &client_side,
-            bursts: &bursts,
-        },
+        rounds,
         baselines,
         [document, destinations],
         peak,
     );
     std::fs::create_dir_all("bench/results")?;
-    let file = if workloads == DEFAULT_WORKLOADS {
+    let file = if let Ok(file) = std::env::var("BENCH_RESULTS") {
+        file
+    } else if workloads == DEFAULT_WORKLOADS {
         "bench/results/operator-scale.md".to_owned()
     } else {
         format!("bench/results/operator-scale-{workloads}.md")

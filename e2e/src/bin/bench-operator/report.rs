@@ -61,6 +61,7 @@ impl Annotated {
 }
 
 /// The rounds measured: server-side changes, client-side changes, bursts.
+#[derive(Clone, Copy)]
 pub struct Rounds<'a> {
     pub server: &'a [Change],
     pub client: &'a [Change],
@@ -245,4 +246,37 @@ pub fn report(
         plain.took.as_secs_f64(),
         plain.cpu_per_pod(),
     )
+}
+
+/// Every round's figures, a line each, tab-separated (`BENCH_ROUNDS`): what a comparison of two
+/// operator builds over several runs takes its medians from (`operator-ab.sh`). Seconds; pod
+/// writes as the API server counted them.
+pub fn rounds_tsv(converged: Duration, rounds: &Rounds<'_>) -> String {
+    let line = |kind: &str, [applied, other]: [Duration; 2], cpu: &CpuTimes, writes: &_| {
+        let pods = pod_writes(writes);
+        format!(
+            "{kind}\t{:.3}\t{:.3}\t{:.3}\t{:.3}\t{pods}\n",
+            applied.as_secs_f64(),
+            other.as_secs_f64(),
+            cpu.apiserver.as_secs_f64(),
+            cpu.operator.as_secs_f64(),
+        )
+    };
+    let mut tsv = String::from(
+        "measure\tapplied_s\tnudged_or_from_first_s\tapiserver_cpu_s\toperator_cpu_s\tpod_writes\n",
+    );
+    tsv += &format!("converged\t{:.3}\t\t\t\t\n", converged.as_secs_f64());
+    for (kind, changes) in [("server", rounds.server), ("client", rounds.client)] {
+        for c in changes {
+            tsv += &line(kind, [c.applied, c.nudged], &c.cpu, &c.writes);
+        }
+    }
+    for b in rounds.bursts {
+        tsv += &line("burst", [b.from_last, b.from_first], &b.cpu, &b.writes);
+    }
+    tsv
+}
+
+fn pod_writes(writes: &std::collections::BTreeMap<String, f64>) -> f64 {
+    writes.get("pods").copied().unwrap_or(0.0)
 }
