@@ -7,7 +7,8 @@
 # (default 2) with each, the baseline first, the operator Deployment's image swapped between
 # runs, so that the machine's drift over the runs falls on both alike (one run alone moves by a
 # third here). Each run's report, log and rounds go to target/operator-ab/; the medians over the
-# rounds of each build, and their ratio, to bench/results/operator-ab.md. BENCH_WORKLOADS and
+# rounds of each build, and their ratio, to bench/results/operator-ab.md (operator-ab-<n>.md
+# at BENCH_WORKLOADS=<n> other than 1,000). BENCH_WORKLOADS and
 # BENCH_ITERATIONS pass through to the benchmark.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -60,7 +61,10 @@ for pair in $(seq "$pairs"); do
   done
 done
 
-python3 - "$out" "$rev" "$head" "$pairs" "${BENCH_WORKLOADS:-1000}" >"$repo/bench/results/operator-ab.md" <<'EOF'
+# As the benchmark names its report: the scale in the name unless it is the default.
+results=$repo/bench/results/operator-ab.md
+[ "${BENCH_WORKLOADS:-1000}" = 1000 ] || results=$repo/bench/results/operator-ab-$BENCH_WORKLOADS.md
+python3 - "$out" "$rev" "$head" "$pairs" "${BENCH_WORKLOADS:-1000}" >"$results" <<'EOF'
 import csv, glob, statistics, sys
 out, rev, head, pairs, workloads = sys.argv[1:]
 rounds = {"baseline": {}, "dev": {}}
@@ -97,4 +101,4 @@ for measure, column, label in measures:
     print(f"| {label} | {len(a)} + {len(b)} | {cell(a)} | {cell(b)} | "
           f"{statistics.median(b) / statistics.median(a):.2f} |")
 EOF
-cat "$repo/bench/results/operator-ab.md"
+cat "$results"
