@@ -67,12 +67,24 @@ endif
 # are routed only inside its network namespace.
 IN_CLUSTER_NETNS = $(if $(and $(wildcard /run/netns/braid-cluster),$(if $(filter-out /var/lib/braid-cluster/kubeconfig,$(KUBECONFIG)),,local)),nsenter --net=/run/netns/braid-cluster --)
 
-# BASELINE=<git revision>: the proxy of that revision is measured beside this one, in the same
-# run (its binary is built once in a worktree and cached outside the clone, by revision). Both
-# are `cargo build --release -p braid-proxy`: the binary `cargo bench` builds carries features
-# of the benchmark's dev-dependencies, and would not compare like with like.
+# BASELINE=<git revision>: the proxy (bench-proxy) or the operator (bench-operator-ab) of that
+# revision is measured beside this one's. Its binary is built once in a worktree and cached
+# outside the clone, by revision, in a directory of its own: an image's entrypoint and the
+# benchmarks' process matches go by the binary's name. Both proxies are `cargo build --release
+# -p braid-proxy`: the binary `cargo bench` builds carries features of the benchmark's
+# dev-dependencies, and would not compare like with like.
 BASELINE ?=
 BASELINE_DIR := /var/cache/braid/baseline
+# $(call baseline_binary,PACKAGE): where BASELINE's build of PACKAGE's binary (of the same name) is.
+baseline_binary = $(BASELINE_DIR)/$(1)-$$(git rev-parse --short $(BASELINE))/$(1)
+# $(call build_baseline,PACKAGE): builds it there unless it is.
+define build_baseline
+	@bin=$(call baseline_binary,$(1)) && if [ ! -x $$bin ]; then \
+	  rm -rf $(BASELINE_DIR)/src && git worktree add -f --detach $(BASELINE_DIR)/src $(BASELINE) && \
+	  (cd $(BASELINE_DIR)/src && CARGO_TARGET_DIR=$(BASELINE_DIR)/target $(CARGO) build --release -p $(1)) && \
+	  mkdir -p $$(dirname $$bin) && cp $(BASELINE_DIR)/target/release/$(1) $$bin && \
+	  git worktree remove --force $(BASELINE_DIR)/src; fi
+endef
 # The build under test, copied aside: `cargo bench` writes its own build of the binary, with the
 # benchmark's dev-dependency features, to the same target/release/braid-proxy.
 PROXY_UNDER_TEST := $${CARGO_TARGET_DIR:-$(CURDIR)/target}/bench-braid-proxy
@@ -83,26 +95,23 @@ BUILD_PROXY_UNDER_TEST = $(CARGO) build --release -p braid-proxy && \
 bench-proxy: test-deps ## The proxy against direct, HAProxy and nginx (and BASELINE=<rev>'s build), in network namespaces (root); bench/results/proxy.md.
 	$(call apt_install,haproxy nginx-light nghttp2-client curl valgrind)
 ifneq ($(BASELINE),)
-	@rev=$$(git rev-parse --short $(BASELINE)) && bin=$(BASELINE_DIR)/braid-proxy-$$rev && \
-	if [ ! -x $$bin ]; then \
-	  rm -rf $(BASELINE_DIR)/src && git worktree add -f --detach $(BASELINE_DIR)/src $$rev && \
-	  (cd $(BASELINE_DIR)/src && CARGO_TARGET_DIR=$(BASELINE_DIR)/target $(CARGO) build --release -p braid-proxy) && \
-	  cp $(BASELINE_DIR)/target/release/braid-proxy $$bin && git worktree remove --force $(BASELINE_DIR)/src; fi
+	$(call build_baseline,braid-proxy)
 	$(BUILD_PROXY_UNDER_TEST)
-	BRAID_PROXY=$(PROXY_UNDER_TEST) BRAID_BASELINE_PROXY=$(BASELINE_DIR)/braid-proxy-$$(git rev-parse --short $(BASELINE)) $(CARGO) bench -p braid-proxy --bench proxy
+	BRAID_PROXY=$(PROXY_UNDER_TEST) BRAID_BASELINE_PROXY=$(call baseline_binary,braid-proxy) $(CARGO) bench -p braid-proxy --bench proxy
 else
 	$(BUILD_PROXY_UNDER_TEST)
 	BRAID_PROXY=$(PROXY_UNDER_TEST) $(CARGO) bench -p braid-proxy --bench proxy
 endif
 
 # The operator of BASELINE=<git revision> and this build's, in turns, PAIRS runs of the operator
-# benchmark each (the baseline's binary is cached outside the clone by revision).
+# benchmark each.
 PAIRS ?= 2
 .PHONY: bench-operator-ab
 bench-operator-ab: ## The operator benchmark with BASELINE=<rev>'s operator and this build's in turns (PAIRS runs each), on the local cluster; bench/results/operator-ab.md.
 	@[ -n "$(BASELINE)" ] || { echo "BASELINE=<git revision> is required" >&2; exit 1; }
+	$(call build_baseline,braid-operator)
 	$(MAKE) cluster-up install
-	CARGO=$(CARGO) $(CLUSTER)/operator-ab.sh $(BASELINE) $(PAIRS)
+	CARGO=$(CARGO) $(CLUSTER)/operator-ab.sh $(BASELINE) $(call baseline_binary,braid-operator) $(PAIRS)
 
 # Fuzz targets (cargo fuzz, libFuzzer): the proxy's parsers (proxy/fuzz/) and the webhook's
 # AdmissionReview parser (webhook/fuzz/). Their build is cached outside the clone.

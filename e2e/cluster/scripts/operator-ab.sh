@@ -1,41 +1,34 @@
 #!/usr/bin/env bash
 # The operator benchmark with two builds of the operator in turns, on the local test cluster:
-#   operator-ab.sh BASELINE_REV [PAIRS]
-# The baseline is BASELINE_REV's operator, built once in a worktree and cached outside the clone
-# by revision, as the proxy's baseline is; the build under test is the one installed
-# (braid.local/braid-operator:dev: `make images install`). The benchmark runs PAIRS times
-# (default 2) with each, the baseline first, the operator Deployment's image swapped between
-# runs, so that the machine's drift over the runs falls on both alike (one run alone moves by a
-# third here). Each run's report, log and rounds go to target/operator-ab/; the medians over the
-# rounds of each build, and their ratio, to bench/results/operator-ab.md (operator-ab-<n>.md
-# at BENCH_WORKLOADS=<n> other than 1,000). BENCH_WORKLOADS and
+#   operator-ab.sh BASELINE_REV BASELINE_BINARY [PAIRS]
+# The baseline is BASELINE_REV's operator, BASELINE_BINARY (`make bench-operator-ab` builds it
+# once and caches it by revision, as it does the proxy's baseline); the build under test is the
+# one installed (braid.local/braid-operator:dev: `make images install`). The benchmark runs
+# PAIRS times (default 2) with each, the baseline first, the operator Deployment's image swapped
+# between runs, so that the machine's drift over the runs falls on both alike (one run alone
+# moves by a third here). Each run's report, log and rounds go to target/operator-ab/; the
+# medians over the rounds of each build, and their ratio, to bench/results/operator-ab.md
+# (operator-ab-<n>.md at BENCH_WORKLOADS=<n> other than 1,000). BENCH_WORKLOADS and
 # BENCH_ITERATIONS pass through to the benchmark.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 repo=$(cd "$here/../../.." && pwd)
-[ $# -ge 1 ] || die "usage: operator-ab.sh BASELINE_REV [PAIRS]"
+[ $# -ge 2 ] || die "usage: operator-ab.sh BASELINE_REV BASELINE_BINARY [PAIRS]"
 rev=$(git -C "$repo" rev-parse --short "$1")
+bin=$2
+[ -x "$bin" ] && [ "$(basename "$bin")" = braid-operator ] \
+  || die "$bin: not an executable named braid-operator (the image's entrypoint and the benchmark's process match go by the name)"
 head=$(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet HEAD || echo "+changes")
-pairs=${2:-2}
+pairs=${3:-2}
 cargo=${CARGO:-cargo}
 target=${CARGO_TARGET_DIR:-$repo/target}
 out=$target/operator-ab
-baseline_dir=/var/cache/braid/baseline
-# In a directory of its own: the image's entrypoint and the benchmark's process match go by the
-# binary's name.
-bin=$baseline_dir/operator-$rev/braid-operator
 baseline_image=braid.local/braid-operator:baseline-$rev
+# The local cluster's, for the benchmark as for kubectl.
+export KUBECONFIG=${KUBECONFIG:-$KUBECONFIG_PATH}
 kubectl() { "$here/kubectl.sh" "$@"; }
 
-if [ ! -x "$bin" ]; then
-  rm -rf "$baseline_dir/src"
-  git -C "$repo" worktree add -f --detach "$baseline_dir/src" "$rev"
-  (cd "$baseline_dir/src" && CARGO_TARGET_DIR=$baseline_dir/target "$cargo" build --release -p braid-operator)
-  mkdir -p "$(dirname "$bin")"
-  cp "$baseline_dir/target/release/braid-operator" "$bin"
-  git -C "$repo" worktree remove --force "$baseline_dir/src"
-fi
 # Packed apart from target/images, which `images.sh import` loads whole.
 rm -rf "$out" && mkdir -p "$out/images"
 BRAID_IMAGES_DIR=$out/images "$here/images.sh" pack "$baseline_image" "$bin"
@@ -85,7 +78,7 @@ measures = [
     ("converged", "applied_s", "initial convergence, s"),
 ]
 print("# Operator: this build against a baseline build, in turns\n")
-print(f"`e2e/cluster/scripts/operator-ab.sh {rev} {pairs}`: {pairs} runs of the operator benchmark with "
+print(f"`make bench-operator-ab BASELINE={rev} PAIRS={pairs}`: {pairs} runs of the operator benchmark with "
       f"the baseline ({rev}) and {pairs} with this build ({head}), in turns on the same "
       f"cluster ({workloads} workloads), the operator Deployment's image swapped between runs. Each figure is the median "
       "over every round of the build's runs, [lowest, highest] beside it; the ratio is this "

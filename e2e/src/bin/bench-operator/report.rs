@@ -154,12 +154,7 @@ pub fn report(
     let burst_spent: Vec<(CpuTimes, Duration)> =
         bursts.iter().map(|b| (b.cpu, b.from_first)).collect();
     let burst_row = {
-        let pod_writes = median(
-            bursts
-                .iter()
-                .map(|b| b.writes.get("pods").copied().unwrap_or(0.0))
-                .collect(),
-        );
+        let pod_writes = median(bursts.iter().map(|b| pod_writes(&b.writes)).collect());
         format!(
             "| {} endpoint changes {} ms apart | {} | {} | {} | {pod_writes} | {} |\n",
             burst::CHANGES,
@@ -277,6 +272,7 @@ pub fn rounds_tsv(converged: Duration, rounds: &Rounds<'_>) -> String {
     tsv
 }
 
+/// The pod writes among the API server's writes by resource.
 fn pod_writes(writes: &std::collections::BTreeMap<String, f64>) -> f64 {
     writes.get("pods").copied().unwrap_or(0.0)
 }
