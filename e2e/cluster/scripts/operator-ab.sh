@@ -57,9 +57,10 @@ done
 # As the benchmark names its report: the scale in the name unless it is the default.
 results=$repo/bench/results/operator-ab.md
 [ "${BENCH_WORKLOADS:-1000}" = 1000 ] || results=$repo/bench/results/operator-ab-$BENCH_WORKLOADS.md
-python3 - "$out" "$rev" "$head" "$pairs" "${BENCH_WORKLOADS:-1000}" >"$results" <<'EOF'
+settings=$(env | grep -E '^BENCH_(WORKLOADS|ITERATIONS)=' | sort | tr '\n' ' ' || true)
+python3 - "$out" "$rev" "$head" "$pairs" "${BENCH_WORKLOADS:-1000}" "$settings" >"$results" <<'EOF'
 import csv, glob, statistics, sys
-out, rev, head, pairs, workloads = sys.argv[1:]
+out, rev, head, pairs, workloads, settings = sys.argv[1:]
 rounds = {"baseline": {}, "dev": {}}
 for path in sorted(glob.glob(f"{out}/*.tsv")):
     build = path.rsplit("-", 1)[1].removesuffix(".tsv")
@@ -78,7 +79,7 @@ measures = [
     ("converged", "applied_s", "initial convergence, s"),
 ]
 print("# Operator: this build against a baseline build, in turns\n")
-print(f"`make bench-operator-ab BASELINE={rev} PAIRS={pairs}`: {pairs} runs of the operator benchmark with "
+print(f"`{settings}make bench-operator-ab BASELINE={rev} PAIRS={pairs}`: {pairs} runs of the operator benchmark with "
       f"the baseline ({rev}) and {pairs} with this build ({head}), in turns on the same "
       f"cluster ({workloads} workloads), the operator Deployment's image swapped between runs. Each figure is the median "
       "over every round of the build's runs, [lowest, highest] beside it; the ratio is this "
