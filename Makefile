@@ -38,7 +38,7 @@ fmt-check: rust-components ## cargo fmt --check.
 .PHONY: clippy
 clippy: ## cargo clippy on every target, warnings denied.
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p braid-proxy --test netns --test mesh --bench proxy -- -D warnings
+	$(CARGO) clippy -p braid-proxy -p braid-e2e --test netns --test mesh --test teardown --bench proxy -- -D warnings
 
 .PHONY: crds
 crds: ## Regenerate config/crd/ from the Rust types.

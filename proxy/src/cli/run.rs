@@ -95,10 +95,8 @@ pub fn settings(var: impl Fn(&str) -> Option<String>) -> Result<RunSettings, Vec
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    listener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 /// Runs the proxy on one thread (a sidecar should take one core at most) until SIGTERM, then
@@ -130,9 +128,9 @@ pub fn run(settings: RunSettings) -> Result<(), String> {
             "open-file limit {descriptor_limit}: at most {} connections per listener",
             listener::connection_cap(context.limits().max_connections, descriptor_limit)
         );
-        let admin_listener = bind(settings.admin_addr).await?;
-        let inbound_listener = bind(settings.inbound_addr).await?;
-        let outbound_listener = bind(settings.outbound_addr).await?;
+        let admin_listener = bind(settings.admin_addr)?;
+        let inbound_listener = bind(settings.inbound_addr)?;
+        let outbound_listener = bind(settings.outbound_addr)?;
         tokio::spawn(admin::serve(
             admin_listener,
             context.clone(),

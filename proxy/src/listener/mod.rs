@@ -1,8 +1,9 @@
 //! What both data listeners (inbound 15006, outbound 15001) do before a connection is theirs:
-//! accept it, refuse it at once when it would loop back into the proxy or when the listener is
-//! at its connection cap, recover its original destination, and back off when accepting fails
-//! (out of file descriptors: the backlog waits instead of a spinning loop). The decisions are
-//! pure functions; [`serve`] is the thin loop around them.
+//! listen with a queue deep enough for a burst ([`bind`]), accept it, refuse it at once when it
+//! would loop back into the proxy or when the listener is at its connection cap, recover its
+//! original destination, and back off when accepting fails (out of file descriptors: the
+//! backlog waits instead of a spinning loop). The decisions are pure functions; [`serve`] is
+//! the thin loop around them.
 
 pub mod inbound;
 pub mod outbound;
@@ -11,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::state::context::Context;
 use crate::telemetry::metrics::{Direction, Refusal};
@@ -21,9 +22,30 @@ pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 /// The longest pause after failed accepts.
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// Connections the kernel completes and holds for a listener until the proxy accepts them.
+///
+/// tokio's `TcpListener::bind` asks for 128. A burst of new connections (an app opening its
+/// pool, 500 slow clients at once) overflows that while the proxy's one thread is busy, and
+/// the kernel then drops the callers' SYNs: each waits a retransmit, 1 s, then 3 s more. The
+/// kernel caps the queue at `net.core.somaxconn` (4096 by default since Linux 5.4).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Descriptors kept free of the connection cap: the admin port, config and identity files,
 /// pooled upstream connections beyond one per client connection.
 pub const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// A listener on `addr` with a queue of [`LISTEN_BACKLOG`] (in a tokio runtime).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // A restarted proxy binds again at once, next to its old connections in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// The original destination of a connection, when it must be refused.
 ///

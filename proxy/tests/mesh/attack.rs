@@ -1,7 +1,7 @@
 //! Client commands that behave as careless or hostile peers do: a connection aimed at a proxy's
-//! own port, slow request heads (slowloris), a flood of connections past a listener's cap; and
-//! a steady load that measures what well-behaved callers see meanwhile. Each prints one
-//! `result:` line, as the other client commands.
+//! own port, slow request heads (slowloris), a burst of connections at once, a flood of
+//! connections past a listener's cap; and a steady load that measures what well-behaved callers
+//! see meanwhile. Each prints one `result:` line, as the other client commands.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -32,7 +32,8 @@ pub async fn raw(target: SocketAddr) -> String {
 }
 
 /// `count` connections that send a request head one header byte every 500 ms, for at most
-/// `seconds`: how many were closed by the other side, and when the first and last were.
+/// `seconds`: how many were closed by the other side, when the first and last were, and when
+/// the last one was established (a late one waited for a SYN retransmit).
 pub async fn slowloris(target: SocketAddr, count: usize, seconds: u64) -> String {
     let started = Instant::now();
     let give_up = started + Duration::from_secs(seconds);
@@ -40,6 +41,7 @@ pub async fn slowloris(target: SocketAddr, count: usize, seconds: u64) -> String
     for _ in 0..count {
         tasks.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(target).await.ok()?;
+            let connected = Instant::now();
             stream
                 .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n")
                 .await
@@ -48,12 +50,12 @@ pub async fn slowloris(target: SocketAddr, count: usize, seconds: u64) -> String
             while Instant::now() < give_up {
                 tokio::select! {
                     read = stream.read(&mut buf) => match read {
-                        Ok(n) if n > 0 => return Some((Instant::now(), true)),
-                        _ => return Some((Instant::now(), false)),
+                        Ok(n) if n > 0 => return Some((connected, Instant::now(), true)),
+                        _ => return Some((connected, Instant::now(), false)),
                     },
                     () = tokio::time::sleep(Duration::from_millis(500)) => {
                         if stream.write_all(b"x").await.is_err() {
-                            return Some((Instant::now(), false));
+                            return Some((connected, Instant::now(), false));
                         }
                     }
                 }
@@ -62,13 +64,14 @@ pub async fn slowloris(target: SocketAddr, count: usize, seconds: u64) -> String
         }));
     }
     let (mut closed, mut answered, mut connected_open) = (0, 0, 0);
-    let (mut first, mut last) = (u128::MAX, 0);
+    let (mut first, mut last, mut last_connected) = (u128::MAX, 0, 0);
     for task in tasks {
         match task.await.ok().flatten() {
-            Some((at, got_bytes)) => {
-                let ms = at.duration_since(started).as_millis();
-                first = first.min(ms);
-                last = last.max(ms);
+            Some((connected, at, got_bytes)) => {
+                let since_start = |instant: Instant| instant.duration_since(started).as_millis();
+                first = first.min(since_start(at));
+                last = last.max(since_start(at));
+                last_connected = last_connected.max(since_start(connected));
                 if got_bytes {
                     answered += 1;
                 } else {
@@ -79,7 +82,7 @@ pub async fn slowloris(target: SocketAddr, count: usize, seconds: u64) -> String
         }
     }
     format!(
-        "closed={closed} answered={answered} still_open={connected_open} first_ms={first} last_ms={last}"
+        "closed={closed} answered={answered} still_open={connected_open} first_ms={first} last_ms={last} last_connected_ms={last_connected}"
     )
 }
 
@@ -142,6 +145,44 @@ pub async fn steady(target: SocketAddr, seconds: u64) -> String {
         .get(latencies.len() * 99 / 100)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0);
     format!("ok={ok} failed={failed} p99_ms={p99:.2}")
+}
+
+/// Opens `count` connections at once, each given `connect_within` to be established (the
+/// kernel completes a handshake for a listener's queue, before the proxy accepts it), then a
+/// GET on each established one, answered within `answer_within`: how many connected and how
+/// many were answered.
+pub async fn connect_burst(
+    target: SocketAddr,
+    count: usize,
+    connect_within: Duration,
+    answer_within: Duration,
+) -> String {
+    let connects = (0..count).map(|_| {
+        tokio::spawn(tokio::time::timeout(
+            connect_within,
+            TcpStream::connect(target),
+        ))
+    });
+    let mut connected = Vec::new();
+    for connect in connects.collect::<Vec<_>>() {
+        if let Ok(Ok(Ok(stream))) = connect.await {
+            connected.push(stream);
+        }
+    }
+    let established = connected.len();
+    let answers = connected.into_iter().map(|mut stream| {
+        tokio::spawn(async move {
+            let _ = stream
+                .write_all(b"GET /burst HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await;
+            answer(&mut stream, answer_within).await == "answered"
+        })
+    });
+    let mut answered = 0;
+    for answer in answers.collect::<Vec<_>>() {
+        answered += usize::from(answer.await.unwrap_or(false));
+    }
+    format!("connected={established} answered={answered}")
 }
 
 /// Opens `hold` connections and keeps them, then `extra` more: each extra one is answered at

@@ -328,26 +328,13 @@ pub fn check(client: &Pod, server: &Pod, ca: &Ca, root: &std::path::Path, versio
         "authorization": [{"identities": [ORDER]}]});
     in_force(server, version + 3, everything);
     let connections = || server.metric("braid_proxy_inbound_connections_total{accepted=\"mtls\"}");
-    let sequence = client
-        .command(
-            false,
-            &std::env::current_exe().expect("self").to_string_lossy(),
-        )
-        .args(["client", "sequence", "10.96.0.11:80", "16", "250"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("sequence");
+    let sequence = client.spawn_client(false, &["sequence", "10.96.0.11:80", "16", "250"]);
     std::thread::sleep(Duration::from_millis(1_200));
     let opened = connections();
     let narrower = serde_json::json!({"policy": "shop/payment",
         "authorization": [{"identities": [ORDER], "paths": ["/keep", "/chat"]}]});
     in_force(server, version + 4, narrower);
-    let sequence = sequence.wait_with_output().expect("sequence ends");
-    let sequence = String::from_utf8_lossy(&sequence.stdout);
-    let sequence = sequence
-        .lines()
-        .find_map(|l| l.strip_prefix("result: "))
-        .unwrap_or_default();
+    let sequence = crate::pods::finished(sequence);
     assert!(
         sequence.starts_with("connections=1 /keep:200 /gone:200 "),
         "{sequence}"

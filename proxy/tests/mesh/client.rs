@@ -464,6 +464,11 @@ pub async fn run(args: &[String]) {
             let (count, seconds) = (arg(2).parse().expect("count"), arg(3).parse().expect("s"));
             attack::slowloris(addr(arg(1)), count, seconds).await
         }
+        "connect-burst" => {
+            let count = arg(2).parse().expect("count");
+            let within = |i: usize| Duration::from_millis(arg(i).parse().expect("ms"));
+            attack::connect_burst(addr(arg(1)), count, within(3), within(4)).await
+        }
         "steady" => attack::steady(addr(arg(1)), arg(2).parse().expect("seconds")).await,
         "flood" => {
             let (hold, extra) = (

@@ -409,31 +409,18 @@ fn scenario(root: &Path) {
     );
 
     // Rotating both pods' certificates under steady load fails no request.
-    let load = client
-        .command(
-            false,
-            &std::env::current_exe().expect("self").to_string_lossy(),
-        )
-        .args(["client", "load", "10.96.0.11:80", "6"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("load");
+    let load = client.spawn_client(false, &["load", "10.96.0.11:80", "6"]);
     std::thread::sleep(Duration::from_millis(1500));
     identity(&client, ORDER, 2031, 2);
     identity(&server, PAYMENT, 2031, 2);
-    let load = load.wait_with_output().expect("load ends");
-    let load = String::from_utf8_lossy(&load.stdout);
-    let load = load
-        .lines()
-        .find_map(|l| l.strip_prefix("result: "))
-        .unwrap_or_default();
+    let load = pods::finished(load);
     println!("mesh: load during rotation: {load}");
     assert!(
         load.contains("failed=0 "),
         "requests failed during rotation: {load}"
     );
     assert!(
-        count(load, "ok") > 100,
+        count(&load, "ok") > 100,
         "too little load to prove anything: {load}"
     );
     for pod in [&client, &server] {

@@ -3,7 +3,7 @@
 //! pair and nothing else, so that no packet can leave them.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// The client pod's address.
@@ -112,6 +112,21 @@ pub fn run(program: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// The `result:` line a client command printed (multi-line results are printed escaped).
+fn result_line(output: &Output) -> Option<String> {
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("result: "))
+        .map(|result| result.replace("\\n", "\n"))
+}
+
+/// The `result:` line of a client command started with [`Pod::spawn_client`], once it ends
+/// (empty when it printed none).
+pub fn finished(client: Child) -> String {
+    let output = client.wait_with_output().expect("the client ends");
+    result_line(&output).unwrap_or_default()
+}
+
 /// A pod: a network namespace, its directories and its processes.
 pub struct Pod {
     pub netns: String,
@@ -166,28 +181,36 @@ impl Pod {
         self.children.push(child);
     }
 
+    /// A client command of this binary in the pod (`client <args>`), not started yet.
+    fn client_command(&self, as_proxy: bool, args: &[&str]) -> Command {
+        let exe = std::env::current_exe().expect("self");
+        let mut command = self.command(as_proxy, &exe.to_string_lossy());
+        command.arg("client").args(args);
+        command
+    }
+
     /// Runs a client command of this binary in the pod; its `result:` line.
     pub fn client(&self, as_proxy: bool, args: &[&str]) -> String {
         let output = self
-            .command(
-                as_proxy,
-                &std::env::current_exe().expect("self").to_string_lossy(),
-            )
-            .arg("client")
-            .args(args)
+            .client_command(as_proxy, args)
             .output()
             .expect("client runs");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("result: "))
-            .unwrap_or_else(|| {
-                panic!(
-                    "client {args:?} printed no result: {stdout}{}",
-                    String::from_utf8_lossy(&output.stderr)
-                )
-            })
-            .replace("\\n", "\n")
+        result_line(&output).unwrap_or_else(|| {
+            panic!(
+                "client {args:?} printed no result: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+    }
+
+    /// Starts a client command of this binary in the pod, to run while the test goes on;
+    /// [`finished`] waits for its `result:` line.
+    pub fn spawn_client(&self, as_proxy: bool, args: &[&str]) -> Child {
+        self.client_command(as_proxy, args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("client starts")
     }
 
     /// GETs an admin path of the pod's proxy with curl: the status line, headers and body.
