@@ -26,8 +26,8 @@ pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 ///
 /// tokio's `TcpListener::bind` asks for 128. A burst of new connections (an app opening its
 /// pool, 500 slow clients at once) overflows that while the proxy's one thread is busy, and
-/// the kernel then drops the callers' SYNs: each waits a retransmit, 1 s, then 3 s more. The
-/// kernel caps the queue at `net.core.somaxconn` (4096 by default since Linux 5.4).
+/// the kernel then drops the callers' SYNs, which are resent only 1 s, then 3 s, after the
+/// first. The kernel caps the queue at `net.core.somaxconn` (4096 by default since Linux 5.4).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Descriptors kept free of the connection cap: the admin port, config and identity files,
